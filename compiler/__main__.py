@@ -1,0 +1,5 @@
+"""``python -m compiler`` is ``mtl-make-config``."""
+
+from .cli import main
+
+main()

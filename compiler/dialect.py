@@ -1,0 +1,326 @@
+"""Dialects: where a maker dialect differs from the one compiler core.
+
+:class:`Dialect` is the native dialect; other dialects (``compiler.rslearn``) subclass it and
+override only the hooks where they differ. The core (:mod:`compiler.build`) never branches on
+a dialect's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, format_key
+from .maker import Maker
+from .merge import deep_merge
+from .substitute import Substituter, located_problems, substitute_source
+from .tree import get_path
+from .yamlio import Source, load_source
+
+MODEL_ARGS = ("model", "init_args", "model", "init_args")
+DECODERS = (*MODEL_ARGS, "decoders")
+DATA_ARGS = ("data", "init_args")
+
+
+@dataclass
+class DatasetParts:
+    """What assembly takes from one dataset config."""
+
+    name: str
+    sources: list[Source]
+    config: dict
+    tasks: list[str]
+    decoders: dict[str, list]
+    task_defs: dict[str, Any]
+    data_module: Any
+    batch_size: Any = None
+
+    def locate(self, key: tuple) -> tuple[Path, int | None]:
+        """File and line that (last) sets ``key`` in this dataset's files."""
+        for src in reversed(self.sources):
+            if src.has(key):
+                return src.path, src.line_of(key)
+        src = self.sources[-1]
+        return src.path, src.line_of(key)
+
+    def error(self, message: str, key: tuple) -> ConfigError:
+        path, line = self.locate(key)
+        return ConfigError(message, file=path, line=line, key=key)
+
+
+@dataclass
+class Placement:
+    """Where one dataset's pieces land in the run config (recorded for ``--explain``)."""
+
+    dataset_key: tuple
+    run_key: tuple
+
+
+@dataclass
+class Dialect:
+    """The native dialect; hooks are documented where subclasses may override them."""
+
+    name: str = "native"
+    reason: str = ""
+    #: Substitution problems gathered over all files, reported together.
+    problems: list = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    # -- inputs --------------------------------------------------------------------------
+    def substitution_values(self, maker: Maker, sets: dict[str, Any]) -> dict[str, Any]:
+        return {**maker.substitutions, **sets}
+
+    def load_input(self, path: Path, values: dict[str, Any], what: str) -> Source:
+        """Read one base or dataset file and substitute its placeholders."""
+        src = load_source(path, what)
+        sub = Substituter(values)
+        src.doc = substitute_source(src.doc, src.text, sub)
+        if sub.unresolved or sub.failed:
+            self.problems += [(path, *p) for p in located_problems(path, src.text, sub)]
+        return src
+
+    def overrides(self, maker: Maker, name: str, values: dict[str, Any]) -> dict:
+        """The maker's local or global overrides, substituted (native) or verbatim."""
+        raw = getattr(maker, name)
+        sub = Substituter(values)
+        out = sub.tree(raw)
+        if sub.unresolved or sub.failed:
+            text = maker.source.text
+            self.problems += [
+                (maker.path, *p) for p in located_problems(maker.path, text, sub)
+            ]
+        return out
+
+    # -- datasets ------------------------------------------------------------------------
+    def dataset_parts(self, config: Any, sources: list[Source]) -> DatasetParts:
+        """Split a merged dataset config into the pieces assembly keeps."""
+        first = sources[0]
+        if not isinstance(config, dict):
+            raise ConfigError(
+                "a dataset config must be a mapping with 'model' and 'data'", file=first.path
+            )
+        for key in config:
+            if key not in ("name", "model", "data"):
+                self.warn(
+                    f"{first.path}: key '{key}' is ignored (a dataset config contributes "
+                    "only 'name', its decoders, task definitions, data module and batch size)"
+                )
+        name = config.get("name", first.path.stem)
+        parts = DatasetParts(
+            name=name, sources=sources, config=config, tasks=[], decoders={}, task_defs={},
+            data_module=None,
+        )
+        if not isinstance(name, str) or not name:
+            raise parts.error("'name' must be a non-empty string", ("name",))
+        decoders = get_path(config, DECODERS)
+        if not isinstance(decoders, dict) or not decoders:
+            raise parts.error(
+                f"the dataset config declares no task: put one decoder per task under "
+                f"'{format_key(DECODERS)}'",
+                DECODERS,
+            )
+        for task, decoder in decoders.items():
+            if not isinstance(decoder, list) or not decoder:
+                raise parts.error(
+                    f"decoder of task '{task}' must be a non-empty list of modules",
+                    (*DECODERS, task),
+                )
+        parts.decoders = decoders
+        parts.tasks = [str(t) for t in decoders]
+        self._ignored_model_keys(config, parts)
+        task_defs = get_path(config, ("model", "init_args", "tasks"), {}) or {}
+        if not isinstance(task_defs, dict):
+            raise parts.error("'tasks' must map task names to task definitions",
+                              ("model", "init_args", "tasks"))
+        for task in task_defs:
+            if task not in decoders:
+                raise parts.error(
+                    f"task definition '{task}' has no decoder (tasks: {', '.join(parts.tasks)})",
+                    ("model", "init_args", "tasks", task),
+                )
+        parts.task_defs = task_defs
+        data = config.get("data")
+        if not isinstance(data, dict):
+            raise parts.error("the dataset config has no 'data' mapping (its data module)",
+                              ("data",))
+        init = data.get("init_args")
+        if isinstance(init, dict) and "batch_size" in init:
+            parts.batch_size = init["batch_size"]
+            data = {**data, "init_args": {k: v for k, v in init.items() if k != "batch_size"}}
+        parts.data_module = data
+        return parts
+
+    def _ignored_model_keys(self, config: dict, parts: DatasetParts) -> None:
+        """Warn about model keys a dataset sets that assembly will not take."""
+        spine = {MODEL_ARGS[:n] for n in range(1, len(MODEL_ARGS) + 1)}
+        kept = {DECODERS, ("model", "init_args", "tasks")}
+        ignored = []
+        stack = [(("model",), config.get("model"))]
+        while stack:
+            path, node = stack.pop()
+            if not isinstance(node, dict):
+                continue
+            for key, value in node.items():
+                here = (*path, key)
+                if here in spine:
+                    stack.append((here, value))
+                elif here not in kept and key != "class_path":
+                    ignored.append(format_key(here))
+        if ignored:
+            self.warn(
+                f"{parts.sources[0].path}: {', '.join(sorted(ignored))} ignored: the model "
+                "comes from the base config; a dataset gives only its decoders and task "
+                "definitions"
+            )
+
+    def placements(self, parts: DatasetParts) -> list[Placement]:
+        """Where each piece of a dataset goes in the run config."""
+        out = [Placement((*DECODERS, t), (*DECODERS, t)) for t in parts.tasks]
+        out += [
+            Placement(("model", "init_args", "tasks", t), ("model", "init_args", "tasks", t))
+            for t in parts.task_defs
+        ]
+        out.append(Placement(("data",), (*DATA_ARGS, "data_modules", parts.name)))
+        out.append(Placement(("data", "init_args", "batch_size"),
+                             (*DATA_ARGS, "batch_sizes", parts.name)))
+        return out
+
+    def assemble(self, base: dict, datasets: list[DatasetParts]) -> dict:
+        """Place every dataset's pieces into (a copy of) the base config."""
+        run = dict(base)
+        decoders: dict[str, Any] = {}
+        task_defs: dict[str, Any] = {}
+        modules: dict[str, Any] = {}
+        batch_sizes: dict[str, Any] = {}
+        dataset_tasks: dict[str, list[str]] = {}
+        for ds in datasets:
+            decoders.update(ds.decoders)
+            task_defs.update(ds.task_defs)
+            modules[ds.name] = ds.data_module
+            if ds.batch_size is not None:
+                batch_sizes[ds.name] = ds.batch_size
+            dataset_tasks[ds.name] = list(ds.tasks)
+        run = _fill(run, DECODERS, decoders)
+        if task_defs:
+            run = _fill(run, ("model", "init_args", "tasks"), task_defs)
+        run = _fill(run, (*DATA_ARGS, "data_modules"), modules)
+        run = _fill(run, (*DATA_ARGS, "batch_sizes"), batch_sizes)
+        run = _fill(run, (*DATA_ARGS, "dataset_tasks"), dataset_tasks)
+        return run
+
+    # -- label merging -------------------------------------------------------------------
+    def output_layer(self, task: str, decoder: list) -> int:
+        """Index of the decoder layer whose ``num_outputs`` is the task's label count."""
+        for i in range(len(decoder) - 1, -1, -1):
+            layer = decoder[i]
+            if isinstance(layer, dict) and "num_outputs" in (layer.get("init_args") or {}):
+                return i
+        raise ConfigError(
+            f"decoder of task '{task}' has no output layer: no layer has init_args.num_outputs",
+            key=(*DECODERS, task),
+        )
+
+    def num_outputs(self, task: str, decoder: list) -> Any:
+        return decoder[self.output_layer(task, decoder)]["init_args"]["num_outputs"]
+
+    def with_num_outputs(self, task: str, decoder: list, count: int) -> list:
+        """A copy of the decoder whose output layer has ``count`` outputs."""
+        i = self.output_layer(task, decoder)
+        layer = decoder[i]
+        out = list(decoder)
+        out[i] = {**layer, "init_args": {**layer["init_args"], "num_outputs": count}}
+        return out
+
+    def differing_key(self, task: str, decoder: list, other: list) -> str | None:
+        """Key path at which two decoders to merge differ (beyond output counts), if any."""
+        mine = self.with_num_outputs(task, decoder, 0)
+        theirs = self.with_num_outputs(task, other, 0)
+        return _first_difference(mine, theirs, ())
+
+    def ordered_tasks(self, tasks: list[str], groups: list[list[str]]) -> list[str]:
+        """Order in which a merged decoder lists tasks and lays out their label blocks."""
+        return sorted(tasks)
+
+    def label_layout(self, tasks: list[str], groups: list[list[str]]) -> list[list[str]]:
+        """Label blocks of one merged decoder: each block is the tasks that share it."""
+        group_of = {t: tuple(g) for g in groups for t in g}
+        blocks: list[list[str]] = []
+        placed: dict[tuple, list[str]] = {}
+        for task in self.ordered_tasks(tasks, groups):
+            group = group_of.get(task)
+            if group is None:
+                blocks.append([task])
+            elif group in placed:
+                placed[group].append(task)
+            else:
+                placed[group] = [task]
+                blocks.append(placed[group])
+        return blocks
+
+    def check_groups(self, groups: list[list[str]], tasks: list[str], maker: Maker) -> list:
+        """Validate ``same_label_groups`` against the maker's tasks; return the groups to use."""
+        seen: dict[str, int] = {}
+        for i, group in enumerate(groups):
+            for j, task in enumerate(group):
+                key = ("merge_options", "same_label_groups", i, j)
+                if task not in tasks:
+                    raise ConfigError(
+                        f"label group {i} names task '{task}', which no dataset of this maker "
+                        f"declares (tasks: {', '.join(tasks)})",
+                        file=maker.path, line=maker.source.line_of(key), key=key,
+                    )
+                if task in seen and seen[task] != i:
+                    raise ConfigError(
+                        f"task '{task}' is in two label groups ({seen[task]} and {i})",
+                        file=maker.path, line=maker.source.line_of(key), key=key,
+                    )
+                seen[task] = i
+        return groups
+
+    def merged_name(self, class_path: str) -> str:
+        return class_path.rsplit(".", 1)[-1]
+
+    def offset_entry(self, task: str, offset: int, count: int) -> dict[str, Any]:
+        return {"offset": offset, "num_outputs": count}
+
+    # -- output --------------------------------------------------------------------------
+    def finalize(self, run: dict) -> dict:
+        return run
+
+    def extra_inputs(self) -> list[Source]:
+        """Input files besides maker, base and datasets (hashed into the header)."""
+        return []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def _fill(run: dict, path: tuple, value: dict) -> dict:
+    """Merge ``value`` into the mapping at ``path`` (creating it)."""
+    from .tree import set_path
+
+    current = get_path(run, path)
+    if isinstance(current, dict) and current:
+        value = deep_merge(current, value)
+    return set_path(run, path, value)
+
+
+def _first_difference(a: Any, b: Any, path: tuple) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if key not in a or key not in b:
+                return format_key((*path, key))
+            found = _first_difference(a[key], b[key], (*path, key))
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return format_key(path) + f" (lengths {len(a)} and {len(b)})"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = _first_difference(x, y, (*path, i))
+            if found:
+                return found
+        return None
+    return None if a == b else format_key(path) if path else "<value>"

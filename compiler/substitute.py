@@ -1,0 +1,204 @@
+"""``${...}`` placeholders: names and safe integer/float arithmetic, never ``eval``.
+
+A scalar that is exactly one placeholder takes the value's own type (``${patch_size}`` -> 8);
+inside a longer string the value is written as text. ``$${`` escapes a literal ``${``.
+Expressions allow ``+ - * / // %``, unary signs, parentheses, names and number literals; they
+are parsed with :mod:`ast` and evaluated by a tiny interpreter over that whitelist.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+_PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
+_MAX_EXPR = 200
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+class _Unresolved(Exception):
+    """A name in an expression has no value."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class ExpressionError(Exception):
+    """An expression that cannot be parsed or evaluated (with a user-facing reason)."""
+
+
+_parsed: dict[str, ast.expr] = {}
+
+
+def _parse(expr: str) -> ast.expr:
+    node = _parsed.get(expr)
+    if node is None:
+        if len(expr) > _MAX_EXPR:
+            raise ExpressionError(f"expression longer than {_MAX_EXPR} characters")
+        try:
+            node = ast.parse(expr.strip(), mode="eval").body
+        except SyntaxError:
+            raise ExpressionError("not a valid expression") from None
+        _check(node)
+        _parsed[expr] = node
+    return node
+
+
+def _check(node: ast.expr) -> None:
+    """Refuse anything but the whitelisted arithmetic."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        _check(node.left)
+        _check(node.right)
+    elif isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        _check(node.operand)
+    elif isinstance(node, ast.Name):
+        pass
+    elif isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        pass
+    else:
+        raise ExpressionError(
+            "only names, numbers, parentheses and + - * / // % are allowed"
+        )
+
+
+def _eval(node: ast.expr, values: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id not in values:
+            raise _Unresolved(node.id)
+        return values[node.id]
+    if isinstance(node, ast.UnaryOp):
+        operand = _number(_eval(node.operand, values), node.operand)
+        return _UNARY[type(node.op)](operand)
+    assert isinstance(node, ast.BinOp)
+    left = _number(_eval(node.left, values), node.left)
+    right = _number(_eval(node.right, values), node.right)
+    try:
+        return _BINOPS[type(node.op)](left, right)
+    except ZeroDivisionError:
+        raise ExpressionError("division by zero") from None
+
+
+def _number(value: Any, node: ast.expr) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        name = node.id if isinstance(node, ast.Name) else "operand"
+        raise ExpressionError(
+            f"'{name}' is {type(value).__name__} {value!r}, arithmetic needs numbers"
+        )
+    return value
+
+
+def evaluate(expr: str, values: dict[str, Any]) -> Any:
+    """Value of one placeholder body (a name or an arithmetic expression)."""
+    stripped = expr.strip()
+    if stripped.isidentifier():
+        if stripped not in values:
+            raise _Unresolved(stripped)
+        return values[stripped]
+    return _eval(_parse(expr), values)
+
+
+@dataclass
+class Substituter:
+    """Replaces placeholders in parsed trees, collecting what it could not resolve."""
+
+    values: dict[str, Any]
+    unresolved: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    used: set[str] = field(default_factory=set)
+
+    def string(self, text: str) -> Any:
+        whole = _PLACEHOLDER.fullmatch(text)
+        if whole is not None and whole.group(1) is not None:
+            return self._value(whole.group(1), text)
+        return _PLACEHOLDER.sub(self._text, text)
+
+    def _text(self, match: re.Match) -> str:
+        if match.group(1) is None:
+            return "${"
+        value = self._value(match.group(1), match.group(0))
+        if isinstance(value, (dict, list)):
+            self.failed.append(
+                (match.group(0), "a mapping or list cannot be placed inside a longer string")
+            )
+            return match.group(0)
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    def _value(self, expr: str, text: str) -> Any:
+        try:
+            value = evaluate(expr, self.values)
+        except _Unresolved as exc:
+            self.unresolved.append(f"${{{expr}}}")
+            self.used.add(exc.name)
+            return text
+        except ExpressionError as exc:
+            self.failed.append((f"${{{expr}}}", str(exc)))
+            return text
+        for name in re.findall(r"[A-Za-z_]\w*", expr):
+            self.used.add(name)
+        return value
+
+    def tree(self, node: Any) -> Any:
+        """A copy of ``node`` with every placeholder in keys and values replaced."""
+        if isinstance(node, str):
+            return self.string(node) if "${" in node else node
+        if isinstance(node, dict):
+            return {
+                (self._key(k) if isinstance(k, str) and "${" in k else k): self.tree(v)
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [self.tree(v) for v in node]
+        return node
+
+    def _key(self, key: str) -> Any:
+        value = self.string(key)
+        return value if isinstance(value, (str, int)) else str(value)
+
+
+def substitute_source(doc: Any, text: str, sub: Substituter) -> Any:
+    """Substitute one file's document (cheap when the file has no placeholder at all)."""
+    return sub.tree(doc) if "${" in text else doc
+
+
+def located_problems(file: Any, text: str, sub: Substituter) -> list[tuple[str, int | None, str]]:
+    """(placeholder, line, reason) of each bad placeholder the substituter met in one file."""
+    from .yamlio import scalar_lines
+
+    reasons = dict.fromkeys(sub.unresolved, "no value (set it under 'substitutions' or --set)")
+    reasons.update(dict(sub.failed))
+    problems = []
+    for placeholder, reason in reasons.items():
+        lines = [ln for ln, _ in scalar_lines(text, lambda v, p=placeholder: p in v)]
+        problems.append((placeholder, lines[0] if lines else None, reason))
+    return problems
+
+
+def placeholder_error(problems: list[tuple[Any, str, int | None, str]]) -> ConfigError:
+    """One error listing every bad placeholder as file:line."""
+    items = [
+        f"{file}{':' + str(line) if line else ''}: {placeholder}: {reason}"
+        for file, placeholder, line, reason in problems
+    ]
+    noun = "placeholder" if len(items) == 1 else "placeholders"
+    return ConfigError(f"{len(items)} unresolved {noun}: " + "; ".join(items))
