@@ -3,24 +3,25 @@
 Stages, in order (each recorded for ``--explain``): load the maker; load and substitute the
 base and every dataset file; merge each dataset's files and the maker's ``local_overrides``;
 assemble; merge heads; merge ``global_overrides``; apply ``--set`` key paths. Dialects change
-what happens inside a stage through hooks (:mod:`compiler.dialect`), never the order.
+what happens inside a stage through hooks (:mod:`compiler.dialect`); the one order switch is
+``Dialect.merge_heads_after_overrides`` (upstream rslearn merges heads last).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .dialect import DatasetParts, Dialect
-from .errors import ConfigError
+from .dialect import DECODERS, MODEL_ARGS, DatasetParts, Dialect
+from .errors import ConfigError, format_key
 from .labels import merge_heads
 from .maker import Maker, load_maker
 from .merge import deep_merge, normalize
 from .substitute import placeholder_error
-from .tree import set_dotted
+from .tree import get_path, set_dotted, set_path
 from .yamlio import Source, dump
 
 
@@ -105,11 +106,18 @@ def compile_maker(
     dialect: str | None = None,
     sets: list[str] | tuple[str, ...] = (),
     output: str | Path | None = None,
+    single: int | None = None,
 ) -> Compiled:
-    """Compile a maker config into a run config (nothing is written)."""
+    """Compile a maker config into a run config (nothing is written).
+
+    ``single`` compiles the maker's dataset of that index alone: a single-task baseline
+    with the same base, substitutions and overrides (see :func:`compile_single_tasks`).
+    """
     from .detect import choose_dialect
 
     maker = load_maker(Path(maker_path))
+    if single is not None:
+        maker = replace(maker, datasets=[maker.datasets[single]])
     names, keys = parse_sets(sets)
     hooks = choose_dialect(maker, dialect)
     values = hooks.substitution_values(maker, names)
@@ -146,13 +154,18 @@ def compile_maker(
                 stages.append(Stage("local override", maker.source,
                                     ("local_overrides", *place.dataset_key), place.run_key))
     _check_unique(datasets)
+    if single is not None:
+        maker, global_ = _single_task_view(maker, global_, datasets[0], hooks)
 
     run = hooks.assemble(normalize(base.doc), datasets)
-    if maker.merge_heads:
+    heads_last = hooks.merge_heads_after_overrides
+    if maker.merge_heads and not heads_last:
         run = merge_heads(run, datasets, maker, hooks)
     if global_:
         run = _located_merge(run, global_, maker.source, ("global_overrides",))
         stages.append(Stage("global override", maker.source, ("global_overrides",), ()))
+    if maker.merge_heads and heads_last:
+        run = merge_heads(run, datasets, maker, hooks)
     for key, value in keys.items():
         run = set_dotted(run, key, value)
     run = hooks.finalize(run)
@@ -163,6 +176,49 @@ def compile_maker(
     return Compiled(maker=maker, dialect=hooks, run=run, output_path=out, inputs=inputs,
                     datasets=datasets, stages=stages, sets=keys,
                     set_names=names)
+
+
+def compile_single_tasks(maker_path: str | Path, out_dir: str | Path,
+                         **options: Any) -> list[Compiled]:
+    """One single-task run config per dataset of a maker, for multitask-vs-single baselines."""
+    count = len(load_maker(Path(maker_path)).datasets)
+    out_dir = Path(out_dir)
+    compiled = []
+    for index in range(count):
+        one = compile_maker(maker_path, single=index, **options)
+        one.output_path = out_dir / f"{one.datasets[0].name}.yaml"
+        compiled.append(one)
+    return compiled
+
+
+#: Maps keyed by task name / dataset name: overrides of absent ones are dropped (single-task).
+_PER_TASK = (DECODERS, ("model", "init_args", "tasks"), (*MODEL_ARGS, "task_label_offsets"))
+_PER_DATASET = tuple(("data", "init_args", k) for k in ("data_modules", "batch_sizes",
+                                                        "dataset_tasks"))
+
+
+def _single_task_view(maker: Maker, global_: Any, ds: DatasetParts,
+                      hooks: Dialect) -> tuple[Maker, Any]:
+    """Drop label groups and global overrides that aim at tasks or datasets not present."""
+    tasks = set(ds.tasks)
+    groups = [[t for t in g if t in tasks] for g in maker.same_label_groups]
+    maker = replace(maker, same_label_groups=[g for g in groups if g])
+    merged = {hooks.merged_name(d[-1].get("class_path", "")) for d in ds.decoders.values()
+              if isinstance(d[-1], dict)}
+    for path, allowed in [(p, tasks | merged) for p in _PER_TASK] + [
+        (p, {ds.name}) for p in _PER_DATASET
+    ]:
+        block = get_path(global_, path)
+        if not isinstance(block, dict):
+            continue
+        foreign = [k for k in block if k.lstrip("~").rstrip("+") not in allowed]
+        if foreign:
+            hooks.warn(f"single-task run '{ds.name}': global_overrides for "
+                       f"{', '.join(f'{format_key(path)}.{k}' for k in foreign)} dropped "
+                       "(not in this dataset)")
+            global_ = set_path(global_, path, {k: v for k, v in block.items()
+                                               if k not in foreign})
+    return maker, global_
 
 
 def _located_merge(base: Any, override: Any, src: Source, prefix: tuple = ()) -> Any:

@@ -37,6 +37,9 @@ def _fail(message: str) -> None:
 @click.option("--print", "to_stdout", is_flag=True,
               help="Write the run config to stdout instead of a file.")
 @click.option("--schema", is_flag=True, help="Print the JSON Schema of the maker format and exit.")
+@click.option("--single-task", is_flag=True,
+              help="Write one single-task run config per dataset into the folder -o DIR "
+                   "(default: MAKER's folder/<stem>_single), as baselines for mtl-compare.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and warnings on stderr.")
 def main(
     maker: Path | None,
@@ -46,6 +49,7 @@ def main(
     explain: tuple[str, ...],
     to_stdout: bool,
     schema: bool,
+    single_task: bool,
     quiet: bool,
 ) -> None:
     """Compile MAKER (a maker config) into one standalone run config.
@@ -55,6 +59,7 @@ def main(
       mtl-make-config maker_configs/quickstart.yaml
       mtl-make-config maker_configs/quickstart.yaml -o runs/qs.yaml --set lr=0.01
       mtl-make-config maker_configs/quickstart.yaml --explain model.init_args.optimizer
+      mtl-make-config maker_configs/quickstart.yaml --single-task -o runs/baselines
     """
     if schema:
         from .maker import json_schema
@@ -63,12 +68,65 @@ def main(
         return
     if maker is None:
         raise click.UsageError("missing argument 'MAKER' (a maker config file)")
+    if single_task and (explain or to_stdout):
+        raise click.UsageError("--single-task writes files; it cannot be combined with "
+                               "--explain or --print")
     try:
-        _run(maker, output, dialect, sets, explain, to_stdout, quiet)
+        if single_task:
+            _run_single(maker, output, dialect, sets, quiet)
+        else:
+            _run(maker, output, dialect, sets, explain, to_stdout, quiet)
     except ConfigError as exc:
         _fail(str(exc))
     except RecursionError:
         _fail(f"{maker}: the configuration is nested too deeply to compile")
+
+
+def _report(compiled, quiet: bool) -> None:
+    for warning in compiled.warnings:
+        click.echo(f"mtl-make-config: warning: {warning}", err=True)
+    if not quiet:
+        click.echo(
+            f"mtl-make-config: dialect {compiled.dialect.name} ({compiled.dialect.reason})",
+            err=True,
+        )
+
+
+def _write(compiled) -> None:
+    """Write one run config atomically, refusing folders and the compile's own inputs."""
+    from .yamlio import write_atomic
+
+    out = compiled.output_path
+    if out.is_dir():
+        raise ConfigError("output path is a directory; give a file name", file=out)
+    resolved = out.resolve()
+    for src in compiled.inputs:
+        if src.path.resolve() == resolved:
+            raise ConfigError("output path is one of the inputs; refusing to overwrite it",
+                              file=out)
+    try:
+        write_atomic(out, compiled.text())
+    except OSError as exc:
+        raise ConfigError(f"cannot write the run config: {exc.strerror}", file=out) from None
+
+
+def _run_single(maker: Path, output: Path | None, dialect: str, sets: tuple[str, ...],
+                quiet: bool) -> None:
+    from .build import compile_single_tasks
+
+    out_dir = output or maker.parent / f"{maker.stem}_single"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError("--single-task writes a folder, but this is a file", file=out_dir)
+    runs = compile_single_tasks(maker, out_dir, dialect=dialect, sets=sets)
+    _report(runs[0], quiet)
+    for run in runs[1:]:
+        for warning in run.warnings:
+            click.echo(f"mtl-make-config: warning: {warning}", err=True)
+    for run in runs:  # every config compiled before the first is written
+        _write(run)
+        if not quiet:
+            click.echo(f"mtl-make-config: wrote {run.output_path} "
+                       f"(single-task: {', '.join(run.datasets[0].tasks)})", err=True)
 
 
 def _run(
@@ -81,38 +139,20 @@ def _run(
     quiet: bool,
 ) -> None:
     from .build import compile_maker
-    from .yamlio import write_atomic
 
     compiled = compile_maker(maker, dialect=dialect, sets=sets, output=output)
-    for warning in compiled.warnings:
-        click.echo(f"mtl-make-config: warning: {warning}", err=True)
-    if not quiet:
-        click.echo(
-            f"mtl-make-config: dialect {compiled.dialect.name} ({compiled.dialect.reason})",
-            err=True,
-        )
+    _report(compiled, quiet)
     if explain:
         from .explain import explain_key
 
         for key in explain:
             click.echo(explain_key(compiled, key))
         return
-    text = compiled.text()
     if to_stdout:
-        click.echo(text, nl=False)
+        click.echo(compiled.text(), nl=False)
         return
+    _write(compiled)
     out = compiled.output_path
-    if out.is_dir():
-        raise ConfigError("output path is a directory; give a file name", file=out)
-    resolved = out.resolve()
-    for src in compiled.inputs:
-        if src.path.resolve() == resolved:
-            raise ConfigError("output path is one of the inputs; refusing to overwrite it",
-                              file=out)
-    try:
-        write_atomic(out, text)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the run config: {exc.strerror}", file=out) from None
     if not quiet:
         n_tasks = sum(len(ds.tasks) for ds in compiled.datasets)
         click.echo(

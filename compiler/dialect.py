@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError, format_key
 from .maker import Maker
@@ -63,6 +63,8 @@ class Dialect:
 
     name: str = "native"
     reason: str = ""
+    #: Merge heads after ``global_overrides`` (upstream rslearn order) instead of before.
+    merge_heads_after_overrides: ClassVar[bool] = False
     #: Substitution problems gathered over all files, reported together.
     problems: list = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -237,6 +239,17 @@ class Dialect:
         mine = self.with_num_outputs(task, decoder, 0)
         theirs = self.with_num_outputs(task, other, 0)
         return _first_difference(mine, theirs, ())
+
+    def head_template(self, ordered: list[str]) -> str:
+        """Task whose decoder becomes the merged decoder (``ordered`` is ``ordered_tasks``)."""
+        return ordered[0]
+
+    def check_head(self, class_path: str, tasks: list[str]) -> None:
+        """Validate the tasks that merge into one head (native: nothing beyond the diff)."""
+
+    def decoders_differ(self, error: ConfigError) -> None:
+        """Decoders to merge differ beyond their output counts: native refuses."""
+        raise error
 
     def ordered_tasks(self, tasks: list[str], groups: list[list[str]]) -> list[str]:
         """Order in which a merged decoder lists tasks and lays out their label blocks."""

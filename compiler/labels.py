@@ -63,15 +63,17 @@ def merge_heads(run: dict, datasets: list[DatasetParts], maker: Maker, dialect: 
                 file=maker.path,
             )
         counts = {t: _count(dialect, t, decoders[t], owner[t]) for t in tasks}
-        first = dialect.ordered_tasks(tasks, groups)[0]
+        dialect.check_head(class_path, tasks)
+        ordered = dialect.ordered_tasks(tasks, groups)
+        first = dialect.head_template(ordered)
         for task in tasks:
             diff = dialect.differing_key(first, decoders[first], decoders[task])
             if diff is not None:
-                raise owner[task].error(
+                dialect.decoders_differ(owner[task].error(
                     f"decoders of tasks '{first}' and '{task}' (head {class_path}) differ at "
                     f"'{diff}'; merged decoders may differ only in num_outputs",
                     (*DECODERS, task),
-                )
+                ))
         if maker.merge_task_labels:
             total = _layout(dialect, tasks, groups, counts, offsets, maker)
         else:
@@ -88,7 +90,7 @@ def merge_heads(run: dict, datasets: list[DatasetParts], maker: Maker, dialect: 
             for task in tasks:
                 offsets[task] = dialect.offset_entry(task, 0, counts[task])
         merged[name] = dialect.with_num_outputs(first, decoders[first], total)
-        decoder_to_target[name] = dialect.ordered_tasks(tasks, groups)
+        decoder_to_target[name] = ordered
 
     run = set_path(run, DECODERS, merged)
     run = set_path(run, (*MODEL_ARGS, "decoder_to_target"), decoder_to_target)

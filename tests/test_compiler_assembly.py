@@ -230,3 +230,31 @@ def test_warns_about_ignored_dataset_keys(project):
     assert any("'trainer' is ignored" in w for w in compiled.warnings)
     assert any("model.init_args.lr" in w for w in compiled.warnings)
     assert compiled.run["trainer"]["max_epochs"] == 2
+
+
+def test_single_task_baselines(project, cli):
+    maker = project.standard(
+        merge_options={"merge_heads": True, "merge_task_labels": True,
+                       "same_label_groups": [["b1", "b2"]]},
+        global_overrides={
+            "trainer": {"max_epochs": 5},
+            "data": {"init_args": {"batch_sizes": {"a": 3, "b": 4}}},
+            "model": {"init_args": {"tasks": {"a": {"init_args": {"weight": 2.0}}}}},
+        },
+    )
+    out = project.root / "baselines"
+    result = cli(maker, "--single-task", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.yaml", "b.yaml"]
+    a = yaml.safe_load((out / "a.yaml").read_text())
+    b = yaml.safe_load((out / "b.yaml").read_text())
+    assert a["trainer"]["max_epochs"] == b["trainer"]["max_epochs"] == 5
+    assert a["data"]["init_args"]["batch_sizes"] == {"a": 3}
+    assert b["data"]["init_args"]["batch_sizes"] == {"b": 4}
+    assert set(b["model"]["init_args"]["tasks"]) == {"b1", "b2"}
+    assert b["model"]["init_args"]["tasks"]["b1"]["init_args"] == {"weight": 1.0}
+    args = b["model"]["init_args"]["model"]["init_args"]
+    assert args["task_label_offsets"] == {"b1": {"offset": 0, "num_outputs": 2},
+                                          "b2": {"offset": 0, "num_outputs": 2}}
+    assert a["model"]["init_args"]["optimizer"] == b["model"]["init_args"]["optimizer"]
+    assert "dropped" in result.stderr and "tasks.a" in result.stderr
