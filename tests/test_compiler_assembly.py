@@ -7,11 +7,10 @@ import shutil
 
 import pytest
 import yaml
+from helpers import BASE, dataset
 
 from compiler.build import compile_maker
 from compiler.errors import ConfigError
-
-from helpers import BASE, dataset
 
 DEC = ("model", "init_args", "model", "init_args")
 

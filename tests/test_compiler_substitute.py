@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from compiler.substitute import Substituter, evaluate, ExpressionError
+from compiler.substitute import ExpressionError, Substituter, evaluate
 
 
 def sub(tree, **values):
