@@ -1,0 +1,255 @@
+"""``mtl-run [fit|validate|test|predict] RUN.yaml [overrides]``: run a compiled run config.
+
+jsonargparse (through ``LightningCLI``) parses the config and the dotted overrides and builds
+every object from its ``class_path``/``init_args``; this module adds the run directory, the
+``--check`` mode, exit-code-2 config errors and the end-of-run report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jsonargparse import ActionYesNo, ArgumentError
+from lightning.pytorch import Callback, LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from runtime.checkpoints import newest_loadable
+from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
+from runtime.csv_log import RunCSVLogger
+from runtime.reporting import ValidationHistory
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+_CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path")
+_FLAGS = ("--resume", "--force", "--check", "--help", "-h", "--print_config")
+
+
+@dataclass
+class RunOptions:
+    """Checkpointing and model selection (the ``run:`` section of a run config).
+
+    Args:
+        monitor: metric that selects the best checkpoint and drives early stopping.
+        mode: whether ``monitor`` is better when higher (``max``) or lower.
+        per_task_monitors: also keep ``best-<task>.ckpt`` per task, selected on that task's
+            primary metric; ``summary.json`` then reports each task at its own best checkpoint.
+        checkpoint_every_n_steps: also save ``step-<N>.ckpt`` every N optimizer steps
+            (with data-sampler position and RNG state, for an exact mid-epoch ``--resume``).
+        keep_step_checkpoints: how many of the newest step checkpoints to keep (-1: all).
+        early_stopping_patience: stop after this many validations without improvement.
+        num_threads: torch intra-op CPU threads (``torch.set_num_threads``); 1 is much faster
+            for small models on a busy or 2-core machine. None keeps torch's default.
+    """
+
+    monitor: str = "val/score"
+    mode: Literal["max", "min"] = "max"
+    per_task_monitors: bool = False
+    checkpoint_every_n_steps: int | None = None
+    keep_step_checkpoints: int = 2
+    early_stopping_patience: int | None = None
+    num_threads: int | None = None
+
+
+class _CheckPassed(Exception):
+    """Raised after parsing in ``--check`` mode so nothing gets built."""
+
+
+def split_command_line(argv: list[str]) -> tuple[str, Path | None, list[str]]:
+    """(subcommand, positional config path, jsonargparse arguments with ``--config`` first)."""
+    args = list(argv)
+    subcommand = args.pop(0) if args and args[0] in SUBCOMMANDS else "fit"
+    for i, arg in enumerate(args):
+        previous = args[i - 1] if i else ""
+        takes_value = previous.startswith("-") and "=" not in previous and previous not in _FLAGS
+        if not arg.startswith("-") and not takes_value:
+            rest = args[:i] + args[i + 1:]
+            return subcommand, Path(arg), ["--config", arg, *rest]
+    return subcommand, None, args
+
+
+def default_run_dir(config_path: Path) -> Path:
+    """``runs/<config stem>/``, or the run directory a ``config.yaml`` was saved in."""
+    if config_path.name == "config.yaml" and (config_path.parent / "run_info.json").exists():
+        return config_path.parent
+    return Path("runs") / config_path.stem
+
+
+class RunCLI(LightningCLI):
+    """LightningCLI without subcommand dispatch: ``main`` runs the subcommand itself."""
+
+    def __init__(self, subcommand: str, config_path: Path | None, args: list[str]) -> None:
+        self.subcommand_name = subcommand
+        self.config_path = config_path
+        self.run_dir: Path | None = None
+        self.resume_from: Path | None = None
+        self.resume_step: int | None = None
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+            run=False,
+            args=args,
+            parser_kwargs={
+                "exit_on_error": False,
+                "prog": f"mtl-run {subcommand}",
+                "description": "Run a compiled multitask run config: "
+                "mtl-run [fit|validate|test|predict] RUN.yaml [--key.path=value ...]",
+            },
+        )
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--run_dir", "--run-dir", type=str | None, default=None,
+                            help="Run directory (default: runs/<config stem>/).")
+        for flag, text in (
+            ("--resume", "Continue the run in --run_dir from its newest checkpoint."),
+            ("--force", "Delete an existing run directory and start over."),
+            ("--check", "Only validate the config against the classes; build nothing."),
+        ):
+            parser.add_argument(flag, action=ActionYesNo(yes_prefix="", no_prefix="--no_"),
+                                default=False, help=text)
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None,
+            help="validate/test/predict: checkpoint to load (default: the run's best).")
+        parser.add_class_arguments(RunOptions, "run")
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise ConfigError(self._explain(err, parser)) from None
+
+    def _explain(self, err: ArgumentError, parser: Any) -> str:
+        config = load_yaml(self.config_path) if self.config_path else None
+        defaults = parser.get_defaults().as_dict()
+        groups = {k: list(v) for k, v in defaults.items() if isinstance(v, dict)}
+        groups[""] = list(defaults)
+        where = f"{self.config_path} " if self.config_path else ""
+        return f"{where}{explain_argument_error(err, config, groups)}"
+
+    def before_instantiate_classes(self) -> None:
+        if self.config.check:
+            raise _CheckPassed
+        self.run_dir = Path(self.config.run_dir) if self.config.run_dir else (
+            default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
+        if self.subcommand_name == "fit":
+            self._prepare_fit_dir()
+        if self.config.run.num_threads:
+            torch.set_num_threads(self.config.run.num_threads)
+
+    def _prepare_fit_dir(self) -> None:
+        run_dir = self.run_dir
+        assert run_dir is not None
+        exists = run_dir.exists() and any(run_dir.iterdir())
+        if self.config.resume:
+            found = newest_loadable(run_dir / "checkpoints") if exists else None
+            if found is not None:
+                self.resume_from, self.resume_step = found
+            else:
+                raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}/checkpoints")
+        elif exists and self.config.force:
+            if not (run_dir / "run_info.json").exists():
+                raise ConfigError(
+                    f"--force: {run_dir} is not an mtl-run run directory (no run_info.json); "
+                    "refusing to delete it")
+            shutil.rmtree(run_dir)
+        elif exists:
+            raise ConfigError(
+                f"run directory {run_dir} already exists: pass --resume to continue it, "
+                "--force to delete it and start over, or --run-dir for another directory")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        assert self.run_dir is not None
+        kwargs["default_root_dir"] = str(self.run_dir)
+        kwargs["logger"] = (
+            RunCSVLogger(self.run_dir, resume_step=self.resume_step)
+            if self.subcommand_name == "fit" else False
+        )
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        if not isinstance(configured, list):
+            configured = [configured]
+        kwargs["callbacks"] = [*configured, *self._run_callbacks()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _run_callbacks(self) -> list[Callback]:
+        opts = RunOptions(**vars(self.config.run))
+        ckpt_dir = str(self.run_dir / "checkpoints")
+        callbacks: list[Callback] = [
+            ValidationHistory(),
+            ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=opts.monitor,
+                            mode=opts.mode, save_last=True, auto_insert_metric_name=False),
+        ]
+        if opts.per_task_monitors:
+            callbacks += task_checkpoints(self.model, ckpt_dir)
+        if opts.checkpoint_every_n_steps:
+            callbacks.append(ModelCheckpoint(
+                dirpath=ckpt_dir, filename="step-{step}", monitor="step", mode="max",
+                every_n_train_steps=opts.checkpoint_every_n_steps,
+                save_top_k=opts.keep_step_checkpoints, auto_insert_metric_name=False))
+        if opts.early_stopping_patience is not None:
+            callbacks.append(EarlyStopping(monitor=opts.monitor, mode=opts.mode,
+                                           patience=opts.early_stopping_patience))
+        return callbacks
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"could not build the objects of the config: {err}") from err
+
+
+def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
+    """One ``best-<task>.ckpt`` per task, on its primary metric."""
+    tasks = getattr(model, "tasks", {})
+    out: list[Callback] = []
+    for name, task in tasks.items():
+        metric = f"val/{name}/{task.primary_metric}"
+        mode = "min" if task.primary_metric in task.lower_is_better else "max"
+        out.append(ModelCheckpoint(dirpath=ckpt_dir, filename=f"best-{name}", monitor=metric,
+                                   mode=mode, auto_insert_metric_name=False))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_known_warnings()
+    subcommand, config_path, args = split_command_line(argv)
+    try:
+        cli = RunCLI(subcommand, config_path, args)
+    except _CheckPassed:
+        print(f"{config_path}: OK")
+        return 0
+    except ArgumentError as err:  # raised outside parse_arguments (e.g. a bad --help use)
+        return _config_error(str(err))
+    except ConfigError as err:
+        return _config_error(str(err))
+    from runtime.runner import run_subcommand
+
+    run_subcommand(cli, argv)
+    print(cli.run_dir)
+    return 0
+
+
+def _quiet_known_warnings() -> None:
+    """Warnings that say nothing to an mtl-run user (we pass args on purpose; the run
+    directory holds our own files before the CSV logger starts)."""
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+
+
+def _config_error(message: str) -> int:
+    print(f"mtl-run: config error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Config errors as one paragraph: the key path in the config, jsonargparse's reason, and a
+did-you-mean for unknown classes and arguments.
+
+jsonargparse reports a nested failure as an indented tree of ``Parser key "k":`` and
+``Problem with given class_path 'c':`` lines around the reason. ``explain_argument_error``
+follows that chain through the raw config to name the exact key (list indices and dict keys
+included) and, for an unknown name, lists the close matches among the accepted ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import pydoc
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_KEY = re.compile(r'Parser key "([^"]+)":')
+_CLASS = re.compile(r"Problem with given class_path '([^']+)':")
+_OPTION = re.compile(r"Option '([^']+)' is not accepted")
+_GROUP = re.compile(r"Group '([^']+)' does not accept option '([^']+)'")
+_NO_ATTR = re.compile(r"module '([^']+)' has no attribute '([^']+)'")
+_NO_MODULE = re.compile(r"No module named '([^']+)'")
+_REQUIRED = re.compile(r"the following arguments are required: (.+)")
+_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+    "Given value:",
+    "Expected a <class 'NoneType'>",
+)
+
+
+class ConfigError(Exception):
+    """A run config (or command line) that cannot be run; ``mtl-run`` exits with code 2."""
+
+
+@dataclass
+class _Chain:
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+
+def _parse(message: str) -> _Chain:
+    """Structural steps (keys, classes) down the first failing branch, then the reason."""
+    chain = _Chain()
+    for raw in message.splitlines():
+        line = raw.strip().removeprefix("- ").strip()
+        if not line or any(line.startswith(n) for n in _NOISE):
+            continue
+        if chain.reasons and (_KEY.search(line) or _CLASS.search(line)):
+            break  # a second branch: the first one is the error
+        structural = False
+        for match in _KEY.finditer(line):
+            chain.steps.append(("key", match.group(1)))
+            structural = True
+        if (match := _CLASS.search(line)) is not None:
+            chain.steps.append(("class", match.group(1)))
+            structural = True
+        if structural:
+            continue
+        chain.reasons.append(line)
+    given = re.search(r"^\s*Given value: (.{1,80})$", message, re.MULTILINE)
+    if given and chain.reasons and "Got value" not in chain.reasons[-1]:
+        chain.reasons.append(f"got {given.group(1)!r}")
+    return chain
+
+
+def _class_nodes(node: Any, class_path: str, depth: int = 2) -> list[tuple[list[str], dict]]:
+    """(relative path, node) of the config nodes below ``node`` naming ``class_path``."""
+    found: list[tuple[list[str], dict]] = []
+    if isinstance(node, dict) and isinstance(node.get("class_path"), str):
+        given = node["class_path"]
+        if given == class_path or class_path.endswith("." + given):
+            found.append(([], node))
+        return found
+    if depth == 0:
+        return found
+    items: Any = ()
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    for key, child in items:
+        label = f"[{key}]" if isinstance(key, int) else str(key)
+        found += [([label, *p], n) for p, n in _class_nodes(child, class_path, depth - 1)]
+    return found
+
+
+def _join(parts: list[str]) -> str:
+    return ".".join(parts).replace(".[", "[")
+
+
+class _Locator:
+    """Walks the raw config along a chain, collecting the key path."""
+
+    def __init__(self, config: Any) -> None:
+        self.node: Any = config
+        self.path: list[str] = []
+        self.cls: str | None = None
+
+    def key(self, dotted: str) -> None:
+        for part in dotted.split("."):
+            if isinstance(self.node, dict) and "class_path" in self.node and part != "init_args":
+                self.node = self.node.get("init_args")
+                self.path.append("init_args")
+            self.node = self.node.get(part) if isinstance(self.node, dict) else None
+            self.path.append(part)
+
+    def klass(self, class_path: str, hint: str | None) -> None:
+        self.cls = class_path
+        matches = _class_nodes(self.node, class_path) if self.node is not None else []
+        if hint is not None:
+            with_hint = [m for m in matches if hint in (m[1].get("init_args") or {})]
+            matches = with_hint or matches
+        if matches:
+            rel, self.node = matches[0]
+            self.path += rel
+
+
+def _import(class_path: str) -> Any:
+    return pydoc.locate(class_path)
+
+
+def _accepted(class_path: str | None) -> list[str]:
+    """Argument names a class accepts (its ``__init__`` parameters, then its bases')."""
+    cls = _import(class_path) if class_path else None
+    if cls is None:
+        return []
+    names: list[str] = []
+    for klass in getattr(cls, "__mro__", (cls,)):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        names += [p.name for p in params if p.name != "self" and p.kind not in skip]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def _module_members(module_path: str) -> list[str]:
+    module = _import(module_path)
+    return [n for n in dir(module) if not n.startswith("_")] if module is not None else []
+
+
+def load_yaml(path: Path) -> Any:
+    """The raw config (safe loading) to walk key paths in; None when unreadable."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+
+
+def explain_argument_error(err: Exception, config: Any = None,
+                           top_level: dict[str, list[str]] | None = None) -> str:
+    """One paragraph: where (key path), why (jsonargparse), and close matches."""
+    message = str(err)
+    chain = _parse(message)
+    reason = "; ".join(chain.reasons) or message.strip().splitlines()[-1]
+    leaf = _OPTION.search(reason)
+    locator = _Locator(config)
+    steps = chain.steps
+    for i, (kind, value) in enumerate(steps):
+        if kind == "key":
+            locator.key(value)
+        else:
+            nxt = next((v for k, v in steps[i + 1:] if k == "key"), None)
+            hint = nxt or (leaf.group(1).split(".")[0] if leaf else None)
+            locator.klass(value, hint)
+    path, hint = list(locator.path), ""
+    if (m := _GROUP.search(reason)) is not None:
+        path += [m.group(1), m.group(2)]
+        hint = did_you_mean(m.group(2), (top_level or {}).get(m.group(1), []))
+    elif leaf is not None:
+        name = leaf.group(1).split(".")[0]
+        if locator.cls is not None:
+            path += ["init_args", name]
+            hint = did_you_mean(name, _accepted(locator.cls))
+        else:
+            path += [name]
+            hint = did_you_mean(name, list((top_level or {}).get("", [])))
+        reason = f"{reason} by {locator.cls}" if locator.cls else reason
+    elif (m := _NO_ATTR.search(reason)) is not None:
+        path += ["class_path"]
+        hint = did_you_mean(m.group(2), _module_members(m.group(1)))
+        reason = f"unknown class '{m.group(1)}.{m.group(2)}' ({reason})"
+    elif (m := _NO_MODULE.search(reason)) is not None:
+        path += ["class_path"]
+        reason = f"unknown class: {reason}"
+    elif (m := _REQUIRED.search(reason)) is not None and locator.cls is not None:
+        path += ["init_args", m.group(1).split(",")[0].strip()]
+        reason = f"{reason} (by {locator.cls})"
+    elif m is not None:
+        reason = f"{reason} (usage: mtl-run [fit|validate|test|predict] RUN.yaml [overrides])"
+    where = _join(path) if path else "(top level)"
+    return f"at {where}: {reason}.{hint}".replace("..", ".")

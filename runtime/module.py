@@ -1,0 +1,265 @@
+"""``MultiTaskModule``: the LightningModule that trains a ``MultiTaskModel`` on task batches.
+
+Batches follow the contract ``{"dataset": str, "inputs": Tensor, "targets": {task: Tensor}}``.
+Only the tasks present in ``targets`` are decoded and scored. Logged names:
+``<stage>/loss``, ``<stage>/<task>/loss``, ``<stage>/<task>/<metric>`` and ``<stage>/score``
+(mean over tasks of each task's primary metric, negated when lower is better).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from runtime.ema import WeightEMA
+from runtime.metrics import ConfusionMatrixMetrics
+from runtime.model import MultiTaskModel
+from runtime.tasks import Task
+
+STAGES = ("val", "test")
+SCORE = "val/score"
+_EMA_KEY = "ema_training_weights"
+_RNG_KEY = "rng_states"
+
+
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    inputs = batch["inputs"]
+    if isinstance(inputs, Tensor):
+        return inputs.shape[0]
+    return next(iter(batch["targets"].values())).shape[0]
+
+
+def rng_states() -> dict[str, Any]:
+    """Global RNG states as plain tensors/tuples, loadable with ``weights_only=True``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class MultiTaskModule(LightningModule):
+    """Losses, metrics, optimizer/scheduler and optional weight EMA around a ``MultiTaskModel``.
+
+    ``optimizer`` and ``scheduler`` are callables (``class_path`` configs without the
+    optimizer argument); a scheduler with ``total_steps: None`` (``WarmupCosine``) gets the
+    trainer's estimated step count. With ``ema_decay`` set, validation, test, predict and the
+    weights stored in checkpoints are the EMA weights (the training weights ride along in the
+    checkpoint so ``--resume`` continues exactly).
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: dict[str, Task],
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        ema_decay: float | None = None,
+    ) -> None:
+        super().__init__()
+        missing = sorted(set(model.task_names) - set(tasks))
+        extra = sorted(set(tasks) - set(model.task_names))
+        if missing or extra:
+            raise ValueError(
+                "model.init_args.tasks must define exactly the tasks the decoders serve: "
+                f"missing definitions for {missing}, definitions without a decoder for {extra}"
+            )
+        for name, task in tasks.items():
+            width = model.task_num_outputs(name)
+            if width is not None and width != task.num_outputs:
+                raise ValueError(
+                    f"task {name!r}: its head gives {width} outputs but the task definition "
+                    f"has {task.num_outputs} (check num_outputs / class names)"
+                )
+        self.model = model
+        self.tasks = nn.ModuleDict(tasks)
+        self.metrics = nn.ModuleDict(
+            {s: nn.ModuleDict({n: t.make_metrics() for n, t in tasks.items()}) for s in STAGES}
+        )
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.ema = WeightEMA(self.model, ema_decay) if ema_decay is not None else None
+        #: last confusion matrix per classification task and stage (CPU), for reports
+        self.confusion_matrices: dict[str, dict[str, Tensor]] = {s: {} for s in STAGES}
+        self._pending_rng: dict[str, Any] | None = None
+
+    # ---- forward / steps -------------------------------------------------------------------
+    def forward(self, inputs: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:
+        return self.model(inputs, tasks)
+
+    def _step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
+        targets: Mapping[str, Tensor] = batch["targets"]
+        outputs = self.model(batch["inputs"], targets.keys())
+        size = _batch_size(batch)
+        total: Tensor | None = None
+        for name, target in targets.items():
+            task: Task = self.tasks[name]
+            out = outputs[name]
+            loss = task.loss(out, target)
+            weighted = loss * task.loss_weight
+            total = weighted if total is None else total + weighted
+            self.log(f"{stage}/{name}/loss", loss, on_step=False, on_epoch=True, batch_size=size)
+            if stage in STAGES:
+                self.metrics[stage][name].update(out.detach(), target)
+        if total is None:
+            raise ValueError(f"batch from dataset {batch.get('dataset')!r} has no targets")
+        is_train = stage == "train"
+        self.log(f"{stage}/loss", total, on_step=is_train, on_epoch=True, prog_bar=is_train,
+                 batch_size=size)
+        return total
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        self._step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        """Per-task predictions for the tasks of the batch's dataset."""
+        tasks = self._predict_tasks(batch)
+        outputs = self.model(batch["inputs"], tasks)
+        return {
+            "dataset": batch.get("dataset"),
+            "outputs": {t: self.tasks[t].predict(outputs[t]) for t in tasks},
+        }
+
+    def _predict_tasks(self, batch: Mapping[str, Any]) -> list[str]:
+        if batch.get("targets"):
+            return list(batch["targets"])
+        by_dataset = getattr(getattr(self.trainer, "datamodule", None), "dataset_tasks", None)
+        if by_dataset and batch.get("dataset") in by_dataset:
+            return list(by_dataset[batch["dataset"]])
+        return self.model.task_names
+
+    # ---- epoch-end metrics -----------------------------------------------------------------
+    def _log_epoch_metrics(self, stage: str) -> None:
+        logged: dict[str, Tensor] = {}
+        scores: list[Tensor] = []
+        for name, metric in self.metrics[stage].items():
+            if metric.update_count == 0:
+                continue  # no batch of this task in this epoch
+            values = metric.compute()
+            logged.update({f"{stage}/{name}/{k}": v for k, v in values.items()})
+            scores.append(self.tasks[name].score(values))
+            if isinstance(metric, ConfusionMatrixMetrics):
+                self.confusion_matrices[stage][name] = metric.confusion_matrix.detach().cpu()
+            metric.reset()
+        if scores:
+            logged[f"{stage}/score"] = torch.stack(scores).mean()
+        if logged:
+            self.log_dict(logged)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # ---- optimizer -------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.AdamW(params, lr=1e-3)
+        else:
+            optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        derive = getattr(scheduler, "derive_total_steps", None)
+        if derive is not None and getattr(scheduler, "total_steps", 0) is None:
+            derive(int(self.trainer.estimated_stepping_batches))
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config.update(monitor=SCORE, interval="epoch")
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    # ---- EMA -------------------------------------------------------------------------------
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update()
+
+    def _ema_in(self) -> None:
+        if self.ema is not None and not self.ema.swapped:
+            self.ema.swap()
+
+    def _ema_out(self) -> None:
+        if self.ema is not None and self.ema.swapped:
+            self.ema.swap()
+
+    def on_validation_start(self) -> None:
+        self._ema_in()
+
+    def on_validation_end(self) -> None:
+        self._ema_out()
+
+    def on_test_start(self) -> None:
+        self._ema_in()
+
+    def on_test_end(self) -> None:
+        self._ema_out()
+
+    def on_predict_start(self) -> None:
+        self._ema_in()
+
+    def on_predict_end(self) -> None:
+        self._ema_out()
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store EMA weights as the model weights (what an export should use), the training
+        weights beside them, and the RNG states for an exact mid-epoch resume."""
+        checkpoint[_RNG_KEY] = rng_states()
+        if self.ema is None or self.ema.shadow is None:
+            return
+        ema, training = self.ema.ema_and_training_weights()
+        state = checkpoint["state_dict"]
+        for name in self.ema.names:
+            state[f"model.{name}"] = ema[name].detach().clone()
+        checkpoint[_EMA_KEY] = {f"model.{n}": t.detach().clone() for n, t in training.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if _RNG_KEY in checkpoint and self._resuming_fit():
+            self._pending_rng = checkpoint[_RNG_KEY]
+        if self.ema is None or _EMA_KEY not in checkpoint:
+            return
+        state = checkpoint["state_dict"]
+        self.ema.load({n: state[f"model.{n}"] for n in self.ema.names})
+        state.update(checkpoint[_EMA_KEY])
+
+    def on_train_start(self) -> None:
+        """Restore the RNG states only now: building the data loaders' iterators and the
+        sanity check draw from the global RNG after the checkpoint is loaded."""
+        if self._pending_rng is not None:
+            set_rng_states(self._pending_rng)
+            self._pending_rng = None
+
+    def _resuming_fit(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and trainer.state.fn == "fit"

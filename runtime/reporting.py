@@ -1,0 +1,214 @@
+"""What a run leaves behind besides checkpoints: validation history, summary.json,
+confusion-matrix PNGs, per-task predictions and run_info.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from safetensors.torch import save_file
+
+from runtime.tasks import Task
+
+_HASH_LINE = re.compile(r"^#\s*sha256\s+([0-9a-fA-F]{64})\s+(.+?)\s*$")
+_PACKAGES = ("mtl-toolkit", "torch", "lightning", "jsonargparse", "torchmetrics", "numpy",
+             "scikit-learn")
+
+
+class ValidationHistory(Callback):
+    """Records every validation pass (metrics and confusion matrices) so the report can show
+    the metrics of whichever checkpoint was selected as best; saved in checkpoints so a
+    resumed run keeps its history."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+        }
+        confusion = getattr(pl_module, "confusion_matrices", {}).get("val", {})
+        self.entries.append({
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "metrics": metrics,
+            "confusion": {t: cm.tolist() for t, cm in confusion.items()},
+        })
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"entries": self.entries}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.entries = list(state_dict.get("entries", []))
+
+    def best(self, monitor: str, mode: str, score: float | None) -> dict[str, Any] | None:
+        """The first validation pass whose ``monitor`` equals the checkpoint's best score."""
+        if score is None:
+            return None
+        for entry in self.entries:
+            value = entry["metrics"].get(monitor)
+            if value is not None and math.isclose(value, score, rel_tol=1e-6, abs_tol=1e-9):
+                return entry
+        return None
+
+
+def task_metrics(metrics: dict[str, float], stage: str, task: str) -> dict[str, float]:
+    """``{metric: value}`` of one task from ``<stage>/<task>/<metric>`` keys."""
+    prefix = f"{stage}/{task}/"
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def per_task_report(metrics: dict[str, float], stage: str, tasks: list[str]) -> dict[str, Any]:
+    return {t: task_metrics(metrics, stage, t) for t in tasks}
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path,
+                          title: str) -> None:
+    """Counts with row-normalised colours (true label on rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = torch.tensor(matrix, dtype=torch.float64)
+    rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
+    n = len(class_names)
+    size = min(2 + 0.5 * n, 14)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=90 if n > 8 else 0)
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_confusion_matrices(run_dir: Path, confusion: dict[str, list[list[int]]],
+                             tasks: dict[str, Task], prefix: str, title: str) -> list[Path]:
+    paths = []
+    for name, matrix in confusion.items():
+        path = run_dir / f"{prefix}{name}.png"
+        plot_confusion_matrix(matrix, tasks[name].class_names, path, f"{name} ({title})")
+        paths.append(path)
+    return paths
+
+
+def write_predictions(run_dir: Path, batches: list[Any], tasks: dict[str, Task]) -> list[Path]:
+    """Concatenate ``predict_step`` outputs per task into ``predictions/<task>.safetensors``
+    (all outputs) and ``predictions/<task>.csv`` (one row per sample, vector tasks only)."""
+    flat = [b for group in batches for b in (group if isinstance(group, list) else [group])]
+    collected: dict[str, dict[str, list[torch.Tensor]]] = {}
+    for batch in flat:
+        for task, outputs in batch["outputs"].items():
+            for key, value in outputs.items():
+                collected.setdefault(task, {}).setdefault(key, []).append(value.detach().cpu())
+    out_dir = run_dir / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for task, outputs in collected.items():
+        tensors = {k: torch.cat(v).contiguous() for k, v in outputs.items()}
+        path = out_dir / f"{task}.safetensors"
+        save_file(tensors, str(path))
+        paths.append(path)
+        if all(t.dim() <= 2 for t in tensors.values()):
+            paths.append(_write_csv(out_dir / f"{task}.csv", tensors, tasks[task]))
+    return paths
+
+
+def _write_csv(path: Path, tensors: dict[str, torch.Tensor], task: Task) -> Path:
+    names = getattr(task, "class_names", None) or getattr(task, "label_names", None)
+    columns: list[str] = []
+    values: list[torch.Tensor] = []
+    for key, tensor in tensors.items():
+        if tensor.dim() == 1:
+            columns.append(key)
+            values.append(tensor.unsqueeze(1))
+        else:
+            width = tensor.shape[1]
+            labels = names if names and len(names) == width else [str(i) for i in range(width)]
+            columns += [f"{key}_{label}" for label in labels]
+            values.append(tensor)
+    table = torch.cat([v.double() for v in values], dim=1).tolist()
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in table:
+            writer.writerow([int(x) if float(x).is_integer() else round(x, 6) for x in row])
+    return path
+
+
+def header_comments(config_path: Path) -> dict[str, Any]:
+    """The leading ``#`` comment block of a run config, and the ``# sha256 <hex> <path>``
+    input hashes the compiler writes there."""
+    lines: list[str] = []
+    for line in config_path.read_text().splitlines():
+        if not line.startswith("#"):
+            if line.strip():
+                break
+            continue
+        lines.append(line)
+    inputs = [
+        {"sha256": m.group(1), "path": m.group(2)}
+        for m in (_HASH_LINE.match(line) for line in lines) if m
+    ]
+    return {"header": lines, "inputs": inputs}
+
+
+def git_commit(cwd: Path) -> dict[str, Any] | None:
+    """HEAD of the git checkout around ``cwd`` and whether it has local changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def run_info(argv: list[str], subcommand: str, config_path: Path, seed: Any) -> dict[str, Any]:
+    return {
+        "command": [Path(sys.argv[0]).name, *argv],
+        "subcommand": subcommand,
+        "config": str(config_path),
+        "seed": seed,
+        "versions": package_versions(),
+        "git": git_commit(Path.cwd()),
+        **header_comments(config_path),
+    }

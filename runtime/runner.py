@@ -1,0 +1,142 @@
+"""Executes a parsed ``mtl-run`` subcommand and writes the run directory's reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from runtime.reporting import (
+    ValidationHistory,
+    header_comments,
+    per_task_report,
+    run_info,
+    write_confusion_matrices,
+    write_json,
+    write_predictions,
+)
+
+if TYPE_CHECKING:
+    from runtime.cli import RunCLI
+
+
+def _callback(trainer: Any, kind: type) -> Any:
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
+def save_config(cli: RunCLI, path: Path) -> None:
+    """The config as executed: every default filled in, CLI-only switches left out."""
+    from runtime.cli import _CLI_ONLY
+
+    config = cli.config.clone()
+    for key in _CLI_ONLY:
+        config.pop(key, None)
+    config.pop("config", None)
+    header = header_comments(cli.config_path)["header"] if cli.config_path else []
+    body = cli.parser.dump(config, skip_none=False, skip_check=True)
+    path.write_text("".join(f"{line}\n" for line in header) + body)
+
+
+def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
+    run_dir = cli.run_dir
+    assert run_dir is not None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stage = cli.subcommand_name
+    if stage == "fit":
+        save_config(cli, run_dir / "config.yaml")
+    info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
+    config_path = cli.config_path or run_dir / "config.yaml"
+    write_json(run_dir / info_name, run_info(argv, stage, config_path, cli.config.seed_everything))
+    {"fit": _fit, "validate": _evaluate, "test": _evaluate, "predict": _predict}[stage](cli)
+
+
+def _tasks(cli: RunCLI) -> dict[str, Any]:
+    return dict(getattr(cli.model, "tasks", {}))
+
+
+def _fit(cli: RunCLI) -> None:
+    trainer, run_dir = cli.trainer, cli.run_dir
+    ckpt = str(cli.resume_from) if cli.resume_from else None
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
+    if not trainer.is_global_zero:
+        return
+    history: ValidationHistory = _callback(trainer, ValidationHistory)
+    tasks = _tasks(cli)
+    summary: dict[str, Any] = {}
+    confusion: dict[str, Any] = {}
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or callback.monitor in (None, "step"):
+            continue
+        score = None if callback.best_model_score is None else float(callback.best_model_score)
+        entry = history.best(callback.monitor, callback.mode, score)
+        if entry is None:
+            continue
+        covered = _tasks_of_monitor(callback.monitor, tasks)
+        for name in covered:
+            metrics = per_task_report(entry["metrics"], "val", [name])[name]
+            if metrics:
+                summary[name] = {**metrics, "epoch": entry["epoch"], "step": entry["step"]}
+            if name in entry["confusion"]:
+                confusion[name] = entry["confusion"][name]
+    write_json(run_dir / "summary.json", summary)
+    write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
+    _print_results("best validation", summary)
+
+
+def _tasks_of_monitor(monitor: str, tasks: dict[str, Any]) -> list[str]:
+    """A per-task monitor ``val/<task>/<metric>`` selects for that task only."""
+    parts = monitor.split("/")
+    if len(parts) == 3 and parts[1] in tasks:
+        return [parts[1]]
+    return list(tasks)
+
+
+def _checkpoint_for_evaluation(cli: RunCLI) -> str | None:
+    if cli.config.ckpt_path:
+        return cli.config.ckpt_path
+    for name in ("best.ckpt", "last.ckpt"):
+        path = cli.run_dir / "checkpoints" / name
+        if path.exists():
+            return str(path)
+    print(f"mtl-run: no checkpoint in {cli.run_dir}/checkpoints: using freshly built weights")
+    return None
+
+
+def _evaluate(cli: RunCLI) -> None:
+    stage = cli.subcommand_name
+    trainer, run_dir = cli.trainer, cli.run_dir
+    run = trainer.validate if stage == "validate" else trainer.test
+    ckpt = _checkpoint_for_evaluation(cli)
+    run(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
+    if not trainer.is_global_zero:
+        return
+    prefix = "val" if stage == "validate" else "test"
+    tasks = _tasks(cli)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    report = {t: m for t, m in per_task_report(metrics, prefix, list(tasks)).items() if m}
+    write_json(run_dir / f"{stage}_metrics.json", report)
+    confusion = getattr(cli.model, "confusion_matrices", {}).get(prefix, {})
+    write_confusion_matrices(run_dir, {t: cm.tolist() for t, cm in confusion.items()}, tasks,
+                             f"{stage}_confusion_matrix_", stage)
+    _print_results(stage, report)
+
+
+def _predict(cli: RunCLI) -> None:
+    trainer, run_dir = cli.trainer, cli.run_dir
+    ckpt = _checkpoint_for_evaluation(cli)
+    batches = trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt,
+                              return_predictions=True, weights_only=True)
+    if trainer.is_global_zero and batches:
+        for path in write_predictions(run_dir, batches, _tasks(cli)):
+            print(f"wrote {path}")
+
+
+def _print_results(title: str, report: dict[str, dict[str, float]]) -> None:
+    print(f"\nPer-task results ({title}):")
+    for task, metrics in report.items():
+        shown = ", ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in metrics.items() if not k.startswith("f1_")
+        )
+        print(f"  {task}: {shown}")
