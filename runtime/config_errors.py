@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from compiler.errors import ConfigError as CompilerConfigError
+
 _KEY = re.compile(r'Parser key "([^"]+)":')
 _CLASS = re.compile(r"Problem with given class_path '([^']+)':")
 _OPTION = re.compile(r"Option '([^']+)' is not accepted")
@@ -36,8 +38,12 @@ _NOISE = (
 )
 
 
-class ConfigError(Exception):
-    """A run config (or command line) that cannot be run; ``mtl-run`` exits with code 2."""
+class ConfigError(CompilerConfigError):
+    """A run config (or command line) that cannot be run; ``mtl-run`` exits with code 2.
+
+    The same family as the compiler's and the data modules' errors, so one ``except``
+    catches bad input from anywhere in the toolkit.
+    """
 
 
 @dataclass

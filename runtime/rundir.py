@@ -1,0 +1,121 @@
+"""Loading a run directory back: its config, model, data and a chosen checkpoint.
+
+The one place that turns a run directory (or a run config) into live objects, so companion
+commands (``mtl-eval``, ``mtl-unmerge``, ``mtl-throughput``, ``mtl-ckpt-convert``) never
+re-implement model loading. Objects are built by jsonargparse from ``class_path`` /
+``init_args``, exactly as ``mtl-run`` builds them; checkpoints load with ``weights_only``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+
+from runtime.config_errors import ConfigError, load_yaml
+
+CONFIG_NAME = "config.yaml"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class LoadedRun:
+    """A run's live objects and where they came from."""
+
+    config_path: Path
+    config: dict[str, Any]
+    module: LightningModule
+    datamodule: LightningDataModule | None
+    checkpoint_path: Path | None
+    run_dir: Path | None
+
+
+def config_of(target: Path) -> tuple[Path, Path | None]:
+    """(config file, run directory or None) for a run directory or a run config file."""
+    if target.is_dir():
+        config = target / CONFIG_NAME
+        if not config.is_file():
+            raise ConfigError(f"{target} is not a run directory: it has no {CONFIG_NAME}")
+        return config, target
+    if not target.exists():
+        raise ConfigError(f"{target}: no such run directory or run config")
+    return target, None
+
+
+def resolve_checkpoint(run_dir: Path | None, ckpt: str) -> Path:
+    """``last`` / ``best`` (in the run's checkpoints/) or an explicit checkpoint path."""
+    if ckpt in ("last", "best"):
+        if run_dir is None:
+            raise ConfigError(f"--ckpt {ckpt} needs a run directory, not a config file")
+        path = run_dir / CHECKPOINTS / f"{ckpt}.ckpt"
+        if not path.is_file():
+            raise ConfigError(f"{run_dir}: no {ckpt} checkpoint ({path} is missing)")
+        return path
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded without running code; corrupt files are ConfigErrors."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input here
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not a loadable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def build_objects(
+    config: dict[str, Any], with_data: bool = True, where: str = "run config"
+) -> tuple[LightningModule, LightningDataModule | None]:
+    """Instantiate the config's ``model`` (and ``data``) through jsonargparse."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningModule, "model", required=True)
+    sections = {"model": config.get("model")}
+    if with_data:
+        parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+        sections["data"] = config.get("data")
+    try:
+        parsed = parser.parse_object(sections)
+        objects = parser.instantiate_classes(parsed)
+    except Exception as exc:  # noqa: BLE001 - jsonargparse and constructors: bad config
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{where}: cannot build the model/data: {first}") from None
+    return objects.model, objects.get("data") if with_data else None
+
+
+def load_run(
+    target: str | Path, ckpt: str | None = "best", with_data: bool = True
+) -> LoadedRun:
+    """Build a run's model (and data) and load a checkpoint into it.
+
+    ``target`` is a run directory (its ``config.yaml``) or a run config file; ``ckpt`` is
+    ``best``, ``last``, a path, or None for the random initial weights.
+    """
+    config_path, run_dir = config_of(Path(target))
+    config = load_yaml(config_path)
+    if not isinstance(config, dict) or "model" not in config:
+        raise ConfigError(f"{config_path}: not a run config (no 'model' section)")
+    module, datamodule = build_objects(config, with_data, str(config_path))
+    checkpoint_path = None
+    if ckpt is not None:
+        checkpoint_path = resolve_checkpoint(run_dir, ckpt)
+        state = read_checkpoint(checkpoint_path)["state_dict"]
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"{checkpoint_path} does not fit the model of {config_path}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+    module.eval()
+    return LoadedRun(config_path, config, module, datamodule, checkpoint_path, run_dir)

@@ -1,0 +1,67 @@
+"""Plumbing shared by the companion commands (click): bad input exits 2 in one paragraph.
+
+Every command wraps its work in :func:`bad_input_exits`, raises the toolkit's
+``ConfigError`` for anything the user can fix, and checks outputs with
+:func:`refuse_existing` before doing work and writes through :func:`atomic_output`, so
+nothing is ever half-written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from compiler.errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    """Print ``prog: error: message`` on stderr and exit with code 2."""
+    click.echo(f"{prog}: error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@contextmanager
+def bad_input_exits(prog: str) -> Iterator[None]:
+    """Turn the toolkit's ``ConfigError`` (bad config, checkpoint, argument) into exit 2."""
+    try:
+        yield
+    except ConfigError as exc:
+        fail(prog, str(exc))
+
+
+def refuse_existing(path: Path, force: bool) -> None:
+    """Refuse an existing output unless ``--force`` (checked before any work is done)."""
+    if (path.exists() or path.is_symlink()) and not force:
+        raise ConfigError(f"{path} already exists; pass --force to replace it")
+
+
+@contextmanager
+def atomic_output(path: Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary file or folder beside ``path`` that replaces it on success.
+
+    On any error the temporary is removed and an existing ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    target = tmp if directory else tmp / path.name
+    try:
+        yield target
+        old = None
+        if path.exists() or path.is_symlink():
+            old = path.with_name(f".{path.name}.old-{tmp.name}")
+            path.rename(old)
+        target.rename(path)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
