@@ -20,7 +20,6 @@ from .errors import ConfigError, format_key
 from .labels import merge_heads
 from .maker import Maker, load_maker
 from .merge import deep_merge, normalize
-from .substitute import placeholder_error
 from .tree import get_path, set_dotted, set_path
 from .yamlio import Source, dump
 
@@ -129,6 +128,8 @@ def compile_maker(
     local = hooks.overrides(maker, "local_overrides", values)
     global_ = hooks.overrides(maker, "global_overrides", values)
     if hooks.problems:
+        from .substitute import placeholder_error
+
         raise placeholder_error(hooks.problems)
     if not isinstance(base.doc, dict):
         raise ConfigError("the base config must be a mapping (model, data, trainer, ...)",
@@ -166,6 +167,7 @@ def compile_maker(
         stages.append(Stage("global override", maker.source, ("global_overrides",), ()))
     if maker.merge_heads and heads_last:
         run = merge_heads(run, datasets, maker, hooks)
+    stages += [Stage(*item) for item in hooks.provenance(run)]
     for key, value in keys.items():
         run = set_dotted(run, key, value)
     run = hooks.finalize(run)

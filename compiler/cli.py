@@ -6,7 +6,6 @@ imported at module level (and nothing from torch, ever).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -62,6 +61,8 @@ def main(
       mtl-make-config maker_configs/quickstart.yaml --single-task -o runs/baselines
     """
     if schema:
+        import json
+
         from .maker import json_schema
 
         click.echo(json.dumps(json_schema(), indent=2))

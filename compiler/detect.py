@@ -22,12 +22,19 @@ def _make(name: str) -> Dialect:
     return Dialect()
 
 
-def detect(maker: Maker) -> tuple[str, str]:
-    """(dialect, reason) from the maker's base and dataset files."""
+def detect(maker: Maker, cache: dict | None = None) -> tuple[str, str]:
+    """(dialect, reason) from the maker's base and dataset files.
+
+    Files read here go into ``cache`` (path -> Source), so compiling does not read them again.
+    """
     base = read_source(maker.base_path, "base config")
+    if cache is not None:
+        cache[base.path] = base
     if re.search(r"^all_dataset_info_path\s*:", base.text, re.MULTILINE):
         return "rslearn", f"{base.path} names all_dataset_info_path"
     texts = [base] + [read_source(p, "dataset config") for files in maker.datasets for p in files]
+    if cache is not None:
+        cache.update((s.path, s) for s in texts[1:])
     upper = [s for s in texts if _UPPER_PLACEHOLDER.search(s.text)]
     native = [s for s in texts if _NATIVE_PLACEHOLDER.search(s.text)]
     if upper and native:
@@ -44,12 +51,14 @@ def detect(maker: Maker) -> tuple[str, str]:
 
 def choose_dialect(maker: Maker, requested: str | None) -> Dialect:
     """The dialect to compile with; ``None`` or ``"auto"`` detects it."""
+    cache: dict = {}
     if requested in (None, "auto"):
-        name, reason = detect(maker)
+        name, reason = detect(maker, cache)
     elif requested in DIALECTS:
         name, reason = requested, "asked for"
     else:
         raise ConfigError(f"unknown dialect '{requested}' (choose from {', '.join(DIALECTS)})")
     dialect = _make(name)
     dialect.reason = reason
+    dialect.preread = cache
     return dialect

@@ -14,9 +14,8 @@ from typing import Any, ClassVar
 from .errors import ConfigError, format_key
 from .maker import Maker
 from .merge import deep_merge
-from .substitute import Substituter, located_problems, substitute_source
 from .tree import get_path
-from .yamlio import Source, load_source
+from .yamlio import Source, parse, read_source
 
 MODEL_ARGS = ("model", "init_args", "model", "init_args")
 DECODERS = (*MODEL_ARGS, "decoders")
@@ -68,14 +67,24 @@ class Dialect:
     #: Substitution problems gathered over all files, reported together.
     problems: list = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Files dialect detection already read (path -> Source), each reused once.
+    preread: dict = field(default_factory=dict, repr=False)
 
     # -- inputs --------------------------------------------------------------------------
     def substitution_values(self, maker: Maker, sets: dict[str, Any]) -> dict[str, Any]:
         return {**maker.substitutions, **sets}
 
+    def read(self, path: Path, what: str) -> Source:
+        """Read an input file (unparsed), reusing the copy detection read, if any."""
+        src = self.preread.pop(path, None)
+        return src if src is not None else read_source(path, what)
+
     def load_input(self, path: Path, values: dict[str, Any], what: str) -> Source:
         """Read one base or dataset file and substitute its placeholders."""
-        src = load_source(path, what)
+        from .substitute import Substituter, located_problems, substitute_source
+
+        src = self.read(path, what)
+        src.doc = src.raw = parse(src.text, path)
         sub = Substituter(values)
         src.doc = substitute_source(src.doc, src.text, sub)
         if sub.unresolved or sub.failed:
@@ -84,6 +93,8 @@ class Dialect:
 
     def overrides(self, maker: Maker, name: str, values: dict[str, Any]) -> dict:
         """The maker's local or global overrides, substituted (native) or verbatim."""
+        from .substitute import Substituter, located_problems
+
         raw = getattr(maker, name)
         sub = Substituter(values)
         out = sub.tree(raw)
@@ -300,6 +311,10 @@ class Dialect:
     # -- output --------------------------------------------------------------------------
     def finalize(self, run: dict) -> dict:
         return run
+
+    def provenance(self, run: dict) -> list[tuple[str, Source, tuple, tuple]]:
+        """Extra (label, source, source key, run key) contributions, for ``--explain``."""
+        return []
 
     def extra_inputs(self) -> list[Source]:
         """Input files besides maker, base and datasets (hashed into the header)."""

@@ -47,6 +47,15 @@ def merge_heads(run: dict, datasets: list[DatasetParts], maker: Maker, dialect: 
     all_tasks = list(owner)
     groups = dialect.check_groups(maker.same_label_groups, all_tasks, maker)
     decoders: dict[str, list] = get_path(run, DECODERS)
+    gone = [t for t in all_tasks if not isinstance(decoders, dict)
+            or not isinstance(decoders.get(t), list) or not decoders[t]]
+    if gone:  # possible where heads merge after global_overrides
+        key = ("global_overrides", *DECODERS)
+        raise ConfigError(
+            f"cannot merge heads: the decoders of {', '.join(gone)} are no longer non-empty "
+            "lists after global_overrides",
+            file=maker.path, line=maker.source.line_of(key), key=key,
+        )
     by_class: dict[str, list[str]] = {}
     for task in all_tasks:
         by_class.setdefault(_head_class(task, decoders[task], owner[task]), []).append(task)

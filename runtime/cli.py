@@ -74,10 +74,12 @@ def split_command_line(argv: list[str]) -> tuple[str, Path | None, list[str]]:
 
 
 def default_run_dir(config_path: Path) -> Path:
-    """``runs/<config stem>/``, or the run directory a ``config.yaml`` was saved in."""
+    """``runs/<config stem>/`` (without a ``.run`` suffix), or the run directory a ``config.yaml``
+    was saved in."""
     if config_path.name == "config.yaml" and (config_path.parent / "run_info.json").exists():
         return config_path.parent
-    return Path("runs") / config_path.stem
+    stem = config_path.stem
+    return Path("runs") / (stem.removesuffix(".run") or stem)  # quickstart.run.yaml -> quickstart
 
 
 class RunCLI(LightningCLI):

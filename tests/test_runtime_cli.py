@@ -225,15 +225,16 @@ def test_user_defined_encoder_and_head_outside_the_package(workdir, capsys, monk
     del sys.modules["my_blocks"]
 
 
-def test_quickstart_compiles_and_reaches_090_on_every_task(workdir, capsys):
+def test_quickstart_compiles_and_learns_every_task(workdir, capsys):
+    """Two epochs of the quickstart (the full run is the README's main command)."""
     repo = Path(__file__).resolve().parents[1]
     compiled = subprocess.run(
         [sys.executable, "-m", "compiler", str(repo / "maker_configs/quickstart.yaml"),
          "-o", str(workdir / "quickstart.run.yaml")], capture_output=True, text=True, timeout=120)
     assert compiled.returncode == 0, compiled.stderr
-    code, out, err = run(capsys, "quickstart.run.yaml")
+    code, out, err = run(capsys, "quickstart.run.yaml", "--trainer.max_epochs=2")
     assert code == 0, err
-    summary = json.loads((workdir / "runs/quickstart.run/summary.json").read_text())
+    summary = json.loads((workdir / "runs/quickstart/summary.json").read_text())
     assert set(summary) == {"digits_low", "digits_high", "parity"}
     assert all(m["accuracy"] >= 0.9 for m in summary.values()), summary
     assert "digits_high: " in out
