@@ -24,6 +24,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sampler_bench  # noqa: E402 - the sampler figure is printed with the overhead figures
 
 MODELS: dict[str, dict[str, Any]] = {
     "quickstart": {  # the quickstart's MLP, 3 tasks on one merged 12-way head
@@ -190,6 +191,8 @@ def main() -> None:
           f"{'overhead ms/step':>18}{'throughput ratio':>18}")
     for name, p, m, over, ratio in rows:
         print(f"{name:<12}{p:>15.2f}{m:>17.2f}{over:>18.2f}{ratio:>18.3f}")
+    print()
+    sampler_bench.main()  # the sampler's own cost: one epoch over 10 datasets, 1M samples
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ every object from its ``class_path``/``init_args``; this module adds the run dir
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import warnings
@@ -82,6 +83,12 @@ def default_run_dir(config_path: Path) -> Path:
     return Path("runs") / (stem.removesuffix(".run") or stem)  # quickstart.run.yaml -> quickstart
 
 
+def launched_as_rank_zero() -> bool:
+    """Whether this process is rank 0 of its launch (Lightning, torchrun, SLURM set these)."""
+    return all(os.environ.get(var, "0") == "0"
+               for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
 class RunCLI(LightningCLI):
     """LightningCLI without subcommand dispatch: ``main`` runs the subcommand itself."""
 
@@ -151,6 +158,8 @@ class RunCLI(LightningCLI):
         run_dir = self.run_dir
         assert run_dir is not None
         exists = run_dir.exists() and any(run_dir.iterdir())
+        if not self.config.resume and not launched_as_rank_zero():
+            return  # a DDP worker: rank 0 already checked and prepared the directory
         if self.config.resume:
             found = newest_loadable(run_dir / "checkpoints") if exists else None
             if found is not None:
