@@ -168,6 +168,10 @@ def compile_maker(
     if maker.merge_heads and heads_last:
         run = merge_heads(run, datasets, maker, hooks)
     stages += [Stage(*item) for item in hooks.provenance(run)]
+    if maker.finetune_from is not None:
+        run = _finetune(run, maker, hooks)
+        stages.append(Stage("finetune_from", maker.source, ("finetune_from",),
+                            ("model", "init_args", "init_from")))
     for key, value in keys.items():
         run = set_dotted(run, key, value)
     run = hooks.finalize(run)
@@ -221,6 +225,16 @@ def _single_task_view(maker: Maker, global_: Any, ds: DatasetParts,
             global_ = set_path(global_, path, {k: v for k, v in block.items()
                                                if k not in foreign})
     return maker, global_
+
+
+def _finetune(run: dict, maker: Maker, hooks: Dialect) -> dict:
+    """``finetune_from`` -> the module's ``init_from`` (native run configs only)."""
+    from .finetune import apply_finetune_from
+
+    if hooks.name != "native":
+        raise ConfigError(f"finetune_from is supported for native makers only (this one is "
+                          f"{hooks.name})", file=maker.path, key=("finetune_from",))
+    return apply_finetune_from(run, maker.finetune_from, maker.source)
 
 
 def _located_merge(base: Any, override: Any, src: Source, prefix: tuple = ()) -> Any:

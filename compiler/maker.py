@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, did_you_mean
+from .finetune import SCHEMA as FINETUNE_SCHEMA
+from .finetune import FinetuneFrom, load_finetune_from
 from .yamlio import Source, load_source
 
 _PATH = {"type": "string", "minLength": 1}
@@ -62,6 +64,7 @@ FIELDS: dict[str, dict[str, Any]] = {
             "same_label_groups": _GROUPS,
         },
     },
+    "finetune_from": FINETUNE_SCHEMA,
 }
 MERGE_OPTIONS = tuple(FIELDS["merge_options"]["properties"])
 
@@ -93,6 +96,7 @@ class Maker:
     merge_heads: bool = False
     merge_task_labels: bool = False
     same_label_groups: list[list[str]] = field(default_factory=list)
+    finetune_from: FinetuneFrom | None = None
 
     @property
     def path(self) -> Path:
@@ -171,6 +175,8 @@ def load_maker(path: Path) -> Maker:
             _expect(src, (name,), value, dict, "a mapping")
             setattr(maker, name, value)
     _load_merge_options(src, doc.get("merge_options"), maker)
+    if doc.get("finetune_from") is not None:
+        maker.finetune_from = load_finetune_from(src, doc["finetune_from"])
     return maker
 
 

@@ -214,7 +214,19 @@ class RunCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, KeyError) as err:
-            raise ConfigError(f"could not build the objects of the config: {err}") from err
+            raise ConfigError(
+                f"could not build the objects of the config: {constructor_error(err)}") from err
+
+
+def constructor_error(err: Exception) -> str:
+    """A constructor's own message, without jsonargparse's union report around it (which
+    ends in a dump of the whole parsed config)."""
+    text = str(err)
+    if "Given value" not in text:
+        return text
+    causes = [line.strip()[2:] for line in text.splitlines()
+              if line.startswith("  - ") and "NoneType" not in line]
+    return "; ".join(causes) or text
 
 
 def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
@@ -244,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         return _config_error(str(err))
     from runtime.runner import run_subcommand
 
-    run_subcommand(cli, argv)
+    try:
+        run_subcommand(cli, argv)
+    except ConfigError as err:  # found once the objects exist (e.g. init_from's checkpoint)
+        return _config_error(str(err))
     print(cli.run_dir)
     return 0
 

@@ -6,8 +6,12 @@ A plain ``nn.Module`` with no Lightning in it, so it can be exported and used on
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 
 from torch import Tensor, nn
+
+from runtime.lora import StaticLoRA, TaskLoRA
+from runtime.task_embedding import TaskEmbedding
 
 
 class MultiTaskModel(nn.Module):
@@ -18,6 +22,12 @@ class MultiTaskModel(nn.Module):
     serves several tasks, and a task listed in ``task_label_offsets`` receives the slice
     ``[offset : offset + num_outputs]`` of its decoder's output (dim 1) - a view, no copy.
     With ``lazy_decode`` only the decoders of the requested tasks run.
+
+    Task conditioning (all optional): ``task_embedding`` gives every task a vector (its rows
+    follow ``task_names``); a task-conditioned ``trunk`` (``runtime.trunk.TaskTrunk``) gets
+    ``(features, task vector)``; ``task_lora`` adapts the encoder per task (then the encoder
+    runs once per task of a batch); ``static_lora`` adds peft LoRA to the encoder. With a
+    task embedding each requested task is decoded from its own features.
     """
 
     def __init__(
@@ -28,6 +38,9 @@ class MultiTaskModel(nn.Module):
         lazy_decode: bool = True,
         decoder_to_target: dict[str, list[str]] | None = None,
         task_label_offsets: dict[str, dict[str, int]] | None = None,
+        task_embedding: TaskEmbedding | None = None,
+        task_lora: TaskLoRA | None = None,
+        static_lora: StaticLoRA | None = None,
     ) -> None:
         super().__init__()
         if not decoders:
@@ -58,6 +71,33 @@ class MultiTaskModel(nn.Module):
                     f"got {sorted(block)}"
                 )
             self.task_slices[task] = (int(block["offset"]), int(block["num_outputs"]))
+        self.task_embedding = task_embedding
+        self.task_lora = task_lora
+        self.static_lora = static_lora
+        self._bind_task_conditioning()
+
+    def _bind_task_conditioning(self) -> None:
+        """Give the task-conditioned parts the task list and the embedding size."""
+        if self.static_lora is not None:
+            self.static_lora.attach(self.encoder)
+        needs = ["trunk"] if getattr(self.trunk, "add_embedding", False) else []
+        needs += ["task_lora"] if self.task_lora is not None else []
+        needs += [f"encoder.{i}" for i, m in enumerate(self.encoder)
+                  if getattr(m, "task_conditioned", False)]
+        if self.task_embedding is None:
+            if needs:
+                raise ValueError(f"{', '.join(needs)} need a task embedding: give "
+                                 "MultiTaskModel a task_embedding (runtime.task_embedding."
+                                 "TaskEmbedding)")
+            return
+        dim = self.task_embedding.bind(self.task_names)
+        if self.trunk is not None and hasattr(self.trunk, "bind_embedding"):
+            self.trunk.bind_embedding(dim)
+        if self.task_lora is not None:
+            self.task_lora.attach(self.encoder, dim)
+        for module in self.encoder:
+            if hasattr(module, "bind_embedding"):
+                module.bind_embedding(dim)
 
     @property
     def task_names(self) -> list[str]:
@@ -73,23 +113,94 @@ class MultiTaskModel(nn.Module):
             return self.task_slices[task][1]
         return getattr(self.head(task), "num_outputs", None)
 
-    def encode(self, inputs: Tensor) -> Tensor:
-        features = self.encoder(inputs)
-        return self.trunk(features) if self.trunk is not None else features
+    @property
+    def task_conditioned_encoder(self) -> bool:
+        """Whether the encoder's output depends on the task (then it runs once per task)."""
+        return self.task_lora is not None or any(
+            getattr(m, "task_conditioned", False) for m in self.encoder)
+
+    def _task_vector(self, task: str | None) -> Tensor | None:
+        if self.task_embedding is None or task is None:
+            return None
+        return self.task_embedding(task)
+
+    def _run_encoder(self, inputs: Tensor, embedding: Tensor | None) -> Tensor:
+        if not self.task_conditioned_encoder:
+            return self.encoder(inputs)
+        x = inputs
+        context = (self.task_lora.conditioned(embedding)
+                   if self.task_lora is not None and embedding is not None else nullcontext())
+        with context:
+            for module in self.encoder:
+                conditioned = getattr(module, "task_conditioned", False)
+                x = module(x, embedding) if conditioned else module(x)
+        return x
+
+    def _run_trunk(self, features: Tensor, embedding: Tensor | None) -> Tensor:
+        if self.trunk is None:
+            return features
+        if getattr(self.trunk, "task_conditioned", False):
+            return self.trunk(features, embedding)
+        return self.trunk(features)
+
+    def encode(self, inputs: Tensor, task: str | None = None) -> Tensor:
+        """Features for the decoders; ``task`` conditions them when the model is conditioned."""
+        embedding = self._task_vector(task)
+        return self._run_trunk(self._run_encoder(inputs, embedding), embedding)
+
+    @property
+    def task_conditioned(self) -> bool:
+        """Whether features differ per task (then every requested task decodes on its own)."""
+        return self.task_embedding is not None
 
     def forward(self, inputs: Tensor, tasks: Iterable[str] | None = None) -> dict[str, Tensor]:
         """Outputs per task; ``tasks`` selects which (all when None or not lazy)."""
-        features = self.encode(inputs)
+        self.clear_aux_losses()
         wanted = self.task_names if tasks is None or not self.lazy_decode else list(tasks)
+        if self.task_conditioned:
+            return self._forward_per_task(inputs, wanted)
+        features = self.encode(inputs)
         decoded: dict[str, Tensor] = {}
         outputs: dict[str, Tensor] = {}
         for task in wanted:
             name = self.task_to_decoder[task]
             if name not in decoded:
                 decoded[name] = self.decoders[name](features)
-            out = decoded[name]
-            if task in self.task_slices:
-                offset, width = self.task_slices[task]
-                out = out.narrow(1, offset, width)
-            outputs[task] = out
+            outputs[task] = self._task_output(task, decoded[name])
         return outputs
+
+    def _task_output(self, task: str, out: Tensor) -> Tensor:
+        if task in self.task_slices:
+            offset, width = self.task_slices[task]
+            out = out.narrow(1, offset, width)
+        return out
+
+    def _forward_per_task(self, inputs: Tensor, wanted: list[str]) -> dict[str, Tensor]:
+        """Each task's features from its own embedding; the encoder runs once per task only
+        when it is task-conditioned (task LoRA), else once for all."""
+        shared = None if self.task_conditioned_encoder else self.encoder(inputs)
+        outputs: dict[str, Tensor] = {}
+        for task in wanted:
+            embedding = self._task_vector(task)
+            encoded = shared if shared is not None else self._run_encoder(inputs, embedding)
+            features = self._run_trunk(encoded, embedding)
+            decoded = self.decoders[self.task_to_decoder[task]](features)
+            outputs[task] = self._task_output(task, decoded)
+        return outputs
+
+    # ---- auxiliary losses (mixture-of-experts load balancing) -------------------------------
+    def _aux_modules(self) -> list[tuple[str, nn.Module]]:
+        return [(n, m) for n, m in self.named_modules() if callable(getattr(m, "aux_loss", None))]
+
+    def clear_aux_losses(self) -> None:
+        for _, module in self._aux_modules():
+            module.clear_aux()
+
+    def aux_losses(self) -> dict[str, Tensor]:
+        """Weighted auxiliary losses of the last forward, by module name (read once)."""
+        found: dict[str, Tensor] = {}
+        for name, module in self._aux_modules():
+            loss = module.aux_loss()
+            if loss is not None:
+                found[name] = loss
+        return found

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from runtime.ema import WeightEMA
+from runtime.init_from import ROUTING_KEY, TASKS_KEY, InitFrom, apply_init_from
 from runtime.metrics import ConfusionMatrixMetrics
 from runtime.model import MultiTaskModel
 from runtime.tasks import Task
@@ -66,7 +67,10 @@ class MultiTaskModule(LightningModule):
     optimizer argument); a scheduler with ``total_steps: None`` (``WarmupCosine``) gets the
     trainer's estimated step count. With ``ema_decay`` set, validation, test, predict and the
     weights stored in checkpoints are the EMA weights (the training weights ride along in the
-    checkpoint so ``--resume`` continues exactly).
+    checkpoint so ``--resume`` continues exactly). ``init_from`` starts a fresh fit from a
+    trained run's weights (isolate fine-tune, see ``runtime.init_from``). Auxiliary losses of
+    the model (mixture-of-experts load balancing) join the training loss and are logged as
+    ``train/moe_aux_loss``.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class MultiTaskModule(LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
         ema_decay: float | None = None,
+        init_from: InitFrom | None = None,
     ) -> None:
         super().__init__()
         missing = sorted(set(model.task_names) - set(tasks))
@@ -105,6 +110,8 @@ class MultiTaskModule(LightningModule):
         #: last confusion matrix per classification task and stage (CPU), for reports
         self.confusion_matrices: dict[str, dict[str, Tensor]] = {s: {} for s in STAGES}
         self._pending_rng: dict[str, Any] | None = None
+        self.init_from = init_from
+        self._init_applied = False
 
     # ---- forward / steps -------------------------------------------------------------------
     def forward(self, inputs: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:
@@ -127,6 +134,12 @@ class MultiTaskModule(LightningModule):
         if total is None:
             raise ValueError(f"batch from dataset {batch.get('dataset')!r} has no targets")
         is_train = stage == "train"
+        aux = self.model.aux_losses() if hasattr(self.model, "aux_losses") else {}
+        if aux and is_train:
+            aux_total = torch.stack(list(aux.values())).sum()
+            total = total + aux_total
+            self.log("train/moe_aux_loss", aux_total, on_step=True, on_epoch=True,
+                     batch_size=size)
         self.log(f"{stage}/loss", total, on_step=is_train, on_epoch=True, prog_bar=is_train,
                  batch_size=size)
         return total
@@ -183,7 +196,11 @@ class MultiTaskModule(LightningModule):
 
     # ---- optimizer -------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
+        params: Any = [p for p in self.parameters() if p.requires_grad]
+        for callback in getattr(self._trainer, "callbacks", None) or []:
+            split = getattr(callback, "param_groups", None)  # e.g. FineTuneStages' lr groups
+            if callable(split):
+                params = split(self)
         if self.optimizer_factory is None:
             optimizer = torch.optim.AdamW(params, lr=1e-3)
         else:
@@ -236,6 +253,8 @@ class MultiTaskModule(LightningModule):
         """Store EMA weights as the model weights (what an export should use), the training
         weights beside them, and the RNG states for an exact mid-epoch resume."""
         checkpoint[_RNG_KEY] = rng_states()
+        checkpoint[TASKS_KEY] = list(self.model.task_names)  # row order of per-task tables
+        checkpoint[ROUTING_KEY] = dict(self.model.task_to_decoder)
         if self.ema is None or self.ema.shadow is None:
             return
         ema, training = self.ema.ema_and_training_weights()
@@ -252,6 +271,21 @@ class MultiTaskModule(LightningModule):
         state = checkpoint["state_dict"]
         self.ema.load({n: state[f"model.{n}"] for n in self.ema.names})
         state.update(checkpoint[_EMA_KEY])
+
+    def prepare_fit(self, resuming: bool) -> None:
+        """Apply ``init_from`` before a fresh fit (``mtl-run`` calls this before it writes
+        anything, so a bad source is a config error); a resumed fit restores its own weights."""
+        if self.init_from is None or resuming or self._init_applied:
+            return
+        report = apply_init_from(self.model, self.init_from)
+        self._init_applied = True
+        if self._trainer is None or self.trainer.is_global_zero:
+            print(report.summary(self.init_from.checkpoint))
+
+    def on_fit_start(self) -> None:
+        """``init_from`` for fits started without ``mtl-run`` (after the optimizer exists,
+        before any step)."""
+        self.prepare_fit(resuming=self.trainer.ckpt_path is not None)
 
     def on_train_start(self) -> None:
         """Restore the RNG states only now: building the data loaders' iterators and the

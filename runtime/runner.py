@@ -41,8 +41,11 @@ def save_config(cli: RunCLI, path: Path) -> None:
 def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     run_dir = cli.run_dir
     assert run_dir is not None
-    run_dir.mkdir(parents=True, exist_ok=True)
     stage = cli.subcommand_name
+    prepare = getattr(cli.model, "prepare_fit", None)  # e.g. init_from: before anything is written
+    if stage == "fit" and callable(prepare):
+        prepare(resuming=cli.resume_from is not None)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if stage == "fit":
         save_config(cli, run_dir / "config.yaml")
     info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
