@@ -5,6 +5,9 @@ Shapes: ``MLPEncoder`` ``[B, F] -> [B, H]`` (also ``[B, T, F] -> [B, T, H]``);
 ``TransformerEncoder`` ``[B, T, F]`` or images ``[B, C, H, W]`` (cut into patches) ->
 ``[B, D]`` pooled or ``[B, T, D]`` with ``pool: none``; ``CNNEncoder`` ``[B, C, H, W]`` ->
 ``[B, channels[-1]]`` pooled or ``[B, channels[-1], H', W']`` with ``pool: none``.
+
+Each takes ``init_checkpoint``: initial weights from a converted checkpoint (a DCP folder, a
+``.safetensors`` file or a torch state dict; see :mod:`runtime.init_checkpoint`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from runtime.init_checkpoint import load_init_checkpoint
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -27,6 +32,7 @@ class MLPEncoder(nn.Module):
         dropout: float = 0.0,
         activation: Literal["relu", "gelu", "tanh"] = "relu",
         layer_norm: bool = False,
+        init_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if not hidden_sizes:
@@ -42,6 +48,7 @@ class MLPEncoder(nn.Module):
             in_features = size
         self.out_features = in_features
         self.net = nn.Sequential(*layers)
+        load_init_checkpoint(self, init_checkpoint)
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.net(inputs)
@@ -66,6 +73,7 @@ class TransformerEncoder(nn.Module):
         max_len: int = 512,
         patch_size: int | None = None,
         pool: Literal["mean", "cls", "none"] = "mean",
+        init_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -86,6 +94,7 @@ class TransformerEncoder(nn.Module):
         )
         self.layers = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
+        load_init_checkpoint(self, init_checkpoint)
 
     def _patches(self, images: Tensor) -> Tensor:
         if self.patch_size is None:
@@ -118,6 +127,7 @@ class CNNEncoder(nn.Module):
         channels: list[int],
         kernel_size: int = 3,
         pool: Literal["avg", "none"] = "avg",
+        init_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
@@ -132,6 +142,7 @@ class CNNEncoder(nn.Module):
         self.out_features = in_channels
         self.pool = pool
         self.net = nn.Sequential(*blocks)
+        load_init_checkpoint(self, init_checkpoint)
 
     def forward(self, inputs: Tensor) -> Tensor:
         if inputs.dim() == 3:  # [B, H, W] grey images

@@ -8,6 +8,7 @@ re-implement model loading. Objects are built by jsonargparse from ``class_path`
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 
-from runtime.config_errors import ConfigError, load_yaml
+from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
 
 CONFIG_NAME = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -80,16 +81,17 @@ def build_objects(
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningModule, "model", required=True)
-    sections = {"model": config.get("model")}
+    # deep copies: jsonargparse replaces nested dicts by Namespaces in place
+    sections = {"model": copy.deepcopy(config.get("model"))}
     if with_data:
         parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-        sections["data"] = config.get("data")
+        sections["data"] = copy.deepcopy(config.get("data"))
     try:
         parsed = parser.parse_object(sections)
         objects = parser.instantiate_classes(parsed)
     except Exception as exc:  # noqa: BLE001 - jsonargparse and constructors: bad config
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{where}: cannot build the model/data: {first}") from None
+        reason = explain_argument_error(exc, config)  # the key path and the real reason
+        raise ConfigError(f"{where}: cannot build the model/data: {reason}") from None
     return objects.model, objects.get("data") if with_data else None
 
 

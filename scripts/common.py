@@ -8,6 +8,7 @@ nothing is ever half-written.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -55,6 +56,10 @@ def atomic_output(path: Path, directory: bool = False) -> Iterator[Path]:
     target = tmp if directory else tmp / path.name
     try:
         yield target
+        if directory:  # mkdtemp makes a private (0700) folder; give it the usual mode
+            umask = os.umask(0)
+            os.umask(umask)
+            target.chmod(0o777 & ~umask)
         old = None
         if path.exists() or path.is_symlink():
             old = path.with_name(f".{path.name}.old-{tmp.name}")
