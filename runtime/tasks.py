@@ -42,6 +42,9 @@ class Task(nn.Module):
 
     #: metrics where lower is better; their score counts negated (e.g. negative MAE)
     lower_is_better: frozenset[str] = frozenset()
+    #: metrics that measure the task in multitask-vs-single-task comparisons (``mtl-compare``'s
+    #: delta-m); empty means the task's ``primary_metric``
+    comparison_metrics: tuple[str, ...] = ()
     num_outputs: int
 
     def __init__(self, loss_weight: float = 1.0, primary_metric: str = "accuracy") -> None:
@@ -76,6 +79,8 @@ class ClassificationTask(Task):
     ``loss`` is ``cross_entropy`` (with ``label_smoothing`` and ``class_weights``) or
     ``focal`` (``focal_gamma``). Metrics: accuracy, macro_f1, f1_<class>.
     """
+
+    comparison_metrics = ("accuracy", "macro_f1")
 
     def __init__(
         self,
@@ -125,8 +130,11 @@ class MultiLabelTask(Task):
     """Independent yes/no labels: ``[B, L]`` logits, float {0,1} targets (-100 = missing).
 
     Loss: binary cross-entropy (optional ``pos_weight``). Metrics: accuracy (per entry),
-    macro_f1, f1_<label>.
+    macro_f1, f1_<label>. Compared on macro_f1 only: per-entry accuracy is dominated by the
+    (usually many) negative entries.
     """
+
+    comparison_metrics = ("macro_f1",)
 
     def __init__(
         self,
@@ -165,6 +173,7 @@ class RegressionTask(Task):
     """
 
     lower_is_better = frozenset({"mae", "rmse"})
+    comparison_metrics = ("mae", "rmse")
 
     def __init__(
         self,

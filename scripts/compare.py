@@ -1,0 +1,254 @@
+"""``mtl-compare``: multitask runs against single-task baselines, and the multitask gain.
+
+Figures come from each run directory's ``summary.json`` (the validation metrics of its best
+checkpoint). The gain is delta-m (Maninis et al. 2019; Vandenhende et al. 2021):
+
+    delta_m = 100 * mean over tasks t of  mean over primary metrics m of
+              (-1)^s_m * (M_multitask[t, m] - M_single[t, m]) / M_single[t, m]
+
+with s_m = 1 where lower is better, so a positive delta-m means multitask training helped. The
+primary metrics of each task type are the task class's ``comparison_metrics``
+(``runtime.tasks``: classification and per-position classification: accuracy and macro_f1;
+multi-label: macro_f1; regression: mae and rmse, lower is better). Several runs per side
+(seeds) are averaged; standard deviations are sample ones (n - 1). delta-m's deviation is over
+the multitask runs, each measured against the mean baseline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compiler.errors import ConfigError
+from scripts.common import atomic_output, bad_input_exits
+from scripts.metrics_table import format_table, number
+
+PROG = "mtl-compare"
+
+EXAMPLES = """\b
+Examples:
+  mtl-compare runs/quickstart --baseline runs/digits_low runs/digits_high runs/parity
+  mtl-compare runs/mt-seed0 runs/mt-seed1 --baseline runs/st-*/ --json gain.json
+"""
+
+
+@dataclass(frozen=True)
+class Primary:
+    """The metrics a task is compared on, and which of them are better when lower."""
+
+    metrics: tuple[str, ...]
+    lower_is_better: frozenset[str]
+
+    def sign(self, metric: str) -> int:
+        return -1 if metric in self.lower_is_better else 1
+
+
+@dataclass
+class RunFigures:
+    run_dir: Path
+    summary: dict[str, dict[str, float]]
+    primary: dict[str, Primary]
+
+
+def _task_class(name: str, spec: Any, where: Path) -> type:
+    class_path = spec.get("class_path") if isinstance(spec, dict) else None
+    module, _, attr = str(class_path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(f"{where}: task '{name}': cannot import its class {class_path!r}"
+                          ) from None
+
+
+def primary_metrics(name: str, spec: Any, where: Path) -> Primary:
+    """A task's comparison metrics from its class (its ``primary_metric`` when none)."""
+    cls = _task_class(name, spec, where)
+    metrics = tuple(getattr(cls, "comparison_metrics", ()))
+    if not metrics:
+        given = (spec.get("init_args") or {}).get("primary_metric")
+        param = inspect.signature(cls).parameters.get("primary_metric")
+        default = param.default if param is not None else None
+        chosen = given or (default if isinstance(default, str) else None)
+        if not chosen:
+            raise ConfigError(f"{where}: task '{name}' ({cls.__name__}) declares neither "
+                              "comparison_metrics nor a primary_metric")
+        metrics = (chosen,)
+    return Primary(metrics, frozenset(getattr(cls, "lower_is_better", frozenset())))
+
+
+def read_run(run_dir: Path) -> RunFigures:
+    """A run directory's best-checkpoint validation figures and its tasks' primary metrics."""
+    from runtime.config_errors import load_yaml
+    from runtime.rundir import config_of
+
+    config_path, found = config_of(run_dir)
+    if found is None:
+        raise ConfigError(f"{run_dir} is not a run directory (give the folder, not a file)")
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing: only runs trained by mtl-run fit have one "
+                          "(score other run directories with mtl-eval)") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
+        raise ConfigError(f"{path}: expected {{task: {{metric: value}}}}")
+    config = load_yaml(config_path)
+    tasks = ((config or {}).get("model") or {}).get("init_args", {}).get("tasks") or {}
+    primary = {t: primary_metrics(t, tasks.get(t), config_path) for t in summary}
+    return RunFigures(run_dir, summary, primary)
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def _values(runs: list[RunFigures], task: str, metric: str) -> list[float]:
+    out = []
+    for run in runs:
+        if task not in run.summary:
+            continue
+        value = run.summary[task].get(metric)
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{run.run_dir / 'summary.json'}: task '{task}' has no "
+                              f"'{metric}' (a primary metric of its task type)")
+        out.append(float(value))
+    return out
+
+
+def compare(multitask: list[RunFigures], baseline: list[RunFigures]) -> dict[str, Any]:
+    """Per-task figures of both sides, per-task gains and delta-m (all in percent)."""
+    tasks = list(dict.fromkeys(t for run in multitask for t in run.summary))
+    covered = {t for run in baseline for t in run.summary}
+    skipped: dict[str, str] = {}
+    result: dict[str, Any] = {}
+    per_run: list[list[float]] = [[] for _ in multitask]
+    for task in tasks:
+        if task not in covered:
+            skipped[task] = "no baseline run has it"
+            continue
+        if any(task not in run.summary for run in multitask):
+            skipped[task] = "not in every multitask run"
+            continue
+        primary = next(run.primary[task] for run in multitask)
+        metrics: dict[str, Any] = {}
+        run_gains = [0.0] * len(multitask)
+        for metric in primary.metrics:
+            mt = _stats(_values(multitask, task, metric))
+            st = _stats(_values(baseline, task, metric))
+            if st["mean"] == 0:
+                raise ConfigError(f"task '{task}': the single-task baseline's {metric} is 0, so "
+                                  "the relative gain is undefined")
+            sign = primary.sign(metric)
+            metrics[metric] = {"lower_is_better": sign < 0, "multitask": mt, "single_task": st,
+                               "delta_pct": 100 * sign * (mt["mean"] - st["mean"]) / st["mean"]}
+            for i, value in enumerate(_values(multitask, task, metric)):
+                run_gains[i] += 100 * sign * (value - st["mean"]) / st["mean"]
+        for i, gain in enumerate(run_gains):
+            per_run[i].append(gain / len(primary.metrics))
+        result[task] = {"metrics": metrics, "delta_pct": statistics.fmean(
+            m["delta_pct"] for m in metrics.values())}
+    if not result:
+        raise ConfigError("no task is in both the multitask and the baseline runs (multitask: "
+                          f"{', '.join(tasks)}; baselines: {', '.join(sorted(covered))})")
+    return {
+        "delta_m_pct": _stats([statistics.fmean(gains) for gains in per_run]),
+        "tasks": result,
+        "skipped": skipped,
+        "multitask_runs": [str(r.run_dir) for r in multitask],
+        "baseline_runs": [str(r.run_dir) for r in baseline],
+    }
+
+
+def _cell(stats: dict[str, Any]) -> str:
+    text = number(stats["mean"])
+    if stats["std"] is not None:
+        text += f" ± {number(stats['std'])}"
+    return text + (f" (n={stats['n']})" if stats["n"] > 1 else "")
+
+
+def render(report: dict[str, Any]) -> str:
+    rows = []
+    for task, entry in report["tasks"].items():
+        for i, (metric, m) in enumerate(entry["metrics"].items()):
+            arrow = " (lower better)" if m["lower_is_better"] else ""
+            rows.append([task if i == 0 else "", metric + arrow, _cell(m["multitask"]),
+                         _cell(m["single_task"]), f"{m['delta_pct']:+.2f}"])
+        rows.append(["", "task gain", "", "", f"{entry['delta_pct']:+.2f}"])
+    lines = [format_table(["task", "metric", "multitask", "single-task", "delta %"], rows,
+                          left=2)]
+    dm = report["delta_m_pct"]
+    spread = f" ± {dm['std']:.2f}" if dm["std"] is not None else ""
+    lines.append(f"\ndelta-m = {dm['mean']:+.2f}%{spread} over {len(report['tasks'])} tasks "
+                 f"({dm['n']} multitask run{'s' if dm['n'] > 1 else ''}; positive: multitask "
+                 "helped)")
+    for task, reason in report["skipped"].items():
+        lines.append(f"skipped {task}: {reason}")
+    return "\n".join(lines)
+
+
+def split_baselines(args: list[str]) -> list[str]:
+    """``--baseline A B C`` -> ``--baseline A --baseline B --baseline C`` (a click option
+    takes one value per use)."""
+    out: list[str] = []
+    in_baselines = False
+    for arg in args:
+        if arg == "--baseline":
+            in_baselines = True
+            continue
+        if arg.startswith("-"):
+            in_baselines = False
+        out += ["--baseline", arg] if in_baselines else [arg]
+    return out
+
+
+class _BaselinesCommand(click.Command):
+    """Lets ``--baseline`` take several run directories, like the positional arguments."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, split_baselines(args))
+
+
+@click.command(
+    cls=_BaselinesCommand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXAMPLES,
+)
+@click.argument("multitask_run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path),
+                metavar="MULTITASK_RUN_DIR...")
+@click.option("--baseline", "baseline_dirs", multiple=True, required=True,
+              type=click.Path(path_type=Path), metavar="SINGLE_TASK_RUN_DIR...",
+              help="Single-task run directories (each covering one or more tasks); all "
+                   "arguments after --baseline up to the next option are baselines.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), metavar="PATH",
+              help="Also write the full comparison as JSON.")
+def main(multitask_run_dirs: tuple[Path, ...], baseline_dirs: tuple[Path, ...],
+         json_path: Path | None) -> None:
+    """Per-task metrics of multitask runs beside single-task baselines, and delta-m (%).
+
+    Figures are each run's summary.json (validation, best checkpoint). Tasks are compared on
+    their type's primary metrics (classification and per-position classification: accuracy
+    and macro_f1; multi-label: macro_f1; regression: mae and rmse, lower better); a
+    multitask task without a baseline is reported as skipped and left out of delta-m.
+    """
+    with bad_input_exits(PROG):
+        report = compare([read_run(p) for p in multitask_run_dirs],
+                         [read_run(p) for p in baseline_dirs])
+        click.echo(render(report))
+        if json_path is not None:
+            with atomic_output(json_path) as tmp:
+                tmp.write_text(json.dumps(report, indent=2) + "\n")
+            click.echo(f"{PROG}: wrote {json_path}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""``mtl-eval``: per-task metrics of a run directory (multitask, unmerged or single-task).
+
+The run is loaded with :func:`runtime.rundir.load_run` and scored by a Lightning
+``Trainer.validate``/``test`` on CPU, so the figures are the ones the runtime's task metrics
+log (``<split>/<task>/<metric>``); a merged model scores each task on its own label slice,
+exactly as in training, so a merged run and its unmerged parts give the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scripts.common import atomic_output, bad_input_exits
+from scripts.metrics_table import task_table
+
+PROG = "mtl-eval"
+SPLITS = {"val": "validate", "test": "test"}
+
+EXAMPLES = """\b
+Examples:
+  mtl-eval runs/quickstart                          # best checkpoint, validation split
+  mtl-eval runs/quickstart --ckpt last --split test --json test.json
+  mtl-eval runs/quickstart/unmerged/parity          # an mtl-unmerge output
+"""
+
+
+def _quiet() -> None:
+    """Lightning's hardware banner and loader hints say nothing to an mtl-eval user."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+
+
+def evaluate(target: Path, ckpt: str = "best", split: str = "val") -> dict[str, dict[str, float]]:
+    """``{task: {metric: value}}`` of a run directory's checkpoint on one split."""
+    import torch
+    from lightning.pytorch import Trainer
+
+    from runtime.reporting import per_task_report
+    from runtime.rundir import load_run
+
+    _quiet()
+    run = load_run(target, ckpt, with_data=True)
+    threads = (run.config.get("run") or {}).get("num_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    click.echo(f"{PROG}: scoring {target} ({run.checkpoint_path}) on the {split} split", err=True)
+    trainer = Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", devices=1,
+                      enable_progress_bar=False, enable_model_summary=False)
+    getattr(trainer, SPLITS[split])(run.module, datamodule=run.datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    tasks = list(getattr(run.module, "tasks", {}))
+    return {t: m for t, m in per_task_report(metrics, split, tasks).items() if m}
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXAMPLES,
+)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--ckpt", default="best", show_default=True, metavar="last|best|PATH",
+              help="Checkpoint of RUN_DIR to score.")
+@click.option("--split", type=click.Choice(list(SPLITS)), default="val", show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), metavar="PATH",
+              help='Also write {"<task>": {"<metric>": value, ...}, ...} to PATH.')
+def main(run_dir: Path, ckpt: str, split: str, json_path: Path | None) -> None:
+    """Per-task metrics of a run directory's checkpoint, as a table (and JSON with --json).
+
+    Tasks are scored by the runtime's own task metrics; a task that no dataset of the split
+    carries is left out.
+    """
+    with bad_input_exits(PROG):
+        report = evaluate(run_dir, ckpt, split)
+        click.echo(task_table(report))
+        if json_path is not None:
+            write_report(json_path, report)
+            click.echo(f"{PROG}: wrote {json_path}", err=True)
+
+
+if __name__ == "__main__":
+    main()
