@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from runtime.config_errors import ConfigError
+from runtime.model import per_task_tensors
 
 MODEL_PREFIX = "model."
 #: checkpoint keys written by ``MultiTaskModule.on_save_checkpoint``
@@ -59,15 +60,6 @@ class InitReport:
         fresh = ", ".join(self.fresh[:6]) + (" ..." if len(self.fresh) > 6 else "")
         return (f"init_from {source}: {len(self.loaded)} tensors loaded; per-task rows: {rows}; "
                 f"kept fresh: {fresh or 'none'}")
-
-
-def per_task_tensors(model: nn.Module) -> set[str]:
-    """State-dict names of tensors whose dim 0 follows ``model.task_names``."""
-    names = set()
-    for prefix, module in model.named_modules():
-        for name in getattr(module, "per_task_parameters", ()):
-            names.add(f"{prefix}.{name}" if prefix else name)
-    return names
 
 
 def _switch_buffers(model: nn.Module) -> set[str]:

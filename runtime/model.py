@@ -204,3 +204,14 @@ class MultiTaskModel(nn.Module):
             if loss is not None:
                 found[name] = loss
         return found
+
+
+def per_task_tensors(model: nn.Module) -> set[str]:
+    """State-dict names of tensors whose dim 0 follows the model's ``task_names``: what
+    modules holding per-task rows declare in ``per_task_parameters`` (used to copy or cut
+    those rows by task name, e.g. by ``init_from`` and ``mtl-unmerge``)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        for name in getattr(module, "per_task_parameters", ()):
+            names.add(f"{prefix}.{name}" if prefix else name)
+    return names

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from compiler.dialect import DATA_ARGS, DECODERS, MODEL_ARGS
 from compiler.errors import ConfigError
 from compiler.tree import get_path, set_path
+from runtime.model import per_task_tensors
 
 TASKS = ("model", "init_args", "tasks")
 #: prefix of the MultiTaskModel's tensors in the LightningModule's state dict
@@ -124,15 +125,6 @@ def _restrict_monitor(config: dict[str, Any], task: str) -> dict[str, Any]:
 
 
 # ---- weights -------------------------------------------------------------------------------
-def per_task_tensors(model: nn.Module) -> list[str]:
-    """State-dict names (within the model) of tensors whose dim 0 is indexed by task."""
-    names = []
-    for prefix, module in model.named_modules():
-        for name in getattr(module, "per_task_parameters", ()):
-            names.append(f"{prefix}.{name}" if prefix else name)
-    return names
-
-
 def cut_state_dict(old: dict[str, Tensor], old_model: Any, new_module: nn.Module,
                    cut: TaskCut) -> dict[str, Tensor]:
     """The single-task module's state dict, taken from the merged module's ``old`` one."""
