@@ -140,7 +140,7 @@ class MultiTaskModule(LightningModule):
             total = total + aux_total
             self.log("train/moe_aux_loss", aux_total, on_step=True, on_epoch=True,
                      batch_size=size)
-        self.log(f"{stage}/loss", total, on_step=is_train, on_epoch=True, prog_bar=is_train,
+        self.log(f"{stage}/loss", total, on_step=is_train, on_epoch=True, prog_bar=False,
                  batch_size=size)
         return total
 
