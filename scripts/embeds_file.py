@@ -16,7 +16,6 @@ so :func:`encode` rewrites the header with sorted keys: the same input gives the
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,17 +51,6 @@ def encode(embeddings: torch.Tensor, tasks: Sequence[str], metadata: dict[str, A
     header = {key: json.dumps(value, sort_keys=True) for key, value in meta.items()}
     tensor = embeddings.detach().to("cpu", torch.float32).contiguous()
     return canonical(save({TENSOR: tensor}, metadata=header))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:

