@@ -214,8 +214,9 @@ class RunCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, KeyError) as err:
-            raise ConfigError(
-                f"could not build the objects of the config: {constructor_error(err)}") from err
+            where = f"{self.config_path}: " if self.config_path else ""
+            raise ConfigError(f"{where}could not build the objects of the config: "
+                              f"{constructor_error(err)}") from err
 
 
 def constructor_error(err: Exception) -> str:
