@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,12 @@ def save_config(cli: RunCLI, path: Path) -> None:
     path.write_text("".join(f"{line}\n" for line in header) + body)
 
 
+def task_embedding_sources(model: Any) -> list[dict[str, Any]]:
+    """Metadata of every precomputed task-embedding file the model read (for run_info.json)."""
+    return [m.source_metadata for m in model.modules()
+            if getattr(m, "source_metadata", None) is not None]
+
+
 def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     run_dir = cli.run_dir
     assert run_dir is not None
@@ -50,7 +57,14 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
         save_config(cli, run_dir / "config.yaml")
     info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
     config_path = cli.config_path or run_dir / "config.yaml"
-    write_json(run_dir / info_name, run_info(argv, stage, config_path, cli.config.seed_everything))
+    info = run_info(argv, stage, config_path, cli.config.seed_everything)
+    embeddings = task_embedding_sources(cli.model)
+    if embeddings:
+        info["task_embeddings"] = embeddings
+        for source in embeddings:
+            print(f"task embeddings: {source['path']} ({source['model']}, "
+                  f"dim {source['dimension']}, options {source['options']})", file=sys.stderr)
+    write_json(run_dir / info_name, info)
     {"fit": _fit, "validate": _evaluate, "test": _evaluate, "predict": _predict}[stage](cli)
 
 

@@ -9,6 +9,7 @@ is stored in checkpoints either way, so a trained model does not need the file t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,9 @@ class TaskEmbedding(nn.Module):
         self.trainable = trainable or path is None
         self.init_std = init_std
         self.task_names: list[str] = []
+        #: What the ``mtl-task-embeds`` file says of itself (model, options, text hashes), for
+        #: the run's records; None for learned vectors.
+        self.source_metadata: dict[str, Any] | None = None
 
     def bind(self, task_names: list[str]) -> int:
         """Create the table for the model's tasks (row order = ``task_names``); returns dim."""
@@ -53,9 +57,15 @@ class TaskEmbedding(nn.Module):
             from scripts.embeds_file import load_task_embeddings
 
             try:
-                table, _meta = load_task_embeddings(Path(self.path), self.task_names)
+                table, meta = load_task_embeddings(Path(self.path), self.task_names)
             except AnyConfigError as exc:  # re-raised as mtl-run's kind: exit 2, no traceback
                 raise ConfigError(f"TaskEmbedding.path: {exc}") from None
+            hashes = meta.get("text_sha256") or {}
+            self.source_metadata = {
+                "path": self.path,
+                **{k: meta.get(k) for k in ("format", "model", "dimension", "options")},
+                "text_sha256": {t: hashes.get(t) for t in self.task_names},
+            }
         else:
             table = torch.randn(len(task_names), int(self.dim)) * self.init_std
         self.dim = int(table.shape[1])

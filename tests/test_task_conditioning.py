@@ -4,6 +4,7 @@ and isolate fine-tune (``runtime.task_embedding``, ``moe``, ``trunk``, ``lora``,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +381,9 @@ def test_example_compiles_and_trains(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main([str(compiled.output_path), "--run-dir", str(tmp_path / "r1"), *flags]) == 0
     header = (tmp_path / "r1" / "metrics.csv").read_text().splitlines()[0]
     assert "train/moe_aux_loss_epoch" in header
+    # the run records which embeddings it used
+    info = json.loads((tmp_path / "r1" / "run_info.json").read_text())
+    (source,) = info["task_embeddings"]
+    assert source["path"] == str(embeds) and source["model"] == "test"
+    assert source["dimension"] == 12 and set(source["text_sha256"]) == set(tasks)
+    assert f"task embeddings: {embeds}" in capsys.readouterr().err
