@@ -20,8 +20,8 @@ from .errors import ConfigError, format_key
 from .labels import merge_heads
 from .maker import Maker, load_maker
 from .merge import deep_merge, normalize
-from .tree import get_path, set_dotted, set_path
-from .yamlio import Source, dump
+from .tree import get_path, parse_key, set_dotted, set_path
+from .yamlio import Source, dump, parse
 
 
 @dataclass
@@ -78,9 +78,6 @@ def default_output(maker_path: Path) -> Path:
 
 def parse_sets(items: list[str] | tuple[str, ...]) -> tuple[dict[str, Any], dict[tuple, Any]]:
     """Split ``--set`` items into substitution values (``name=v``) and key paths (``a.b=v``)."""
-    from .tree import parse_key
-    from .yamlio import parse
-
     names: dict[str, Any] = {}
     keys: dict[tuple, Any] = {}
     for item in items:
@@ -115,10 +112,10 @@ def compile_maker(
     from .detect import choose_dialect
 
     maker = load_maker(Path(maker_path))
+    hooks = choose_dialect(maker, dialect)  # from the whole maker, as its multitask compile
     if single is not None:
         maker = replace(maker, datasets=[maker.datasets[single]])
     names, keys = parse_sets(sets)
-    hooks = choose_dialect(maker, dialect)
     values = hooks.substitution_values(maker, names)
     stages: list[Stage] = []
 

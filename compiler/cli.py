@@ -121,8 +121,7 @@ def _run_single(maker: Path, output: Path | None, dialect: str, sets: tuple[str,
     runs = compile_single_tasks(maker, out_dir, dialect=dialect, sets=sets)
     _report(runs[0], quiet)
     for run in runs[1:]:
-        for warning in run.warnings:
-            click.echo(f"mtl-make-config: warning: {warning}", err=True)
+        _report(run, quiet=True)  # warnings only
     for run in runs:  # every config compiled before the first is written
         _write(run)
         if not quiet:

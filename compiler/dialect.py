@@ -28,7 +28,6 @@ class DatasetParts:
 
     name: str
     sources: list[Source]
-    config: dict
     tasks: list[str]
     decoders: dict[str, list]
     task_defs: dict[str, Any]
@@ -88,7 +87,7 @@ class Dialect:
         sub = Substituter(values)
         src.doc = substitute_source(src.doc, src.text, sub)
         if sub.unresolved or sub.failed:
-            self.problems += [(path, *p) for p in located_problems(path, src.text, sub)]
+            self.problems += [(path, *p) for p in located_problems(src.text, sub)]
         return src
 
     def overrides(self, maker: Maker, name: str, values: dict[str, Any]) -> dict:
@@ -101,7 +100,7 @@ class Dialect:
         if sub.unresolved or sub.failed:
             text = maker.source.text
             self.problems += [
-                (maker.path, *p) for p in located_problems(maker.path, text, sub)
+                (maker.path, *p) for p in located_problems(text, sub)
             ]
         return out
 
@@ -121,7 +120,7 @@ class Dialect:
                 )
         name = config.get("name", first.path.stem)
         parts = DatasetParts(
-            name=name, sources=sources, config=config, tasks=[], decoders={}, task_defs={},
+            name=name, sources=sources, tasks=[], decoders={}, task_defs={},
             data_module=None,
         )
         if not isinstance(name, str) or not name:
@@ -289,16 +288,12 @@ class Dialect:
             for j, task in enumerate(group):
                 key = ("merge_options", "same_label_groups", i, j)
                 if task not in tasks:
-                    raise ConfigError(
-                        f"label group {i} names task '{task}', which no dataset of this maker "
-                        f"declares (tasks: {', '.join(tasks)})",
-                        file=maker.path, line=maker.source.line_of(key), key=key,
-                    )
+                    raise maker.source.error(
+                        key, f"label group {i} names task '{task}', which no dataset of this "
+                        f"maker declares (tasks: {', '.join(tasks)})")
                 if task in seen and seen[task] != i:
-                    raise ConfigError(
-                        f"task '{task}' is in two label groups ({seen[task]} and {i})",
-                        file=maker.path, line=maker.source.line_of(key), key=key,
-                    )
+                    raise maker.source.error(
+                        key, f"task '{task}' is in two label groups ({seen[task]} and {i})")
                 seen[task] = i
         return groups
 

@@ -79,14 +79,15 @@ def explain_key(compiled: Compiled, text: str) -> str:
         "    " + line for line in shown.splitlines()
     )
     lines = [head]
+    aliases = _aliases(compiled, key)
     for stage in compiled.stages:
-        for alias in _aliases(compiled, key):
+        for alias in aliases:
             line = _stage_line(compiled, stage, alias)
             if line and line not in lines:
                 lines.append(line)
-    if len(_aliases(compiled, key)) > 1:
+    if len(aliases) > 1:
         lines.append("  label merging    merged decoder of tasks "
-                     + ", ".join(k[len(DECODERS)] for k in _aliases(compiled, key)))
+                     + ", ".join(k[len(DECODERS)] for k in aliases))
     for set_key, set_value in compiled.sets.items():
         if key[: len(set_key)] == set_key:
             lines.append(f"  --set            {format_key(set_key)}={set_value!r} (command line)")

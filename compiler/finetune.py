@@ -16,14 +16,12 @@ a new task's embedding row starts from the named existing task's.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
 from .tree import get_path, set_path
-from .yamlio import Source, load_source
+from .yamlio import Source, load_source, resolve_path
 
 KEYS = ("run_dir", "checkpoint", "task_init")
 SCHEMA: dict[str, Any] = {
@@ -55,30 +53,26 @@ class FinetuneFrom:
     task_init: dict[str, str] = field(default_factory=dict)
 
 
-def _fail(src: Source, key: tuple, message: str) -> ConfigError:
-    return ConfigError(message, file=src.path, line=src.line_of(key), key=key)
-
-
 def load_finetune_from(src: Source, value: Any) -> FinetuneFrom:
     """Check the key's shape (files are checked when compiling)."""
     if not isinstance(value, dict):
-        raise _fail(src, _WHERE, "must be a mapping with run_dir (and checkpoint, task_init)")
+        raise src.error(_WHERE, "must be a mapping with run_dir (and checkpoint, task_init)")
     for key in value:
         if key not in KEYS:
-            raise _fail(src, (*_WHERE, key),
+            raise src.error((*_WHERE, key),
                         f"unknown finetune_from key '{key}'; allowed: {', '.join(KEYS)}")
     run_dir = value.get("run_dir")
     if not isinstance(run_dir, str) or not run_dir:
-        raise _fail(src, (*_WHERE, "run_dir"), "finetune_from needs run_dir: a run directory")
+        raise src.error((*_WHERE, "run_dir"), "finetune_from needs run_dir: a run directory")
     checkpoint = value.get("checkpoint", "best")
     if not isinstance(checkpoint, str) or not checkpoint:
-        raise _fail(src, (*_WHERE, "checkpoint"), "must be best, last or a checkpoint path")
+        raise src.error((*_WHERE, "checkpoint"), "must be best, last or a checkpoint path")
     task_init = value.get("task_init") or {}
     if not isinstance(task_init, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in task_init.items()):
-        raise _fail(src, (*_WHERE, "task_init"), "must map new task names to existing ones")
+        raise src.error((*_WHERE, "task_init"), "must map new task names to existing ones")
     folder = src.path.parent
-    return FinetuneFrom(Path(os.path.normpath(folder / os.path.expanduser(run_dir))),
+    return FinetuneFrom(resolve_path(folder, run_dir),
                         checkpoint, dict(task_init))
 
 
@@ -86,16 +80,16 @@ def _checkpoint_path(spec: FinetuneFrom, src: Source) -> Path:
     if spec.checkpoint in ("best", "last"):
         path = spec.run_dir / "checkpoints" / f"{spec.checkpoint}.ckpt"
     else:
-        path = Path(os.path.normpath(src.path.parent / os.path.expanduser(spec.checkpoint)))
+        path = resolve_path(src.path.parent, spec.checkpoint)
     if not spec.run_dir.is_dir():
-        raise _fail(src, (*_WHERE, "run_dir"),
+        raise src.error((*_WHERE, "run_dir"),
                     f"{spec.run_dir} is not a run directory (train the source run first)")
     if not path.is_file():
-        raise _fail(src, (*_WHERE, "checkpoint"), f"no checkpoint at {path}")
+        raise src.error((*_WHERE, "checkpoint"), f"no checkpoint at {path}")
     return path.resolve()
 
 
-def _source_tasks(spec: FinetuneFrom, src: Source) -> list[str] | None:
+def _source_tasks(spec: FinetuneFrom) -> list[str] | None:
     """Task names of the source run (from its saved config.yaml), None when unreadable."""
     config = spec.run_dir / "config.yaml"
     if not config.is_file():
@@ -110,14 +104,14 @@ def apply_finetune_from(run: dict, spec: FinetuneFrom, src: Source) -> dict:
     checkpoint = _checkpoint_path(spec, src)
     tasks = get_path(run, _TASKS)
     new_tasks = list(tasks) if isinstance(tasks, dict) else []
-    old_tasks = _source_tasks(spec, src)
+    old_tasks = _source_tasks(spec)
     for new, old in spec.task_init.items():
         where = (*_WHERE, "task_init", new)
         if new not in new_tasks:
-            raise _fail(src, where, f"'{new}' is not a task of this run "
+            raise src.error(where, f"'{new}' is not a task of this run "
                                     f"({', '.join(new_tasks) or 'none'})")
         if old_tasks is not None and old not in old_tasks:
-            raise _fail(src, where, f"'{old}' is not a task of the source run {spec.run_dir} "
+            raise src.error(where, f"'{old}' is not a task of the source run {spec.run_dir} "
                                     f"({', '.join(old_tasks)})")
     init = {"checkpoint": str(checkpoint), "task_init": dict(spec.task_init)}
     return set_path(run, INIT_FROM, init)

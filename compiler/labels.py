@@ -51,11 +51,9 @@ def merge_heads(run: dict, datasets: list[DatasetParts], maker: Maker, dialect: 
             or not isinstance(decoders.get(t), list) or not decoders[t]]
     if gone:  # possible where heads merge after global_overrides
         key = ("global_overrides", *DECODERS)
-        raise ConfigError(
-            f"cannot merge heads: the decoders of {', '.join(gone)} are no longer non-empty "
-            "lists after global_overrides",
-            file=maker.path, line=maker.source.line_of(key), key=key,
-        )
+        raise maker.source.error(
+            key, f"cannot merge heads: the decoders of {', '.join(gone)} are no longer "
+            "non-empty lists after global_overrides")
     by_class: dict[str, list[str]] = {}
     for task in all_tasks:
         by_class.setdefault(_head_class(task, decoders[task], owner[task]), []).append(task)
@@ -121,10 +119,8 @@ def _layout(
         if len(sizes) > 1:
             detail = ", ".join(f"{t}: {counts[t]}" for t in block)
             key = ("merge_options", "same_label_groups")
-            raise ConfigError(
-                f"tasks of one label group must have the same output count ({detail})",
-                file=maker.path, line=maker.source.line_of(key), key=key,
-            )
+            raise maker.source.error(
+                key, f"tasks of one label group must have the same output count ({detail})")
         for task in block:
             offsets[task] = dialect.offset_entry(task, offset, counts[task])
         offset += counts[block[0]]

@@ -6,7 +6,6 @@ schema and the checks can never disagree.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 from .finetune import SCHEMA as FINETUNE_SCHEMA
 from .finetune import FinetuneFrom, load_finetune_from
-from .yamlio import Source, load_source
+from .yamlio import Source, load_source, resolve_path
 
 _PATH = {"type": "string", "minLength": 1}
 _BOOL = {"type": "boolean"}
@@ -103,15 +102,6 @@ class Maker:
         return self.source.path
 
 
-def _resolve(folder: Path, name: str) -> Path:
-    """A path named in a file, relative to that file's folder (tidied, links kept)."""
-    return Path(os.path.normpath(folder / os.path.expanduser(name)))
-
-
-def _fail(src: Source, key: tuple, message: str) -> ConfigError:
-    return ConfigError(message, file=src.path, line=src.line_of(key), key=key)
-
-
 def _type_name(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
         type(value), type(value).__name__ if value is not None else "empty"
@@ -120,7 +110,7 @@ def _type_name(value: Any) -> str:
 
 def _expect(src: Source, key: tuple, value: Any, kind: type, what: str) -> None:
     if not isinstance(value, kind) or (kind is str and not value):
-        raise _fail(src, key, f"must be {what}, got {_type_name(value)}")
+        raise src.error(key, f"must be {what}, got {_type_name(value)}")
 
 
 def load_maker(path: Path) -> Maker:
@@ -135,14 +125,12 @@ def load_maker(path: Path) -> Maker:
         )
     for key in doc:
         if key not in FIELDS:
-            raise _fail(
-                src,
-                (key,),
+            raise src.error((key,),
                 f"unknown maker key '{key}'{did_you_mean(str(key), list(FIELDS))}; "
                 f"allowed: {', '.join(FIELDS)}",
             )
     if "base_path" in doc and "base_cfg" in doc:
-        raise _fail(src, ("base_cfg",), "give either 'base_path' or its alias 'base_cfg', not both")
+        raise src.error(("base_cfg",), "give either 'base_path' or its alias 'base_cfg', not both")
     base_key = "base_path" if "base_path" in doc else "base_cfg"
     if base_key not in doc:
         raise ConfigError("the maker names no base config ('base_path')", file=path)
@@ -151,24 +139,23 @@ def load_maker(path: Path) -> Maker:
 
     datasets = doc.get("dataset_cfgs")
     if datasets is None or datasets == []:
-        raise _fail(
-            src, ("dataset_cfgs",), "'dataset_cfgs' is empty: list at least one dataset config"
-        )
+        raise src.error(("dataset_cfgs",),
+                        "'dataset_cfgs' is empty: list at least one dataset config")
     _expect(src, ("dataset_cfgs",), datasets, list, "a list of paths")
     resolved: list[list[Path]] = []
     for i, entry in enumerate(datasets):
         files = entry if isinstance(entry, list) else [entry]
         if not files:
-            raise _fail(src, ("dataset_cfgs", i), "an empty list is not a dataset")
+            raise src.error(("dataset_cfgs", i), "an empty list is not a dataset")
         for j, item in enumerate(files):
             key = ("dataset_cfgs", i, j) if isinstance(entry, list) else ("dataset_cfgs", i)
             _expect(src, key, item, str, "a path (string) or a list of paths")
-        resolved.append([_resolve(folder, f) for f in files])
+        resolved.append([resolve_path(folder, f) for f in files])
 
-    maker = Maker(source=src, base_path=_resolve(folder, doc[base_key]), datasets=resolved)
+    maker = Maker(source=src, base_path=resolve_path(folder, doc[base_key]), datasets=resolved)
     if doc.get("output_path") is not None:
         _expect(src, ("output_path",), doc["output_path"], str, "a path (string)")
-        maker.output_path = _resolve(folder, doc["output_path"])
+        maker.output_path = resolve_path(folder, doc["output_path"])
     for name in ("substitutions", "local_overrides", "global_overrides"):
         value = doc.get(name)
         if value is not None:
@@ -187,9 +174,7 @@ def _load_merge_options(src: Source, options: Any, maker: Maker) -> None:
     for key, value in options.items():
         where = ("merge_options", key)
         if key not in MERGE_OPTIONS:
-            raise _fail(
-                src,
-                where,
+            raise src.error(where,
                 f"unknown merge option '{key}'{did_you_mean(str(key), MERGE_OPTIONS)}; "
                 f"allowed: {', '.join(MERGE_OPTIONS)}",
             )

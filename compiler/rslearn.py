@@ -64,9 +64,9 @@ from typing import Any, ClassVar
 
 from .dialect import DATA_ARGS, DECODERS, MODEL_ARGS, DatasetParts, Dialect, Placement
 from .errors import ConfigError, format_key
-from .maker import Maker, _resolve
+from .maker import Maker
 from .tree import get_path, set_path
-from .yamlio import Source, load_source, parse
+from .yamlio import Source, load_source, parse, resolve_path
 
 #: Upstream's placeholders, in the order it replaces them: (placeholder, substitution name,
 #: divisor numerator or None).
@@ -152,7 +152,7 @@ class RslearnDialect(Dialect):
         if not isinstance(config, dict):
             raise ConfigError("a dataset config must be a mapping with 'model' and 'data'",
                               file=first.path)
-        parts = DatasetParts(name="", sources=sources, config=config, tasks=[], decoders={},
+        parts = DatasetParts(name="", sources=sources, tasks=[], decoders={},
                              task_defs={}, data_module=None)
         decoders = get_path(config, DECODERS)
         if not isinstance(decoders, dict) or len(decoders) != 1:
@@ -244,10 +244,6 @@ class RslearnDialect(Dialect):
         return run
 
     # -- label merging -------------------------------------------------------------------
-    def output_layer(self, task: str, decoder: list) -> int:
-        """Upstream writes the merged count to the decoder's first layer."""
-        return 0
-
     def num_outputs(self, task: str, decoder: list) -> Any:
         return self._entry(task)["num_outputs"]
 
@@ -310,10 +306,8 @@ class RslearnDialect(Dialect):
                     continue
                 if task in seen and seen[task] != i:
                     key = ("merge_options", "same_label_groups", i, j)
-                    raise ConfigError(
-                        f"task '{task}' is in two label groups ({seen[task]} and {i})",
-                        file=maker.path, line=maker.source.line_of(key), key=key,
-                    )
+                    raise maker.source.error(
+                        key, f"task '{task}' is in two label groups ({seen[task]} and {i})")
                 seen[task] = i
         return groups
 
@@ -359,7 +353,7 @@ class RslearnDialect(Dialect):
             )
         if not isinstance(name, str) or not name:
             raise ConfigError(f"'{INFO_KEY}' must be a path (string)", **where)
-        path = _resolve(base.path.parent, name)
+        path = resolve_path(base.path.parent, name)
         try:
             src = load_source(path, "dataset-info file")
         except ConfigError as exc:

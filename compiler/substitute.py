@@ -181,7 +181,7 @@ def substitute_source(doc: Any, text: str, sub: Substituter) -> Any:
     return sub.tree(doc) if "${" in text else doc
 
 
-def located_problems(file: Any, text: str, sub: Substituter) -> list[tuple[str, int | None, str]]:
+def located_problems(text: str, sub: Substituter) -> list[tuple[str, int | None, str]]:
     """(placeholder, line, reason) of each bad placeholder the substituter met in one file."""
     from .yamlio import scalar_lines
 

@@ -26,10 +26,6 @@ def get_path(tree: Any, path: tuple, default: Any = None) -> Any:
     return node
 
 
-def has_path(tree: Any, path: tuple) -> bool:
-    return get_path(tree, path, _MISSING) is not _MISSING
-
-
 def set_path(tree: Any, path: tuple, value: Any, create: bool = True) -> Any:
     """A copy of ``tree`` with ``value`` at ``path``; missing mappings are created."""
     if not path:

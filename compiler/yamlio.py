@@ -54,11 +54,20 @@ class Source:
             key = key[:-1]
         return None
 
+    def error(self, key: tuple, message: str) -> ConfigError:
+        """A ``ConfigError`` located at key path ``key`` of this file."""
+        return ConfigError(message, file=self.path, line=self.line_of(key), key=key)
+
     def has(self, key: tuple) -> bool:
         """Whether the key path is written (exactly) in this file."""
         if self._lines is None:
             self._lines = key_lines(self.text)
         return key in self._lines
+
+
+def resolve_path(folder: Path, name: str) -> Path:
+    """A path named in a file, relative to that file's folder (tidied, links kept)."""
+    return Path(os.path.normpath(folder / os.path.expanduser(name)))
 
 
 def read_source(path: Path, what: str = "file") -> Source:

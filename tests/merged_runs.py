@@ -3,7 +3,7 @@
 Configs use the real ``MultiDatasetDataModule`` over ``SyntheticDataModule`` datasets: dataset
 ``ds_a`` carries two tasks and ``ds_b`` one, so unmerging must restrict ``dataset_tasks``.
 ``fake_run`` writes a run directory without training (weights perturbed away from their
-initialisation so every output row differs), ``trained_run`` trains one with ``mtl-run fit``.
+initialisation so every output row differs); ``toy_run_dir.train_toy_run`` trains one.
 """
 
 from __future__ import annotations
@@ -144,14 +144,4 @@ def fake_run(run_dir: Path, config: dict[str, Any], seed: int = 0) -> Path:
     (run_dir / "run_info.json").write_text(json.dumps({"subcommand": "fit"}))
     for name in ("best.ckpt", "last.ckpt"):
         write_checkpoint(run_dir / "checkpoints" / name, state)
-    return run_dir
-
-
-def trained_run(run_dir: Path, config: dict[str, Any]) -> Path:
-    """A run directory trained (briefly) by ``mtl-run fit``."""
-    from runtime.cli import main
-
-    source = run_dir.parent / f"{run_dir.name}.yaml"
-    source.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert main([str(source), "--run-dir", str(run_dir)]) == 0
     return run_dir

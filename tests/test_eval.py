@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from helpers import assert_bad_input
-from merged_runs import LAYOUT, fake_run, merged_config, trained_run
+from merged_runs import LAYOUT, fake_run, merged_config
+from toy_run_dir import train_toy_run
 
 from scripts.evaluate import main
 from scripts.unmerge import main as unmerge_main
@@ -23,7 +24,7 @@ def evaluate(*args: object):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    return trained_run(tmp_path_factory.mktemp("eval") / "run", merged_config(max_epochs=2))
+    return train_toy_run(tmp_path_factory.mktemp("eval"), merged_config(max_epochs=2))
 
 
 def _report(run_dir: Path, tmp: Path, *args: object) -> dict:
