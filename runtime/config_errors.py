@@ -156,6 +156,14 @@ def _module_members(module_path: str) -> list[str]:
     return [n for n in dir(module) if not n.startswith("_")] if module is not None else []
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """An exception's first message line (its class name, or ``default``, when empty)."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default
+
+
 def load_yaml(path: Path) -> Any:
     """The raw config (safe loading) to walk key paths in; None when unreadable."""
     try:

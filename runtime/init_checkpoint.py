@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from runtime.config_errors import first_line
+
 DCP_METADATA = ".metadata"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _SHOWN = 4
@@ -68,8 +70,8 @@ def _torch_state(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"init checkpoint {path}: not a loadable state dict ({reason})") from None
+        raise ValueError(f"init checkpoint {path}: not a loadable state dict "
+                         f"({first_line(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         raise ValueError(
             f"init checkpoint {path} is a Lightning checkpoint; convert it first with "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 
-from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
+from runtime.config_errors import ConfigError, explain_argument_error, first_line, load_yaml
 
 CONFIG_NAME = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -32,6 +32,8 @@ class LoadedRun:
     datamodule: LightningDataModule | None
     checkpoint_path: Path | None
     run_dir: Path | None
+    #: The loaded checkpoint's epoch, global step and Lightning version (weights aside).
+    checkpoint_info: dict[str, Any] | None = None
 
 
 def config_of(target: Path) -> tuple[Path, Path | None]:
@@ -66,8 +68,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input here
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not a loadable checkpoint ({reason})") from None
+        raise ConfigError(f"{path}: not a loadable checkpoint ({first_line(exc)})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return checkpoint
@@ -108,16 +109,17 @@ def load_run(
     if not isinstance(config, dict) or "model" not in config:
         raise ConfigError(f"{config_path}: not a run config (no 'model' section)")
     module, datamodule = build_objects(config, with_data, str(config_path))
-    checkpoint_path = None
+    checkpoint_path = info = None
     if ckpt is not None:
         checkpoint_path = resolve_checkpoint(run_dir, ckpt)
-        state = read_checkpoint(checkpoint_path)["state_dict"]
+        checkpoint = read_checkpoint(checkpoint_path)
         try:
-            module.load_state_dict(state)
+            module.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as exc:
             raise ConfigError(
-                f"{checkpoint_path} does not fit the model of {config_path}: "
-                f"{str(exc).splitlines()[0]}"
+                f"{checkpoint_path} does not fit the model of {config_path}: {first_line(exc)}"
             ) from None
+        info = {k: checkpoint[k] for k in ("epoch", "global_step", "pytorch-lightning_version")
+                if k in checkpoint}
     module.eval()
-    return LoadedRun(config_path, config, module, datamodule, checkpoint_path, run_dir)
+    return LoadedRun(config_path, config, module, datamodule, checkpoint_path, run_dir, info)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 
+from runtime.config_errors import first_line
 from scripts.bench_inputs import Batch, real_batch, synthetic_batch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -199,7 +200,6 @@ def measure_safely(spec: RowSpec, sample: Batch) -> dict[str, Any]:
     try:
         return measure(spec, sample)
     except Exception as exc:  # noqa: BLE001 - reported per row; the sweep goes on
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        error = f"{type(exc).__name__}: {first}"[:300]
+        error = f"{type(exc).__name__}: {first_line(exc, default='')}"[:300]
     _release(torch.device(spec.device))  # the failed row's tensors, once its traceback is gone
     return {**asdict(spec), "error": error}

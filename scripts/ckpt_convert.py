@@ -11,7 +11,6 @@ Heavy imports happen inside functions so ``--help`` is fast.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from importlib import metadata as pkg_metadata
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from compiler.errors import ConfigError
-from scripts.common import atomic_output, bad_input_exits, refuse_existing
+from scripts.common import atomic_output, bad_input_exits, note, refuse_existing
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -42,16 +41,7 @@ Start a new run from it with the encoder's init arg `init_checkpoint: OUT`.
 
 
 def _note(message: str) -> None:
-    click.echo(f"{PROG}: {message}", err=True)
-
-
-def _readable(folder: Path) -> None:
-    """Ordinary permissions (umask) for the export: its temporary folder was made private."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+    note(PROG, message)
 
 
 def _without_init_checkpoint(spec: Any) -> Any:
@@ -165,10 +155,6 @@ def convert(
     from runtime.merge_adapters import count_adapters, merge_adapters
     from runtime.rundir import load_run
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if part not in PARTS:
-        raise ConfigError(f"unknown part {part!r}; choose one of {', '.join(PARTS)}")
     refuse_existing(out, force)
     _note(f"loading {target} (checkpoint: {ckpt})")
     loaded = load_run(target, ckpt=ckpt, with_data=False)
@@ -192,7 +178,6 @@ def convert(
         weights = write_weights(state, fmt, folder, part)
         config = export_config(part, entries, fmt, weights, state, loaded, adapters)
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        _readable(folder)
     count = sum(v.numel() for v in state.values())
     _note(f"wrote {out} ({fmt}, {part}: {len(state)} tensors, {count:,} values)")
     return config

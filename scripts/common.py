@@ -30,6 +30,11 @@ def fail(prog: str, message: str) -> NoReturn:
     sys.exit(EXIT_BAD_INPUT)
 
 
+def note(prog: str, message: str) -> None:
+    """Progress or a remark on stderr, so stdout stays for results."""
+    click.echo(f"{prog}: {message}", err=True)
+
+
 @contextmanager
 def bad_input_exits(prog: str) -> Iterator[None]:
     """Turn the toolkit's ``ConfigError`` (bad config, checkpoint, argument) into exit 2."""

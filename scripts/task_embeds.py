@@ -22,7 +22,7 @@ import click
 from compiler.errors import ConfigError
 from compiler.yamlio import dump, write_atomic
 
-from .common import atomic_output, bad_input_exits, refuse_existing
+from .common import atomic_output, bad_input_exits, note, refuse_existing
 from .task_text import load_summaries
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ PLOT_ANNOTATE_MAX = 16
 
 
 def _note(message: str) -> None:
-    click.echo(f"mtl-task-embeds: {message}", err=True)
+    note(PROG, message)
 
 
 def default_model_path() -> Path:

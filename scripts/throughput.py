@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from compiler.errors import ConfigError, did_you_mean
-from scripts.common import atomic_output, bad_input_exits, refuse_existing
+from scripts.common import atomic_output, bad_input_exits, note, refuse_existing
 
 PROG = "mtl-throughput"
 MODES = ("infer", "train", "both")
@@ -39,7 +39,7 @@ Train rows time forward, the task's own loss, backward and the run's optimizer s
 
 
 def _note(message: str) -> None:
-    click.echo(f"{PROG}: {message}", err=True)
+    note(PROG, message)
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -173,7 +173,7 @@ def benchmark(
     chosen = choose_tasks(list(task_names), tasks)
     _note("reading input shapes from the run's training data")
     samples = gather_samples(loaded.datamodule, chosen, max(batch_sizes) if real_data else 1)
-    threads = threads or loaded.config.get("run", {}).get("num_threads")
+    threads = threads or (loaded.config.get("run") or {}).get("num_threads")
     params = list(module.parameters())
     facts = {
         "target": str(target),

@@ -17,7 +17,7 @@ import click
 from compiler.errors import ConfigError, did_you_mean
 from compiler.tree import get_path
 from compiler.yamlio import dump
-from scripts.common import atomic_output, bad_input_exits, refuse_existing
+from scripts.common import atomic_output, bad_input_exits, note, refuse_existing
 
 PROG = "mtl-unmerge"
 
@@ -31,7 +31,7 @@ Examples:
 
 
 def _note(message: str) -> None:
-    click.echo(f"{PROG}: {message}", err=True)
+    note(PROG, message)
 
 
 def _chosen_tasks(config: dict[str, Any], run_dir: Path, tasks: tuple[str, ...]) -> list[str]:
@@ -84,7 +84,6 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
         build_objects,
         config_of,
         load_run,
-        read_checkpoint,
         resolve_checkpoint,
     )
     from scripts.task_cut import cut_state_dict, single_task_config, task_cuts
@@ -104,7 +103,7 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
 
     _note(f"loading {run_dir} with {ckpt_path}")
     run = load_run(run_dir, str(ckpt_path), with_data=True)
-    source = read_checkpoint(ckpt_path)
+    source = run.checkpoint_info or {}
     dataset_tasks = getattr(run.datamodule, "dataset_tasks", None)
     if not isinstance(dataset_tasks, dict):
         raise ConfigError(f"{config_path}: the data module {type(run.datamodule).__name__} does "
