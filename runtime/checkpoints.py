@@ -12,13 +12,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def newest_loadable(directory: Path, exclude_prefix: str = "best") -> tuple[Path, int] | None:
+def newest_loadable(directory: Path) -> tuple[Path, int] | None:
     """(path, global step) of the newest ``*.ckpt`` that loads (last or step checkpoints,
     not best ones); a file cut short by a killed process is skipped."""
     if not directory.is_dir():
         return None
     candidates = sorted(
-        (p for p in directory.glob("*.ckpt") if not p.name.startswith(exclude_prefix)),
+        (p for p in directory.glob("*.ckpt") if not p.name.startswith("best")),
         key=lambda p: p.stat().st_mtime_ns,
         reverse=True,
     )

@@ -9,22 +9,22 @@ from torch import Tensor, nn
 class WeightEMA:
     """Shadow copies of trainable parameters, updated after every optimizer step.
 
-    ``swap()`` exchanges the live weights with the shadow (in place, no allocation), so the
-    same call puts EMA weights in for evaluation and puts the training weights back after.
+    ``swap()`` exchanges the live weights with the shadow in place (the parameter objects
+    stay), so the same call puts EMA weights in for evaluation and the training weights back.
     """
 
     def __init__(self, module: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.names = [n for n, p in module.named_parameters() if p.requires_grad]
-        self._module = module
+        tracked = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in tracked]
+        self._tracked = [p for _, p in tracked]  # moving or loading keeps these objects
         self.shadow: list[Tensor] | None = None
         self.swapped = False
 
     def _params(self) -> list[Tensor]:
-        params = dict(self._module.named_parameters())
-        return [params[n].data for n in self.names]
+        return [p.data for p in self._tracked]
 
     def _ensure(self) -> list[Tensor]:
         params = self._params()

@@ -75,6 +75,11 @@ class MultiTaskModel(nn.Module):
         self.task_lora = task_lora
         self.static_lora = static_lora
         self._bind_task_conditioning()
+        # Fixed once built: looked up per step, so computed here, not on every forward.
+        self._conditioned_encoder = self.task_lora is not None or any(
+            getattr(m, "task_conditioned", False) for m in self.encoder)
+        self._aux_named = [(n, m) for n, m in self.named_modules()
+                           if callable(getattr(m, "aux_loss", None))]
 
     def _bind_task_conditioning(self) -> None:
         """Give the task-conditioned parts the task list and the embedding size."""
@@ -116,8 +121,7 @@ class MultiTaskModel(nn.Module):
     @property
     def task_conditioned_encoder(self) -> bool:
         """Whether the encoder's output depends on the task (then it runs once per task)."""
-        return self.task_lora is not None or any(
-            getattr(m, "task_conditioned", False) for m in self.encoder)
+        return self._conditioned_encoder
 
     def _task_vector(self, task: str | None) -> Tensor | None:
         if self.task_embedding is None or task is None:
@@ -190,7 +194,7 @@ class MultiTaskModel(nn.Module):
 
     # ---- auxiliary losses (mixture-of-experts load balancing) -------------------------------
     def _aux_modules(self) -> list[tuple[str, nn.Module]]:
-        return [(n, m) for n, m in self.named_modules() if callable(getattr(m, "aux_loss", None))]
+        return self._aux_named
 
     def clear_aux_losses(self) -> None:
         for _, module in self._aux_modules():

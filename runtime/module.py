@@ -134,7 +134,7 @@ class MultiTaskModule(LightningModule):
         if total is None:
             raise ValueError(f"batch from dataset {batch.get('dataset')!r} has no targets")
         is_train = stage == "train"
-        aux = self.model.aux_losses() if hasattr(self.model, "aux_losses") else {}
+        aux = self.model.aux_losses() if is_train else {}
         if aux and is_train:
             aux_total = torch.stack(list(aux.values())).sum()
             total = total + aux_total

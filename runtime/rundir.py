@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 
+from runtime.checkpoints import load_checkpoint
 from runtime.config_errors import ConfigError, explain_argument_error, first_line, load_yaml
 
 CONFIG_NAME = "config.yaml"
@@ -66,7 +66,7 @@ def resolve_checkpoint(run_dir: Path | None, ckpt: str) -> Path:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded without running code; corrupt files are ConfigErrors."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input here
         raise ConfigError(f"{path}: not a loadable checkpoint ({first_line(exc)})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

@@ -13,6 +13,7 @@ from runtime.reporting import (
     header_comments,
     per_task_report,
     run_info,
+    task_metrics,
     write_confusion_matrices,
     write_json,
     write_predictions,
@@ -91,7 +92,7 @@ def _fit(cli: RunCLI) -> None:
             continue
         covered = _tasks_of_monitor(callback.monitor, tasks)
         for name in covered:
-            metrics = per_task_report(entry["metrics"], "val", [name])[name]
+            metrics = task_metrics(entry["metrics"], "val", name)
             if metrics:
                 summary[name] = {**metrics, "epoch": entry["epoch"], "step": entry["step"]}
             if name in entry["confusion"]:

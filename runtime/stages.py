@@ -188,9 +188,6 @@ class FineTuneStages(Callback):
             if new is not None:
                 self.scales[key] = new
 
-    def current_scale(self, selector: str = ALL) -> float:
-        return self.scales.get(selector, 1.0)
-
     # ---- checkpoint state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"applied": self.applied, "scales": dict(self.scales)}
