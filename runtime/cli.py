@@ -21,13 +21,25 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from compiler import exitcodes
 from runtime.checkpoints import newest_loadable
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
 from runtime.csv_log import RunCSVLogger
+from runtime.hardware import (
+    DEVICE_HELP,
+    CompileMode,
+    MatmulPrecision,
+    apply_run_settings,
+    check_accelerator,
+    out_of_memory_message,
+    resolve_device,
+    trainer_device,
+)
 from runtime.reporting import ValidationHistory
+from runtime.step_stats import NonFiniteLossError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-_CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path")
+_CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path", "device")
 _FLAGS = ("--resume", "--force", "--check", "--help", "-h", "--print_config")
 
 
@@ -46,6 +58,10 @@ class RunOptions:
         early_stopping_patience: stop after this many validations without improvement.
         num_threads: torch intra-op CPU threads (``torch.set_num_threads``); 1 is much faster
             for small models on a busy or 2-core machine. None keeps torch's default.
+        float32_matmul_precision: ``torch.set_float32_matmul_precision`` ("high" lets
+            float32 matrix products use TF32 on Ampere and newer GPUs). None keeps torch's.
+        compile: ``torch.compile`` the model for training and evaluation (true, or a mode
+            such as "reduce-overhead" or "max-autotune"); checkpoints load without it.
     """
 
     monitor: str = "val/score"
@@ -55,6 +71,8 @@ class RunOptions:
     keep_step_checkpoints: int = 2
     early_stopping_patience: int | None = None
     num_threads: int | None = None
+    float32_matmul_precision: MatmulPrecision | None = None
+    compile: bool | CompileMode = False
 
 
 class _CheckPassed(Exception):
@@ -128,6 +146,10 @@ class RunCLI(LightningCLI):
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None,
             help="validate/test/predict: checkpoint to load (default: the run's best).")
+        parser.add_argument(
+            "--device", type=str | None, default=None,
+            help=f"Run on one device: {DEVICE_HELP.split(' (')[0]} or auto (sets "
+            "trainer.accelerator and trainer.devices); default: the config's trainer settings.")
         parser.add_class_arguments(RunOptions, "run")
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
@@ -149,10 +171,19 @@ class RunCLI(LightningCLI):
             raise _CheckPassed
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir else (
             default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
+        self._choose_device()
         if self.subcommand_name == "fit":
             self._prepare_fit_dir()
-        if self.config.run.num_threads:
-            torch.set_num_threads(self.config.run.num_threads)
+        apply_run_settings(vars(self.config.run))
+
+    def _choose_device(self) -> None:
+        """``--device`` as trainer settings; a GPU the machine lacks is a config error."""
+        trainer = self.config.trainer
+        if self.config.device is not None:
+            for key, value in trainer_device(resolve_device(self.config.device)).items():
+                trainer[key] = value
+        where = f"{self.config_path}: " if self.config_path else ""
+        check_accelerator(trainer.accelerator, where)
 
     def _prepare_fit_dir(self) -> None:
         run_dir = self.run_dir
@@ -261,6 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         run_subcommand(cli, argv)
     except ConfigError as err:  # found once the objects exist (e.g. init_from's checkpoint)
         return _config_error(str(err))
+    except NonFiniteLossError as err:
+        print(f"mtl-run: error: {err}", file=sys.stderr)
+        return exitcodes.NON_FINITE_LOSS
+    except torch.OutOfMemoryError:
+        sizes = getattr(cli.datamodule, "batch_sizes", None)
+        device = str(getattr(cli.model, "device", "the GPU"))
+        print(f"mtl-run: error: {out_of_memory_message(device, sizes)}", file=sys.stderr)
+        return exitcodes.BAD_INPUT
     print(cli.run_dir)
     return 0
 

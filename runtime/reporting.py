@@ -75,7 +75,19 @@ def per_task_report(metrics: dict[str, float], stage: str, tasks: list[str]) -> 
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: a NaN or infinite value is written as null (JSON has no NaN)."""
+    path.write_text(json.dumps(_finite(data), indent=2, sort_keys=False, allow_nan=False)
+                    + "\n")
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path,
