@@ -14,10 +14,9 @@ from runtime.config_errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-DEVICE_HELP = ("cpu, cuda or cuda:N (default: cuda when a GPU is available, else cpu)")
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when a GPU is available, else cpu)"
 MatmulPrecision = Literal["highest", "high", "medium"]
-CompileMode = Literal["default", "reduce-overhead", "max-autotune",
-                      "max-autotune-no-cudagraphs"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 
@@ -45,11 +44,13 @@ def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
     if not torch.cuda.is_available():
         raise ConfigError(
             f"{flag} {name}: no CUDA device is available (torch {torch.__version__}, "
-            f"CUDA build: {torch.version.cuda or 'none'}); use {flag} cpu")
+            f"CUDA build: {torch.version.cuda or 'none'}); use {flag} cpu"
+        )
     count = torch.cuda.device_count()
     if index is not None and int(index) >= count:
-        raise ConfigError(f"{flag} {name}: this machine has {count} CUDA device(s) "
-                          f"(cuda:0 to cuda:{count - 1})")
+        raise ConfigError(
+            f"{flag} {name}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
+        )
     return torch.device("cuda", int(index) if index is not None else 0)
 
 
@@ -68,7 +69,8 @@ def check_accelerator(accelerator: Any, where: str) -> None:
         raise ConfigError(
             f"{where}trainer.accelerator is {accelerator!r} but no CUDA device is available "
             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); use "
-            "--trainer.accelerator=cpu (or auto), or --device cpu")
+            "--trainer.accelerator=cpu (or auto), or --device cpu"
+        )
 
 
 def apply_run_settings(run: Mapping[str, Any] | None) -> None:

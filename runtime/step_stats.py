@@ -49,8 +49,9 @@ class StepStats:
 
     Slots: one per task (in ``tasks`` order), then the total loss, then the auxiliary loss.
     Sums and weights (batch sizes of the finite values) live on the device of the losses, as
-    a ``[2, slots]`` tensor; the host only counts which slots have values. ``policy`` "stop" never syncs in :meth:`add`; "skip" must look at each
-    step's losses on the host to skip its update (one sync per step, like AMP's scaler).
+    a ``[2, slots]`` tensor; the host only counts which slots have values. ``policy`` "stop"
+    never syncs in :meth:`add`; "skip" must look at each step's losses on the host to skip
+    its update (one sync per step, like AMP's scaler).
     """
 
     def __init__(self, tasks: list[str], policy: NonFinitePolicy = "stop") -> None:
@@ -83,8 +84,14 @@ class StepStats:
         self._meta: list[tuple[int, int, float]] = []  # (slot, step, weight) per pending value
 
     # ---- per step (no host sync in "stop") -------------------------------------------------
-    def add(self, step: int, task_losses: Mapping[str, Tensor], total: Tensor,
-            aux: Tensor | None, weight: float) -> bool:
+    def add(
+        self,
+        step: int,
+        task_losses: Mapping[str, Tensor],
+        total: Tensor,
+        aux: Tensor | None,
+        weight: float,
+    ) -> bool:
         """Record one step; False when the update must be skipped (policy "skip")."""
         slots = [self._slot[name] for name in task_losses] + [self.total]
         values = [*task_losses.values(), total]
@@ -132,8 +139,9 @@ class StepStats:
         self._pending, self._meta = [], []
 
     # ---- at sync points --------------------------------------------------------------------
-    def first_non_finite(self, reduce_min: Callable[[Tensor], Tensor] | None = None
-                         ) -> tuple[int, str] | None:
+    def first_non_finite(
+        self, reduce_min: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[int, str] | None:
         """(step, what) of the first non-finite loss recorded so far (one host sync)."""
         self._fold()
         if self._first_bad is None:
@@ -155,13 +163,18 @@ class StepStats:
         if not self.skipped:
             return None
         step, what = self._first_skip or (0, "")
-        text = (f"skipped {self.skipped} update(s) with a non-finite training loss; the first "
-                f"at step {step}, {what}")
+        text = (
+            f"skipped {self.skipped} update(s) with a non-finite training loss; the first "
+            f"at step {step}, {what}"
+        )
         self.skipped, self._first_skip = 0, None
         return text
 
-    def means(self, key: Literal["epoch", "interval"],
-              reduce_sum: Callable[[Tensor], Tensor] | None = None) -> dict[int, Tensor]:
+    def means(
+        self,
+        key: Literal["epoch", "interval"],
+        reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[int, Tensor]:
         """Slot -> mean loss of the epoch or the log interval (slots with no value left out);
         ``reduce_sum`` adds sums and counts over processes."""
         self._fold()
@@ -172,11 +185,15 @@ class StepStats:
         if reduce_sum is not None:
             both = reduce_sum(both.clone())
             counts = both[1].tolist()  # every process's weights
-        return {slot: both[0, slot] / both[1, slot] for slot in range(self.size)
-                if counts[slot] > 0}
+        return {
+            slot: both[0, slot] / both[1, slot] for slot in range(self.size) if counts[slot] > 0
+        }
 
-    def logged(self, key: Literal["epoch", "interval"],
-               reduce_sum: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    def logged(
+        self,
+        key: Literal["epoch", "interval"],
+        reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """The names and values to log: per log interval ``train/loss_step`` (the mean over
         the interval's steps); per epoch ``train/loss_epoch`` and ``train/<task>/loss``
         (plus ``train/moe_aux_loss_step|epoch`` for models with an auxiliary loss)."""
@@ -184,8 +201,11 @@ class StepStats:
         names = {self.total: f"train/loss_{suffix}", self.aux: f"train/moe_aux_loss_{suffix}"}
         if key == "epoch":
             names.update({i: f"train/{task}/loss" for i, task in enumerate(self.tasks)})
-        return {names[slot]: value for slot, value in self.means(key, reduce_sum).items()
-                if slot in names}
+        return {
+            names[slot]: value
+            for slot, value in self.means(key, reduce_sum).items()
+            if slot in names
+        }
 
     def reset_interval(self) -> None:
         self._fold()

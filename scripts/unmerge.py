@@ -108,6 +108,7 @@ def check_cut(merged: Any, single: Any, task: str, batches: list[Any], device: A
                     f"internal error: the cut model of task '{task}' does not reproduce the "
                     "merged model's outputs on its validation batches; nothing was written. "
                     "Please report this with the run's config.yaml.")
+    merged.cpu()
     single.cpu()
 
 

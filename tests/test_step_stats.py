@@ -39,15 +39,24 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def _epoch_rows(run_dir: Path) -> dict[int, dict[str, float]]:
-    return {int(r["epoch"]): {k: float(v) for k, v in r.items() if v and k.startswith("train/")}
-            for r in _rows(run_dir) if r.get("train/loss_epoch")}
+    return {
+        int(r["epoch"]): {k: float(v) for k, v in r.items() if v and k.startswith("train/")}
+        for r in _rows(run_dir)
+        if r.get("train/loss_epoch")
+    }
 
 
 # ---- StepStats on its own -------------------------------------------------------------------
 def _steps() -> list[tuple[dict[str, float], float, int]]:
     """(per-task losses, total, batch size) of six steps over tasks a, b."""
-    return [({"a": 1.0}, 1.0, 4), ({"b": 2.0}, 2.0, 2), ({"a": 3.0, "b": 5.0}, 8.0, 3),
-            ({"a": 0.5}, 0.5, 4), ({"b": 4.0}, 4.0, 1), ({"a": 2.0}, 2.0, 2)]
+    return [
+        ({"a": 1.0}, 1.0, 4),
+        ({"b": 2.0}, 2.0, 2),
+        ({"a": 3.0, "b": 5.0}, 8.0, 3),
+        ({"a": 0.5}, 0.5, 4),
+        ({"b": 4.0}, 4.0, 1),
+        ({"a": 2.0}, 2.0, 2),
+    ]
 
 
 def _add(stats: StepStats, steps, first: int = 0) -> None:
@@ -57,8 +66,11 @@ def _add(stats: StepStats, steps, first: int = 0) -> None:
 
 
 def _manual_mean(steps, task: str | None) -> float:
-    pairs = [(losses[task] if task else total, size) for losses, total, size in steps
-             if task is None or task in losses]
+    pairs = [
+        (losses[task] if task else total, size)
+        for losses, total, size in steps
+        if task is None or task in losses
+    ]
     return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
 
 
@@ -72,7 +84,8 @@ def test_epoch_and_interval_means_equal_a_manual_batch_weighted_average():
     stats.reset_interval()
     _add(stats, steps[2:], first=2)
     assert float(stats.logged("interval")["train/loss_step"]) == pytest.approx(
-        _manual_mean(steps[2:], None))
+        _manual_mean(steps[2:], None)
+    )
     epoch = stats.logged("epoch")
     assert float(epoch["train/loss_epoch"]) == pytest.approx(_manual_mean(steps, None))
     for task in ("a", "b"):
@@ -118,8 +131,9 @@ def test_skip_policy_refuses_the_step_and_reports_it_once():
     assert not stats.add(4, {"a": torch.tensor(float("nan"))}, torch.tensor(float("nan")), None, 2)
     assert stats.add(5, {"a": torch.tensor(2.0)}, torch.tensor(2.0), None, 2)
     assert stats.first_non_finite() is None  # nothing non-finite was recorded
-    assert stats.skip_report() == ("skipped 1 update(s) with a non-finite training loss; the "
-                                   "first at step 4, task 'a'")
+    assert stats.skip_report() == (
+        "skipped 1 update(s) with a non-finite training loss; the first at step 4, task 'a'"
+    )
     assert stats.skip_report() is None
     assert float(stats.logged("epoch")["train/loss_epoch"]) == pytest.approx(2.0)
 
@@ -170,15 +184,17 @@ def test_a_training_step_neither_syncs_nor_logs_per_task(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_mid_epoch_resume_reports_the_whole_epochs_mean(tmp_path):
     """Issue 12 item 10: the resumed epoch's train/loss_epoch averages the whole epoch."""
-    config = toy_config(max_epochs=2, run={"checkpoint_every_n_steps": 4,
-                                           "keep_step_checkpoints": -1})
+    config = toy_config(
+        max_epochs=2, run={"checkpoint_every_n_steps": 4, "keep_step_checkpoints": -1}
+    )
     code, reference = _fit(tmp_path, config, name="reference")
     assert code == 0
     killed = tmp_path / "killed"
     shutil.copytree(reference, killed)  # as if killed right after step-24.ckpt (epoch 1)
     for ckpt in (killed / "checkpoints").glob("*.ckpt"):
-        if ckpt.name == "last.ckpt" or (ckpt.name.startswith("step-")
-                                        and int(ckpt.stem.split("-")[1]) > 24):
+        if ckpt.name == "last.ckpt" or (
+            ckpt.name.startswith("step-") and int(ckpt.stem.split("-")[1]) > 24
+        ):
             ckpt.unlink()
     code = mtl_run([str(tmp_path / "reference.yaml"), "--run-dir", str(killed), "--resume"])
     assert code == 0
@@ -201,8 +217,12 @@ class PoisonedToyDataModule(ToyDataModule):
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         batch = super().on_before_batch_transfer(batch, dataloader_idx)
         trainer = self.trainer
-        if (trainer is not None and trainer.training and self.epoch == self.poison_epoch
-                and self.consumed == self.poison_at):
+        if (
+            trainer is not None
+            and trainer.training
+            and self.epoch == self.poison_epoch
+            and self.consumed == self.poison_at
+        ):
             batch = {**batch, "inputs": batch["inputs"] * float("nan")}
         return batch
 
