@@ -61,7 +61,7 @@ def test_ddp_two_ranks_see_every_sample_exactly_once(tmp_path) -> None:
            "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
         [sys.executable, str(TESTS / "data_ddp_worker.py"), str(tmp_path), "random_cycle"],
-        timeout=90, env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=240, env=env, cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
