@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 
 from compiler.errors import ConfigError, did_you_mean
@@ -88,6 +90,20 @@ ConfigSource = str | Path | Mapping[str, Any]
 Predictions = dict[str, dict[str, Tensor]]
 
 
+def _plain(value: Any) -> Any:
+    """A deep copy as plain YAML data: paths become strings, tuples lists, numpy scalars
+    numbers (anything else that YAML cannot write is refused when the config is read)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return copy.deepcopy(value)
+
+
 def _assignments(values: Mapping[str, Any] | Sequence[str]) -> list[str]:
     """``{"a.b": 3}`` as ``["a.b=3"]`` (values written as JSON, which YAML reads back
     unchanged); a sequence is taken as ``NAME=VALUE`` strings already."""
@@ -120,7 +136,7 @@ def make_config(
     maker: ConfigSource,
     *,
     sets: Mapping[str, Any] | Sequence[str] = (),
-    dialect: str | None = None,
+    dialect: str = "auto",
     base_dir: str | Path = ".",
 ) -> dict[str, Any]:
     """Compile a maker config into a run config, as ``mtl-make-config`` does (nothing is
@@ -131,7 +147,7 @@ def make_config(
             ``dataset_cfgs``) resolve against ``base_dir``.
         sets: ``--set`` values: ``{"lr": 0.01}`` overrides a substitution,
             ``{"trainer.max_epochs": 3}`` (a dotted key) any key of the run config.
-        dialect: ``native``, ``rslearn`` or None to detect it.
+        dialect: ``native``, ``rslearn`` or ``auto`` (detect it, as the command does).
 
     >>> config = make_config({"base_path": "base_configs/quickstart.yaml",
     ...                       "dataset_cfgs": ["dataset_configs/parity.yaml"],
@@ -149,17 +165,18 @@ def make_config(
 
     source: str | Path | Source
     if isinstance(maker, Mapping):
-        doc = copy.deepcopy(dict(maker))
-        digest = hashlib.sha256(dump(doc).encode()).hexdigest()
+        doc = _plain(maker)
+        try:
+            digest = hashlib.sha256(dump(doc).encode()).hexdigest()
+        except yaml.YAMLError as err:
+            raise ConfigError(f"the maker holds a value that is not plain data: {err}") from None
         # No text: errors name the key path (line numbers of a dict would mean nothing).
         source = Source(
             path=Path(base_dir) / "maker (dict)", text="", sha256=digest, doc=doc, raw=doc
         )
     else:
         source = maker
-    compiled = compile_maker(
-        source, dialect=None if dialect == "auto" else dialect, sets=_assignments(sets)
-    )
+    compiled = compile_maker(source, dialect=dialect, sets=_assignments(sets))
     return copy.deepcopy(compiled.run)
 
 
@@ -193,7 +210,8 @@ def train(
 
     Args:
         config: a run config file (``mtl-make-config`` output or a run's ``config.yaml``), or
-            a run config dict (e.g. from :func:`make_config`).
+            a run config dict (e.g. from :func:`make_config`; paths, tuples and numpy scalars
+            in it are written as strings, lists and numbers).
         run_dir: where the run goes; default as ``mtl-run``: ``runs/<config stem>``
             (``runs/run`` for a dict).
         overrides: dotted keys, as ``mtl-run``'s ``--key.path=value``:
@@ -215,7 +233,7 @@ def train(
     argv = ["fit"]
     source: dict[str, Any] | None = None
     if isinstance(config, Mapping):
-        source = copy.deepcopy(dict(config))
+        source = _plain(config)
     else:
         argv.append(str(config))
     if run_dir is not None:
@@ -231,6 +249,23 @@ def train(
     summary = cli.run_dir / "summary.json"
     metrics = json.loads(summary.read_text()) if summary.exists() else {}  # rank 0 writes it
     return TrainResult(run_dir=cli.run_dir, metrics=metrics)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """A device torch knows and this machine has, else a ``ConfigError`` saying which."""
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device: {exc}") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if chosen.type in available and not available[chosen.type]():
+        raise ConfigError(f"device {str(chosen)!r} is not available on this machine")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {str(chosen)!r} does not exist: this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s)"
+        )
+    return chosen
 
 
 class TrainedModel:
@@ -255,8 +290,8 @@ class TrainedModel:
         self.run_dir = run_dir
         self.checkpoint_path = checkpoint_path
         self.config = config
-        self.device = torch.device(device)
-        self.module.to(self.device)
+        self.device = torch.device("cpu")
+        self.to(device)
 
     @property
     def model(self) -> MultiTaskModel:
@@ -270,7 +305,7 @@ class TrainedModel:
 
     def to(self, device: str | torch.device) -> TrainedModel:
         """Move the model to ``device``; predictions are computed (and returned) there."""
-        self.device = torch.device(device)
+        self.device = _device(device)
         self.module.to(self.device)
         return self
 

@@ -91,7 +91,7 @@ def launched_as_rank_zero() -> bool:
 
 
 class RunCLI(LightningCLI):
-    """LightningCLI without subcommand dispatch: ``main`` runs the subcommand itself."""
+    """LightningCLI without subcommand dispatch: ``run_command`` runs the subcommand itself."""
 
     def __init__(self, subcommand: str, config_path: Path | None, args: list[str],
                  source: dict[str, Any] | None = None) -> None:

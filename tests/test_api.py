@@ -216,6 +216,15 @@ def test_make_config_returns_a_copy_and_leaves_the_maker_dict_alone():
     config["trainer"]["max_epochs"] = 99
     assert maker == QUICKSTART
     assert api.make_config(maker, base_dir=REPO)["trainer"]["max_epochs"] == 12
+    pythonic = {  # paths, tuples and numpy numbers are taken as the plain values they stand for
+        **QUICKSTART,
+        "base_path": REPO / QUICKSTART["base_path"],
+        "dataset_cfgs": tuple(Path(p) for p in QUICKSTART["dataset_cfgs"]),
+        "substitutions": {"num_features": np.int64(64), "hidden": 32, "lr": np.float64(0.01)},
+    }
+    assert api.make_config(pythonic, base_dir=REPO) == api.make_config(maker, base_dir=REPO)
+    with pytest.raises(api.ConfigError, match="not plain data"):
+        api.make_config({**QUICKSTART, "substitutions": {"hidden": object()}}, base_dir=REPO)
 
 
 @pytest.mark.parametrize(
@@ -257,7 +266,7 @@ def test_train_raises_config_errors_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
     with pytest.raises(ConfigError, match="not plain data"):
-        api.train({**synthetic_config(), "seed_everything": np.int64(3)}, run_dir=tmp_path / "r")
+        api.train({**synthetic_config(), "seed_everything": object()}, run_dir=tmp_path / "r")
     with pytest.raises(ConfigError, match="no such file|does not exist|not found"):
         api.train(tmp_path / "missing.yaml", run_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
@@ -346,6 +355,17 @@ def test_load_with_fresh_weights_from_a_run_config_on_the_chosen_device(tmp_path
     out = trained.predict(test_inputs())
     assert out["shape"]["probs"].device.type == "cpu"
     assert sorted(trained.model.task_names) == ["shape", "size", "tags"]
+
+
+@pytest.mark.parametrize(
+    ("device", "needle"),
+    [("gpu", "not a torch device"), ("cuda:64", "cuda:64"), (3.5, "not a torch device")],
+)
+def test_a_device_that_cannot_be_used_is_a_config_error(device, needle):
+    trained = small_model()
+    with pytest.raises(api.ConfigError, match=needle):
+        trained.to(device)
+    assert trained.device == torch.device("cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
