@@ -104,16 +104,23 @@ def _plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def _assignments(values: Mapping[str, Any] | Sequence[str]) -> list[str]:
-    """``{"a.b": 3}`` as ``["a.b=3"]`` (values written as JSON, which YAML reads back
-    unchanged); a sequence is taken as ``NAME=VALUE`` strings already."""
-    if isinstance(values, Mapping):
-        return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+def _assignments(values: Mapping[str, Any] | Sequence[str], *, yaml_strings: bool) -> list[str]:
+    """``{"a.b": 3}`` as ``["a.b=3"]``; a sequence is taken as ``NAME=VALUE`` strings already.
+
+    Values are written as JSON, which YAML reads back unchanged. A string goes as JSON too
+    where the reader parses every value as YAML (``--set``: ``"007"`` stays a string), and as
+    itself where the reader parses by the argument's type (``mtl-run``'s jsonargparse).
+    """
     if isinstance(values, str):
         raise ConfigError(
             f"give a mapping or a list of NAME=VALUE strings, not the string {values!r}"
         )
-    return list(values)
+    if not isinstance(values, Mapping):
+        return list(values)
+    return [
+        f"{key}={value if isinstance(value, str) and not yaml_strings else json.dumps(value)}"
+        for key, value in values.items()
+    ]
 
 
 def component(cls: type | str, **init_args: Any) -> dict[str, Any]:
@@ -176,7 +183,7 @@ def make_config(
         )
     else:
         source = maker
-    compiled = compile_maker(source, dialect=dialect, sets=_assignments(sets))
+    compiled = compile_maker(source, dialect=dialect, sets=_assignments(sets, yaml_strings=True))
     return copy.deepcopy(compiled.run)
 
 
@@ -238,7 +245,7 @@ def train(
         argv.append(str(config))
     if run_dir is not None:
         argv.append(f"--run_dir={run_dir}")
-    argv += [f"--{item.lstrip('-')}" for item in _assignments(overrides)]
+    argv += [f"--{item.lstrip('-')}" for item in _assignments(overrides, yaml_strings=False)]
     argv += ["--resume"] * resume + ["--force"] * force
     threads = torch.get_num_threads()
     try:

@@ -125,13 +125,27 @@ test_inputs.__test__ = False  # a helper, not a test
 
 @pytest.mark.slow
 def test_python_and_mtl_run_give_the_same_run_numbers_and_predictions(tmp_path):
-    config = write_config(tmp_path / "synthetic.yaml", synthetic_config())
+    config = write_config(tmp_path / "synthetic.yaml", synthetic_config(max_epochs=1))
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
 
-    from_python = api.train(config, run_dir=tmp_path / "py")
+    # overrides: a string is read by the argument's type, as on the command line
+    overrides = {"data.init_args.sample_mode": "round_robin", "trainer.max_epochs": 2}
+    from_python = api.train(config, run_dir=tmp_path / "py", overrides=overrides)
     assert torch.get_num_threads() == 2  # run.num_threads applied to the fit only
-    mtl_run("fit", config, "--run_dir", tmp_path / "cli", cwd=tmp_path)
-    from_dict = api.train(synthetic_config(), run_dir=tmp_path / "dict")
+    torch.set_num_threads(threads)
+    mtl_run(
+        "fit",
+        config,
+        "--run_dir",
+        tmp_path / "cli",
+        "--trainer.max_epochs=2",
+        "--data.init_args.sample_mode=round_robin",
+        cwd=tmp_path,
+    )
+    from_dict = api.train(synthetic_config(), run_dir=tmp_path / "dict", overrides=overrides)
+    executed = yaml.safe_load((tmp_path / "py/config.yaml").read_text())
+    assert executed["data"]["init_args"]["sample_mode"] == "round_robin"
 
     summary = json.loads((tmp_path / "cli/summary.json").read_text())
     assert set(summary) == {"shape", "size", "tags"}
@@ -208,6 +222,8 @@ def test_a_maker_dict_compiles_like_the_same_maker_file_and_the_command(tmp_path
         )
         == written
     )
+    kept = api.make_config(maker, sets={"trainer.default_root_dir": "007"})  # a string stays one
+    assert kept["trainer"]["default_root_dir"] == "007"
 
 
 def test_make_config_returns_a_copy_and_leaves_the_maker_dict_alone():
