@@ -33,8 +33,13 @@ def blocks(text: str) -> list[tuple[str, str, str]]:
 
 def repo_copy(target: Path) -> Path:
     """The repository's tracked files (the working tree's version of each), in ``target``."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.splitlines()
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     for name in listed:
         source = REPO / name
         if source.is_file():
@@ -54,16 +59,25 @@ def test_every_runnable_block_of_the_page_has_a_marker():
 @pytest.mark.slow
 def test_the_examples_of_the_python_api_page_run(tmp_path):
     root = repo_copy(tmp_path / "repo")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
     for index, (marker, lang, code) in enumerate(blocks(PAGE.read_text())):
         if not marker.startswith("example") or lang not in RUNNABLE:
             continue
         expected = int(marker.split("exit=")[1]) if "exit=" in marker else 0
-        command = ([sys.executable, "-c", code] if lang == "python"
-                   else ["bash", "-euo", "pipefail", "-c", code])
-        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
-                              timeout=300)
+        command = (
+            [sys.executable, "-c", code]
+            if lang == "python"
+            else ["bash", "-euo", "pipefail", "-c", code]
+        )
+        done = subprocess.run(
+            command, cwd=root, env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == expected, (
             f"block {index} ({lang}) exited {done.returncode}:\n{code}\n--- stdout\n"
-            f"{done.stdout[-2000:]}\n--- stderr\n{done.stderr[-3000:]}")
+            f"{done.stdout[-2000:]}\n--- stderr\n{done.stderr[-3000:]}"
+        )
