@@ -98,6 +98,10 @@ def compile_model(module: torch.nn.Module, setting: bool | str | None) -> None:
     target.compile(mode=mode)
 
 
+class DeviceMemoryError(ConfigError):
+    """The device ran out of memory (bad input: a batch or model too large for it)."""
+
+
 def out_of_memory_message(device: str, batch_sizes: Mapping[str, int] | None) -> str:
     """What to say for ``torch.OutOfMemoryError``: the batch sizes and what to try."""
     sizes = ", ".join(f"{k}: {v}" for k, v in (batch_sizes or {}).items()) or "unknown"
