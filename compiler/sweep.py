@@ -281,7 +281,7 @@ def _canon(value: Any) -> str:
 
 
 def _group_label(indices: tuple[int, ...], names: list[str]) -> str:
-    if len(indices) == len(names):
+    if len(indices) == len(names) > 1:
         return "all"
     missing = [names[i] for i in range(len(names)) if i not in indices]
     if len(indices) > 2 and len(missing) < len(indices):
