@@ -23,14 +23,17 @@ EXIT_INTERRUPTED = 130
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=_SETTINGS, epilog="""\b
+@click.group(
+    context_settings=_SETTINGS,
+    epilog="""\b
 Examples:
   mtl-make-config maker_configs/study_digits.yaml --sweep -o studies/digits
   mtl-study run studies/digits --max-parallel 2
   mtl-study status studies/digits
   mtl-study report studies/digits
   mtl-study run studies/digits --launcher slurm --partition gpu --gpus-per-run 1 --dry-run
-""")
+""",
+)
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
 def main() -> None:
     """Launch, follow and report a study (a folder written by mtl-make-config --sweep)."""
@@ -41,18 +44,29 @@ def _study_arg(func):  # noqa: ANN001, ANN202 - a click decorator
 
 
 def _only_opt(func):  # noqa: ANN001, ANN202 - a click decorator
-    return click.option("--only", "only", multiple=True, metavar="PATTERN",
-                        help="Only runs whose name matches PATTERN (a glob such as "
-                             "'*seed0', or a part of the name). Repeatable.")(func)
+    return click.option(
+        "--only",
+        "only",
+        multiple=True,
+        metavar="PATTERN",
+        help="Only runs whose name matches PATTERN: a run name, or a glob such as "
+        "'*seed0' or 'digits_low*'. Repeatable.",
+    )(func)
 
 
 def status_rows(states: list[RunState], folder: Path) -> list[list[str]]:
     rows = []
     for st in states:
         code = st.record.get("exit_code")
-        rows.append([st.run.name, st.state, format_seconds(st.elapsed),
-                     str(st.record.get("attempts") or "-"),
-                     "-" if code is None else str(code)])
+        rows.append(
+            [
+                st.run.name,
+                st.state,
+                format_seconds(st.elapsed),
+                str(st.record.get("attempts") or "-"),
+                "-" if code is None else str(code),
+            ]
+        )
     return rows
 
 
@@ -64,8 +78,10 @@ def status_text(states: list[RunState], folder: Path) -> str:
 
     counts = {s: sum(st.state == s for st in states) for s in STATES}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    return format_table(STATUS_HEADER, status_rows(states, folder), left=2) + \
-        f"\n{len(states)} runs: {summary}"
+    return (
+        format_table(STATUS_HEADER, status_rows(states, folder), left=2)
+        + f"\n{len(states)} runs: {summary}"
+    )
 
 
 def _rich_table(states: list[RunState], folder: Path):  # noqa: ANN202 - rich is optional
@@ -95,43 +111,114 @@ def status(study: Path, only: tuple[str, ...]) -> None:
 @main.command(context_settings=_SETTINGS)
 @_study_arg
 @_only_opt
-@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local",
-              show_default=True, help="local: mtl-run children on this machine; slurm: one "
-                                      "SLURM job array through submitit.")
+@click.option(
+    "--launcher",
+    type=click.Choice(["local", "slurm"]),
+    default="local",
+    show_default=True,
+    help="local: mtl-run children on this machine; slurm: one SLURM job array through submitit.",
+)
 @click.option("--retry-failed", is_flag=True, help="Also run again the runs that failed.")
-@click.option("--dry-run", is_flag=True, help="Print what would be launched (for slurm: the "
-                                              "sbatch script) and launch nothing.")
-@click.option("--max-parallel", type=click.IntRange(min=1), default=1, show_default=True,
-              help="local: runs at once.")
-@click.option("--gpus", metavar="IDS", help="local: GPU ids to share out, one per running run "
-                                           "(CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3.")
-@click.option("--threads-per-run", type=click.IntRange(min=1), metavar="N",
-              help="local: CPU threads per run (default: the CPUs divided by --max-parallel).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would be launched (for slurm: the sbatch script) and launch nothing.",
+)
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="local: runs at once.",
+)
+@click.option(
+    "--gpus",
+    metavar="IDS",
+    help="local: GPU ids to share out, one per running run (CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3.",
+)
+@click.option(
+    "--threads-per-run",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="local: CPU threads per run (default: the CPUs divided by --max-parallel).",
+)
 @click.option("--partition", help="slurm: partition.")
 @click.option("--account", help="slurm: account.")
-@click.option("--gpus-per-run", type=click.IntRange(min=0), default=0, show_default=True,
-              help="slurm: GPUs per run.")
-@click.option("--cpus-per-run", type=click.IntRange(min=1), default=2, show_default=True,
-              help="slurm: CPUs per run.")
-@click.option("--mem-gb", type=click.FloatRange(min=0, min_open=True), help="slurm: memory "
-                                                                            "per run (GB).")
-@click.option("--time", "time_min", type=click.IntRange(min=1), default=60, show_default=True,
-              metavar="MINUTES", help="slurm: time limit per run; a run that hits it is "
-                                      "requeued and continues with --resume.")
-@click.option("--array-parallelism", type=click.IntRange(min=1), default=32, show_default=True,
-              help="slurm: most array tasks running at once.")
-@click.option("--max-requeues", type=click.IntRange(min=0), default=3, show_default=True,
-              help="slurm: how many time-limit requeues a run gets.")
-@click.option("--setup", multiple=True, metavar="CMD", help="slurm: a shell line run before "
-                                                            "each task (e.g. module load ...).")
+@click.option(
+    "--gpus-per-run",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="slurm: GPUs per run.",
+)
+@click.option(
+    "--cpus-per-run",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="slurm: CPUs per run.",
+)
+@click.option(
+    "--mem-gb", type=click.FloatRange(min=0, min_open=True), help="slurm: memory per run (GB)."
+)
+@click.option(
+    "--time",
+    "time_min",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    metavar="MINUTES",
+    help="slurm: time limit per run; a run that hits it is requeued and continues with --resume.",
+)
+@click.option(
+    "--array-parallelism",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="slurm: most array tasks running at once.",
+)
+@click.option(
+    "--max-requeues",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="slurm: how many time-limit requeues a run gets.",
+)
+@click.option(
+    "--setup",
+    multiple=True,
+    metavar="CMD",
+    help="slurm: a shell line run before each task (e.g. module load ...).",
+)
 @click.option("--wait", is_flag=True, help="slurm: wait for the array and show its progress.")
-@click.option("--cluster", type=click.Choice(["slurm", "local", "debug"]), default="slurm",
-              hidden=True, help="submitit executor for --launcher slurm (local: tests).")
-def run(study: Path, only: tuple[str, ...], launcher: str, retry_failed: bool, dry_run: bool,
-        max_parallel: int, gpus: str | None, threads_per_run: int | None,
-        partition: str | None, account: str | None, gpus_per_run: int, cpus_per_run: int,
-        mem_gb: float | None, time_min: int, array_parallelism: int, max_requeues: int,
-        setup: tuple[str, ...], wait: bool, cluster: str) -> None:
+@click.option(
+    "--cluster",
+    type=click.Choice(["slurm", "local", "debug"]),
+    default="slurm",
+    hidden=True,
+    help="submitit executor for --launcher slurm (local: tests).",
+)
+def run(
+    study: Path,
+    only: tuple[str, ...],
+    launcher: str,
+    retry_failed: bool,
+    dry_run: bool,
+    max_parallel: int,
+    gpus: str | None,
+    threads_per_run: int | None,
+    partition: str | None,
+    account: str | None,
+    gpus_per_run: int,
+    cpus_per_run: int,
+    mem_gb: float | None,
+    time_min: int,
+    array_parallelism: int,
+    max_requeues: int,
+    setup: tuple[str, ...],
+    wait: bool,
+    cluster: str,
+) -> None:
     """Train every run of STUDY that is not finished.
 
     Finished runs are skipped, interrupted ones resume from their newest checkpoint
@@ -153,15 +240,31 @@ def run(study: Path, only: tuple[str, ...], launcher: str, retry_failed: bool, d
         for name, why in skipped.items():
             note(PROG, f"{name}: skipped, {why}")
         if launcher == "slurm":
-            code = _run_slurm(loaded, todo, dry_run, wait, cluster, partition, account,
-                              gpus_per_run, cpus_per_run, mem_gb, time_min, array_parallelism,
-                              max_requeues, setup)
+            code = _run_slurm(
+                loaded,
+                todo,
+                dry_run,
+                wait,
+                cluster,
+                partition,
+                account,
+                gpus_per_run,
+                cpus_per_run,
+                mem_gb,
+                time_min,
+                array_parallelism,
+                max_requeues,
+                setup,
+            )
         else:
             code = _run_local(loaded, todo, dry_run, max_parallel, gpu_ids, threads_per_run)
         failed = [st.run.name for st in study_states(loaded, selected) if st.state == "failed"]
     if code == 0 and failed and not dry_run:
-        note(PROG, f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in "
-                   f"{loaded.folder / 'logs'}; --retry-failed runs them again)")
+        note(
+            PROG,
+            f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in "
+            f"{loaded.folder / 'logs'}; --retry-failed runs them again)",
+        )
         code = EXIT_FAILED_RUNS
     sys.exit(code)
 
@@ -169,13 +272,18 @@ def run(study: Path, only: tuple[str, ...], launcher: str, retry_failed: bool, d
 def _gpu_ids(text: str) -> list[str]:
     ids = [part.strip() for part in text.split(",")]
     if not all(ids) or len(set(ids)) < len(ids):
-        raise ConfigError(f"--gpus '{text}': give distinct GPU ids separated by commas, "
-                          "e.g. 0,1")
+        raise ConfigError(f"--gpus '{text}': give distinct GPU ids separated by commas, e.g. 0,1")
     return ids
 
 
-def _run_local(study: Study, todo: list, dry_run: bool, max_parallel: int,
-               gpu_ids: list[str], threads: int | None) -> int:
+def _run_local(
+    study: Study,
+    todo: list,
+    dry_run: bool,
+    max_parallel: int,
+    gpu_ids: list[str],
+    threads: int | None,
+) -> int:
     from scripts.study_launch import LocalOptions, default_threads, launch_local, study_lock
     from scripts.study_state import fit_command
 
@@ -187,8 +295,11 @@ def _run_local(study: Study, todo: list, dry_run: bool, max_parallel: int,
         note(PROG, "nothing to launch")
         return 0
     options = LocalOptions(max_parallel, gpu_ids, threads or default_threads(max_parallel))
-    note(PROG, f"launching {len(todo)} run(s), {max_parallel} at a time, {options.threads} "
-               f"CPU thread(s) each; logs in {study.folder / 'logs'}")
+    note(
+        PROG,
+        f"launching {len(todo)} run(s), {max_parallel} at a time, {options.threads} "
+        f"CPU thread(s) each; logs in {study.folder / 'logs'}",
+    )
     with study_lock(study), _display(study) as (show, event):
         final = launch_local(study, todo, options, show, event)
     states = study_states(study)
@@ -213,8 +324,12 @@ class _Display:
         if self.console.is_terminal:
             from rich.live import Live
 
-            self.live = Live(_rich_table(study_states(self.study), self.study.folder),
-                             console=self.console, refresh_per_second=4, transient=True)
+            self.live = Live(
+                _rich_table(study_states(self.study), self.study.folder),
+                console=self.console,
+                refresh_per_second=4,
+                transient=True,
+            )
             self.live.__enter__()
         return self.show, self.event
 
@@ -237,17 +352,39 @@ def _display(study: Study) -> _Display:
     return _Display(study)
 
 
-def _run_slurm(study: Study, todo: list, dry_run: bool, wait: bool, cluster: str,
-               partition: str | None, account: str | None, gpus_per_run: int,
-               cpus_per_run: int, mem_gb: float | None, time_min: int, array_parallelism: int,
-               max_requeues: int, setup: tuple[str, ...]) -> int:
+def _run_slurm(
+    study: Study,
+    todo: list,
+    dry_run: bool,
+    wait: bool,
+    cluster: str,
+    partition: str | None,
+    account: str | None,
+    gpus_per_run: int,
+    cpus_per_run: int,
+    mem_gb: float | None,
+    time_min: int,
+    array_parallelism: int,
+    max_requeues: int,
+    setup: tuple[str, ...],
+) -> int:
     try:
         from scripts.study_slurm import SlurmOptions, launch_slurm, sbatch_script
     except ImportError:
-        raise ConfigError("--launcher slurm needs submitit: pip install "
-                          "'mtl-toolkit[runtime]'") from None
-    options = SlurmOptions(partition, gpus_per_run, cpus_per_run, time_min, mem_gb,
-                           array_parallelism, max_requeues, account, list(setup))
+        raise ConfigError(
+            "--launcher slurm needs submitit: pip install 'mtl-toolkit[runtime]'"
+        ) from None
+    options = SlurmOptions(
+        partition,
+        gpus_per_run,
+        cpus_per_run,
+        time_min,
+        mem_gb,
+        array_parallelism,
+        max_requeues,
+        account,
+        list(setup),
+    )
     job_name = f"mtl-study-{study.name}"
     if dry_run:
         click.echo(sbatch_script(study.folder, max(1, len(todo)), options, job_name), nl=False)
@@ -259,8 +396,11 @@ def _run_slurm(study: Study, todo: list, dry_run: bool, wait: bool, cluster: str
         return 0
     jobs = launch_slurm(study.folder, todo, options, job_name, cluster)
     array_id = str(jobs[0].job_id).split("_")[0]
-    note(PROG, f"submitted {len(jobs)} run(s) as job array {array_id}; follow them with "
-               f"mtl-study status {study.folder}")
+    note(
+        PROG,
+        f"submitted {len(jobs)} run(s) as job array {array_id}; follow them with "
+        f"mtl-study status {study.folder}",
+    )
     if not wait:
         return 0
     failed = 0

@@ -66,8 +66,10 @@ def study_lock(study: Study) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise ConfigError(f"{study.folder} is being launched by another mtl-study run "
-                              "(its lock is held); wait for it or stop it first") from None
+            raise ConfigError(
+                f"{study.folder} is being launched by another mtl-study run "
+                "(its lock is held); wait for it or stop it first"
+            ) from None
         yield
 
 
@@ -84,21 +86,46 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return setup
 
 
-def start_run(study: Study, run: StudyRun, env: dict[str, str], launcher: str,
-              extra: dict[str, Any] | None = None) -> tuple[subprocess.Popen, IO]:
+def start_run(
+    study: Study,
+    run: StudyRun,
+    env: dict[str, str],
+    launcher: str,
+    extra: dict[str, Any] | None = None,
+) -> tuple[subprocess.Popen, IO]:
     """Start ``mtl-run fit`` for one run (log appended to logs/<run>.log), recorded as running."""
     cmd = fit_command(run)
     log_path = study.log_path(run)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    record = read_status(study, run)
+    started = record.get("started")
+    if record.get("state") == "running" and isinstance(started, (int, float)):
+        # the last attempt died with its launcher: its log's last write is when it ended
+        ended = log_path.stat().st_mtime if log_path.exists() else started
+        record["wall_s"] = float(record.get("wall_s") or 0.0) + max(0.0, ended - started)
     log = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed by finish_run
     log.write(f"\n=== mtl-study {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, start_new_session=True,
-                            preexec_fn=_die_with_parent(os.getpid()))
-    record = read_status(study, run)
-    record.update({"state": "running", "launcher": launcher, "host": socket.gethostname(),
-                   "pid": proc.pid, "started": time.time(), "command": cmd[2:],
-                   "attempts": int(record.get("attempts") or 0) + 1, **(extra or {})})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent(os.getpid()),
+    )
+    record.update(
+        {
+            "state": "running",
+            "launcher": launcher,
+            "host": socket.gethostname(),
+            "pid": proc.pid,
+            "started": time.time(),
+            "command": cmd[2:],
+            "attempts": int(record.get("attempts") or 0) + 1,
+            **(extra or {}),
+        }
+    )
     record.pop("exit_code", None)
     write_status(study, run, record)
     return proc, log
@@ -155,9 +182,13 @@ class _Active:
     gpu: str | None
 
 
-def launch_local(study: Study, runs: list[StudyRun], options: LocalOptions,
-                 show: Callable[[list[RunState]], None],
-                 event: Callable[[str], None]) -> dict[str, str]:
+def launch_local(
+    study: Study,
+    runs: list[StudyRun],
+    options: LocalOptions,
+    show: Callable[[list[RunState]], None],
+    event: Callable[[str], None],
+) -> dict[str, str]:
     """Run ``runs`` with at most ``max_parallel`` children; returns each run's final state.
 
     ``show`` redraws the status table, ``event`` reports a state change. SIGINT and SIGTERM
@@ -186,8 +217,9 @@ def launch_local(study: Study, runs: list[StudyRun], options: LocalOptions,
                 run = queue.pop(0)
                 gpu = free_gpus.pop(0) if free_gpus else None
                 env = child_environment(options.threads, gpu)
-                proc, log = start_run(study, run, env, "local",
-                                      {"gpu": gpu} if gpu is not None else None)
+                proc, log = start_run(
+                    study, run, env, "local", {"gpu": gpu} if gpu is not None else None
+                )
                 active.append(_Active(run, proc, log, gpu))
                 how = "resumed" if "--resume" in proc.args else "started"
                 event(f"{run.name}: {how} (pid {proc.pid}{f', GPU {gpu}' if gpu else ''})")
@@ -200,8 +232,11 @@ def launch_local(study: Study, runs: list[StudyRun], options: LocalOptions,
                     free_gpus.append(item.gpu)
                 state = finish_run(study, item.run, code, item.log)
                 final[item.run.name] = state
-                suffix = "" if state == "done" else f" (exit code {code}; log: " \
-                                                    f"{study.log_path(item.run)})"
+                suffix = (
+                    ""
+                    if state == "done"
+                    else f" (exit code {code}; log: {study.log_path(item.run)})"
+                )
                 event(f"{item.run.name}: {state}{suffix}")
             show(study_states(study))
             time.sleep(0.25)

@@ -41,8 +41,11 @@ class _Combination:
 
     @property
     def label(self) -> str:
-        return self.runs[0].name.rsplit("__seed", 1)[0] if self.runs[0].seed is not None \
+        return (
+            self.runs[0].name.rsplit("__seed", 1)[0]
+            if self.runs[0].seed is not None
             else self.runs[0].name
+        )
 
 
 def _combinations(study: Study) -> list[_Combination]:
@@ -59,12 +62,18 @@ def _values_key(values: dict[str, Any]) -> str:
     return json.dumps(values, sort_keys=True)
 
 
-def _baselines(combos: list[_Combination], figures: dict[str, RunFigures],
-               values: dict[str, Any]) -> tuple[list[RunFigures], bool]:
+def _baselines(
+    combos: list[_Combination], figures: dict[str, RunFigures], values: dict[str, Any]
+) -> tuple[list[RunFigures], bool]:
     """Finished single-task runs with the same set: values (else all of them; flag False)."""
     singles = [c for c in combos if len(c.group) == 1]
-    matched = [figures[r.name] for c in singles if _values_key(c.values) == _values_key(values)
-               for r in c.runs if r.name in figures]
+    matched = [
+        figures[r.name]
+        for c in singles
+        if _values_key(c.values) == _values_key(values)
+        for r in c.runs
+        if r.name in figures
+    ]
     if matched:
         return matched, True
     return [figures[r.name] for c in singles for r in c.runs if r.name in figures], False
@@ -73,22 +82,30 @@ def _baselines(combos: list[_Combination], figures: dict[str, RunFigures],
 def build_report(study: Study) -> dict[str, Any]:
     """Every number of the report (what report.json holds)."""
     states = {st.run.name: st for st in study_states(study)}
-    figures = {name: read_run(st.run.run_dir) for name, st in states.items()
-               if st.state == "done"}
+    figures = {name: read_run(st.run.run_dir) for name, st in states.items() if st.state == "done"}
     if not figures:
         counts = _counts(list(states.values()))
-        raise ConfigError(f"{study.folder}: no run has finished yet ({counts}); run "
-                          f"mtl-study run {study.folder} first")
+        raise ConfigError(
+            f"{study.folder}: no run has finished yet ({counts}); run "
+            f"mtl-study run {study.folder} first"
+        )
     combos = _combinations(study)
     entries = []
     for combo in combos:
         done = [figures[r.name] for r in combo.runs if r.name in figures]
         missing = {r.name: states[r.name].state for r in combo.runs if r.name not in figures}
         entry: dict[str, Any] = {
-            "combination": combo.label, "group": combo.group, "kinds": combo.kinds,
-            "set": combo.values, "runs": [r.name for r in combo.runs],
-            "finished": len(done), "missing": missing, "tasks": {}, "delta_m_pct": None,
-            "baseline_runs": [], "baselines_match_set": None,
+            "combination": combo.label,
+            "group": combo.group,
+            "kinds": combo.kinds,
+            "set": combo.values,
+            "runs": [r.name for r in combo.runs],
+            "finished": len(done),
+            "missing": missing,
+            "tasks": {},
+            "delta_m_pct": None,
+            "baseline_runs": [],
+            "baselines_match_set": None,
         }
         entries.append(entry)
         if not done:
@@ -105,8 +122,12 @@ def build_report(study: Study) -> dict[str, Any]:
             metric = primary.metrics[0]
             stats = task_stats(done, task, metric)
             gain = comparison["tasks"].get(task, {}).get("delta_pct") if comparison else None
-            entry["tasks"][task] = {"metric": metric, "lower_is_better": primary.sign(metric) < 0,
-                                    **stats, "delta_pct": gain}
+            entry["tasks"][task] = {
+                "metric": metric,
+                "lower_is_better": primary.sign(metric) < 0,
+                **stats,
+                "delta_pct": gain,
+            }
         if comparison is not None:
             entry["delta_m_pct"] = comparison["delta_m_pct"]
             entry["baseline_runs"] = [Path(p).name for p in comparison["baseline_runs"]]
@@ -132,9 +153,14 @@ def _counts(states: list[RunState]) -> str:
 
 
 def _run_row(st: RunState) -> dict[str, Any]:
-    return {"name": st.run.name, "state": st.state, "wall_s": st.elapsed,
-            "attempts": st.record.get("attempts"), "exit_code": st.record.get("exit_code"),
-            "run_dir": str(st.run.run_dir)}
+    return {
+        "name": st.run.name,
+        "state": st.state,
+        "wall_s": st.elapsed,
+        "attempts": st.record.get("attempts"),
+        "exit_code": st.record.get("exit_code"),
+        "run_dir": str(st.run.run_dir),
+    }
 
 
 def _best_per_task(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -144,8 +170,12 @@ def _best_per_task(entries: list[dict[str, Any]]) -> dict[str, Any]:
             sign = -1 if fig["lower_is_better"] else 1
             current = best.get(task)
             if current is None or sign * fig["mean"] > sign * current["mean"]:
-                best[task] = {"combination": entry["combination"], "metric": fig["metric"],
-                              "mean": fig["mean"], "std": fig["std"]}
+                best[task] = {
+                    "combination": entry["combination"],
+                    "metric": fig["metric"],
+                    "mean": fig["mean"],
+                    "std": fig["std"],
+                }
     return best
 
 
@@ -157,8 +187,9 @@ def _best_overall(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"combination": top["combination"], "delta_m_pct": top["delta_m_pct"]}
 
 
-def _affinity(study: Study, combos: list[_Combination],
-              figures: dict[str, RunFigures]) -> list[dict[str, Any]]:
+def _affinity(
+    study: Study, combos: list[_Combination], figures: dict[str, RunFigures]
+) -> list[dict[str, Any]]:
     """One matrix per set: values with pair runs: gain of dataset i's tasks when paired with j."""
     datasets = list(study.manifest.get("datasets") or {})
     by_values: dict[str, list[_Combination]] = {}
@@ -167,8 +198,11 @@ def _affinity(study: Study, combos: list[_Combination],
     out = []
     for group in by_values.values():
         pairs = [c for c in group if len(c.group) == 2]
-        singles = {c.group[0]: [figures[r.name] for r in c.runs if r.name in figures]
-                   for c in group if len(c.group) == 1}
+        singles = {
+            c.group[0]: [figures[r.name] for r in c.runs if r.name in figures]
+            for c in group
+            if len(c.group) == 1
+        }
         if not pairs or not singles:
             continue
         matrix: list[list[float | None]] = [[None] * len(datasets) for _ in datasets]
@@ -181,13 +215,21 @@ def _affinity(study: Study, combos: list[_Combination],
                 tasks = set((study.manifest.get("datasets") or {}).get(i_name) or [])
                 if not base or i_name not in datasets or j_name not in datasets:
                     continue
-                gains = [t["delta_pct"] for name, t in compare(done, base)["tasks"].items()
-                         if name in tasks]
+                gains = [
+                    t["delta_pct"]
+                    for name, t in compare(done, base)["tasks"].items()
+                    if name in tasks
+                ]
                 if gains:
-                    matrix[datasets.index(i_name)][datasets.index(j_name)] = statistics.fmean(
-                        gains)
-        out.append({"set": group[0].values, "datasets": datasets, "matrix": matrix,
-                    "suggested_groups": suggest_groups(datasets, matrix)})
+                    matrix[datasets.index(i_name)][datasets.index(j_name)] = statistics.fmean(gains)
+        out.append(
+            {
+                "set": group[0].values,
+                "datasets": datasets,
+                "matrix": matrix,
+                "suggested_groups": suggest_groups(datasets, matrix),
+            }
+        )
     return out
 
 
@@ -231,23 +273,33 @@ def _delta(stats: dict[str, Any] | None) -> str:
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The main table: one row per combination, one column per task, then delta-m."""
     tasks = list(dict.fromkeys(t for e in report["combinations"] for t in e["tasks"]))
-    metric = {t: next(e["tasks"][t]["metric"] for e in report["combinations"]
-                      if t in e["tasks"]) for t in tasks}
+    metric = {
+        t: next(e["tasks"][t]["metric"] for e in report["combinations"] if t in e["tasks"])
+        for t in tasks
+    }
     header = ["combination", "runs", *(f"{t} {metric[t]}" for t in tasks), "delta-m %"]
     rows = []
     for e in report["combinations"]:
         baseline = len(e["group"]) == 1
-        rows.append([e["combination"], f"{e['finished']}/{len(e['runs'])}",
-                     *(_cell(e["tasks"][t]) if t in e["tasks"] else "" for t in tasks),
-                     "baseline" if baseline else _delta(e["delta_m_pct"])])
+        rows.append(
+            [
+                e["combination"],
+                f"{e['finished']}/{len(e['runs'])}",
+                *(_cell(e["tasks"][t]) if t in e["tasks"] else "" for t in tasks),
+                "baseline" if baseline else _delta(e["delta_m_pct"]),
+            ]
+        )
     return header, rows
 
 
 def render_text(report: dict[str, Any]) -> str:
     header, rows = table_rows(report)
-    lines = [f"Study {report['study']}: primary metric, mean ± std over seeds (validation, best "
-             "checkpoint); delta-m against the single-task runs (mtl-compare's)", "",
-             format_table(header, rows, left=1)]
+    lines = [
+        f"Study {report['study']}: primary metric, mean ± std over seeds (validation, best "
+        "checkpoint); delta-m against the single-task runs (mtl-compare's)",
+        "",
+        format_table(header, rows, left=1),
+    ]
     lines += ["", *_summary_lines(report)]
     return "\n".join(lines)
 
@@ -255,12 +307,12 @@ def render_text(report: dict[str, Any]) -> str:
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     for task, best in report["best_per_task"].items():
-        lines.append(f"best for {task}: {best['combination']} ({best['metric']} "
-                     f"{_cell(best)})")
+        lines.append(f"best for {task}: {best['combination']} ({best['metric']} {_cell(best)})")
     overall = report["best_overall"]
     if overall:
-        lines.append(f"best overall (delta-m): {overall['combination']} "
-                     f"({_delta(overall['delta_m_pct'])}%)")
+        lines.append(
+            f"best overall (delta-m): {overall['combination']} ({_delta(overall['delta_m_pct'])}%)"
+        )
     for aff in report["affinity"]:
         groups = " | ".join(", ".join(g) for g in aff["suggested_groups"])
         lines.append(f"suggested grouping{_set_text(aff['set'])}: {groups}")
@@ -277,23 +329,43 @@ def render_markdown(report: dict[str, Any], images: list[str]) -> str:
     header, rows = table_rows(report)
 
     def md(head: list[str], body: list[list[str]]) -> list[str]:
-        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-                *("| " + " | ".join(r) + " |" for r in body)]
+        return [
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+            *("| " + " | ".join(r) + " |" for r in body),
+        ]
 
-    out = [f"# Study {report['study']}", "",
-           "Primary metric per task, mean ± std over seeds (validation, best checkpoint); "
-           "delta-m (%) against the study's single-task runs, computed as by mtl-compare.", "",
-           *md(header, rows), "", *(f"- {line}" for line in _summary_lines(report))]
+    out = [
+        f"# Study {report['study']}",
+        "",
+        "Primary metric per task, mean ± std over seeds (validation, best checkpoint); "
+        "delta-m (%) against the study's single-task runs, computed as by mtl-compare.",
+        "",
+        *md(header, rows),
+        "",
+        *(f"- {line}" for line in _summary_lines(report)),
+    ]
     for aff, image in zip(report["affinity"], images, strict=False):
         names = aff["datasets"]
-        body = [[names[i], *("" if v is None else f"{v:+.2f}" for v in row)]
-                for i, row in enumerate(aff["matrix"])]
-        out += ["", f"## Task affinity{_set_text(aff['set'])}", "",
-                "Gain (%) of the row's tasks when trained with the column's dataset, against "
-                "the row alone.", "", *md(["task \\ with", *names], body), "",
-                f"![task affinity]({image})"]
-    runs = [[r["name"], r["state"], format_seconds(r["wall_s"]), str(r["attempts"] or "-")]
-            for r in report["runs"]]
+        body = [
+            [names[i], *("" if v is None else f"{v:+.2f}" for v in row)]
+            for i, row in enumerate(aff["matrix"])
+        ]
+        out += [
+            "",
+            f"## Task affinity{_set_text(aff['set'])}",
+            "",
+            "Gain (%) of the row's tasks when trained with the column's dataset, against "
+            "the row alone.",
+            "",
+            *md(["task \\ with", *names], body),
+            "",
+            f"![task affinity]({image})",
+        ]
+    runs = [
+        [r["name"], r["state"], format_seconds(r["wall_s"]), str(r["attempts"] or "-")]
+        for r in report["runs"]
+    ]
     out += ["", "## Runs", "", *md(["run", "state", "wall time", "attempts"], runs)]
     return "\n".join(out) + "\n"
 
@@ -301,17 +373,44 @@ def render_markdown(report: dict[str, Any], images: list[str]) -> str:
 def render_csv(report: dict[str, Any]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["combination", "group", "set", "finished", "runs", "task", "metric", "mean",
-                     "std", "n", "task_delta_pct", "delta_m_pct", "delta_m_std"])
+    writer.writerow(
+        [
+            "combination",
+            "group",
+            "set",
+            "finished",
+            "runs",
+            "task",
+            "metric",
+            "mean",
+            "std",
+            "n",
+            "task_delta_pct",
+            "delta_m_pct",
+            "delta_m_std",
+        ]
+    )
     for e in report["combinations"]:
         dm = e["delta_m_pct"] or {}
         for task, fig in (e["tasks"] or {"": None}).items():
             fig = fig or {}
-            writer.writerow([e["combination"], "+".join(e["group"]), json.dumps(e["set"]),
-                             e["finished"], len(e["runs"]), task, fig.get("metric", ""),
-                             fig.get("mean", ""), _blank(fig.get("std")), fig.get("n", ""),
-                             _blank(fig.get("delta_pct")), _blank(dm.get("mean")),
-                             _blank(dm.get("std"))])
+            writer.writerow(
+                [
+                    e["combination"],
+                    "+".join(e["group"]),
+                    json.dumps(e["set"]),
+                    e["finished"],
+                    len(e["runs"]),
+                    task,
+                    fig.get("metric", ""),
+                    fig.get("mean", ""),
+                    _blank(fig.get("std")),
+                    fig.get("n", ""),
+                    _blank(fig.get("delta_pct")),
+                    _blank(dm.get("mean")),
+                    _blank(dm.get("std")),
+                ]
+            )
     return buffer.getvalue()
 
 
@@ -340,8 +439,15 @@ def draw_affinity(aff: dict[str, Any], path: Path) -> None:
     for i, row in enumerate(values):
         for j, v in enumerate(row):
             if v == v:
-                ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=9,
-                        color="white" if abs(v) > 0.6 * bound else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:+.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if abs(v) > 0.6 * bound else "black",
+                )
     fig.colorbar(image, ax=ax, label="gain vs alone (%)")
     ax.set_title(f"Task affinity{_set_text(aff['set'])}")
     fig.tight_layout()
@@ -360,9 +466,11 @@ def write_report(study: Study, report: dict[str, Any]) -> list[Path]:
         aff["image"] = name
         images.append(name)
         written.append(study.folder / name)
-    texts = {"report.json": json.dumps(report, indent=2) + "\n",
-             "report.csv": render_csv(report),
-             "report.md": render_markdown(report, images)}
+    texts = {
+        "report.json": json.dumps(report, indent=2) + "\n",
+        "report.csv": render_csv(report),
+        "report.md": render_markdown(report, images),
+    }
     for name, text in texts.items():
         with atomic_output(study.folder / name) as tmp:
             tmp.write_text(text)

@@ -41,8 +41,9 @@ class StudyJob(Checkpointable):
         study = load_study(Path(self.study_dir))
         run = next(r for r in study.runs if r.name == name)
         threads = _slurm_cpus()
-        proc, log = start_run(study, run, child_environment(threads, None), "slurm",
-                              {"job_id": _job_id()})
+        proc, log = start_run(
+            study, run, child_environment(threads, None), "slurm", {"job_id": _job_id()}
+        )
         _CHILD[:] = [(proc, log, Path(self.study_dir), name)]
         while proc.poll() is None:  # not wait(): see stop_child
             time.sleep(0.5)
@@ -50,8 +51,9 @@ class StudyJob(Checkpointable):
         _CHILD.clear()
         state = finish_run(study, run, code, log)
         if state != "done":
-            raise RuntimeError(f"mtl-run fit exited with code {code} for run {name}; log: "
-                               f"{study.log_path(run)}")
+            raise RuntimeError(
+                f"mtl-run fit exited with code {code} for run {name}; log: {study.log_path(run)}"
+            )
         return state
 
     def checkpoint(self, name: str) -> DelayedSubmission:
@@ -91,7 +93,9 @@ class SlurmOptions:
     def parameters(self, job_name: str) -> dict[str, Any]:
         """submitit AutoExecutor parameters (slurm_* ones are ignored by the local executor)."""
         params: dict[str, Any] = {
-            "name": job_name, "timeout_min": self.time_min, "cpus_per_task": self.cpus_per_run,
+            "name": job_name,
+            "timeout_min": self.time_min,
+            "cpus_per_task": self.cpus_per_run,
             "slurm_array_parallelism": self.array_parallelism,
         }
         if self.gpus_per_run:
@@ -120,17 +124,25 @@ def sbatch_script(folder: Path, count: int, options: SlurmOptions, job_name: str
     executor = ScriptOnly(folder / SUBMITIT_FOLDER / "%j", max_num_timeout=options.max_requeues)
     generic = {k.removeprefix("slurm_"): v for k, v in options.parameters(job_name).items()}
     executor.update_parameters(**executor._convert_parameters(generic))
-    return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder,
-                               map_count=count, **executor.parameters)
+    return _make_sbatch_string(
+        command=executor._submitit_command_str,
+        folder=executor.folder,
+        map_count=count,
+        **executor.parameters,
+    )
 
 
-def launch_slurm(folder: Path, runs: list[StudyRun], options: SlurmOptions, job_name: str,
-                 cluster: str = "slurm") -> list[Any]:
+def launch_slurm(
+    folder: Path, runs: list[StudyRun], options: SlurmOptions, job_name: str, cluster: str = "slurm"
+) -> list[Any]:
     """Submit ``runs`` as one job array; returns submitit's jobs (one per run)."""
     from submitit import AutoExecutor
 
-    executor = AutoExecutor(folder=folder / SUBMITIT_FOLDER / "%j", cluster=cluster,
-                            slurm_max_num_timeout=options.max_requeues)
+    executor = AutoExecutor(
+        folder=folder / SUBMITIT_FOLDER / "%j",
+        cluster=cluster,
+        slurm_max_num_timeout=options.max_requeues,
+    )
     executor.update_parameters(**options.parameters(job_name))
     job = StudyJob(str(folder.resolve()))
     return executor.map_array(job, [r.name for r in runs])

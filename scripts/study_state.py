@@ -63,12 +63,13 @@ class Study:
         """Runs whose name matches any glob ``pattern`` (all runs when none is given)."""
         if not patterns:
             return list(self.runs)
-        chosen = [r for r in self.runs if any(fnmatch.fnmatchcase(r.name, p) or p in r.name
-                                               for p in patterns)]
+        chosen = [r for r in self.runs if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
         if not chosen:
-            raise ConfigError(f"--only {' '.join(patterns)}: no run of {self.folder} matches "
-                              f"(runs: {', '.join(r.name for r in self.runs[:8])}"
-                              f"{', ...' if len(self.runs) > 8 else ''})")
+            raise ConfigError(
+                f"--only {' '.join(patterns)}: no run of {self.folder} matches "
+                f"(runs: {', '.join(r.name for r in self.runs[:8])}"
+                f"{', ...' if len(self.runs) > 8 else ''})"
+            )
         return chosen
 
 
@@ -78,11 +79,15 @@ def load_study(folder: Path) -> Study:
 
     path = folder / MANIFEST
     if not folder.is_dir():
-        raise ConfigError(f"{folder}: no such study folder (make one with mtl-make-config "
-                          "MAKER --sweep -o FOLDER)")
+        raise ConfigError(
+            f"{folder}: no such study folder (make one with mtl-make-config "
+            "MAKER --sweep -o FOLDER)"
+        )
     if not path.is_file():
-        raise ConfigError(f"{folder} is not a study folder: it has no {MANIFEST} (make one with "
-                          "mtl-make-config MAKER --sweep -o FOLDER)")
+        raise ConfigError(
+            f"{folder} is not a study folder: it has no {MANIFEST} (make one with "
+            "mtl-make-config MAKER --sweep -o FOLDER)"
+        )
     src = load_source(path, "study manifest")
     doc = src.doc
     entries = doc.get("runs") if isinstance(doc, dict) else None
@@ -103,14 +108,23 @@ def load_study(folder: Path) -> Study:
         for key in ("config", "run_dir"):
             rel = Path(entry[key])
             if rel.is_absolute() or ".." in rel.parts:
-                raise src.error(("runs", i, key), f"'{entry[key]}' must be a path inside the "
-                                                  "study folder")
+                raise src.error(
+                    ("runs", i, key), f"'{entry[key]}' must be a path inside the study folder"
+                )
             paths[key] = folder / rel
         values = entry.get("set") or {}
-        runs.append(StudyRun(name, list(entry.get("group") or []), list(entry.get("kinds") or []),
-                             list(entry.get("tasks") or []),
-                             values if isinstance(values, dict) else {},
-                             entry.get("seed"), paths["config"], paths["run_dir"]))
+        runs.append(
+            StudyRun(
+                name,
+                list(entry.get("group") or []),
+                list(entry.get("kinds") or []),
+                list(entry.get("tasks") or []),
+                values if isinstance(values, dict) else {},
+                entry.get("seed"),
+                paths["config"],
+                paths["run_dir"],
+            )
+        )
     if len({r.name for r in runs}) < len(runs):
         raise ConfigError(f"{path}: run names are not unique")
     return Study(folder, doc, runs)
@@ -193,8 +207,7 @@ def fit_command(run: StudyRun) -> list[str]:
     """The ``mtl-run fit`` command that starts, resumes or restarts a run."""
     import sys
 
-    cmd = [sys.executable, "-m", "runtime", "fit", str(run.config), "--run-dir",
-           str(run.run_dir)]
+    cmd = [sys.executable, "-m", "runtime", "fit", str(run.config), "--run-dir", str(run.run_dir)]
     if has_checkpoint(run.run_dir):
         cmd.append("--resume")
     elif run.run_dir.exists() and any(run.run_dir.iterdir()):

@@ -85,18 +85,23 @@ def test_report_numbers_equal_mtl_compare(finished_study):
         assert (folder / name).stat().st_size > 0
     runs = folder / "runs"
     out = folder.parent / "compare.json"
-    compared = CliRunner().invoke(compare_main, [
-        str(runs / "all"), "--baseline", *(str(runs / d) for d in
-                                           ("digits_low", "digits_high", "parity")),
-        "--json", str(out)])
+    compared = CliRunner().invoke(
+        compare_main,
+        [
+            str(runs / "all"),
+            "--baseline",
+            *(str(runs / d) for d in ("digits_low", "digits_high", "parity")),
+            "--json",
+            str(out),
+        ],
+    )
     assert compared.exit_code == 0, compared.output
     expected = json.loads(out.read_text())
     entry = next(e for e in report["combinations"] if e["combination"] == "all")
     assert entry["delta_m_pct"] == expected["delta_m_pct"]
     for task, fig in entry["tasks"].items():
         assert fig["delta_pct"] == expected["tasks"][task]["delta_pct"]
-        assert fig["mean"] == expected["tasks"][task]["metrics"][fig["metric"]]["multitask"][
-            "mean"]
+        assert fig["mean"] == expected["tasks"][task]["metrics"][fig["metric"]]["multitask"]["mean"]
     single = next(e for e in report["combinations"] if e["combination"] == "parity")
     assert single["delta_m_pct"] is None and single["tasks"]["parity"]["n"] == 1
     assert report["best_overall"]["combination"] == "all"
@@ -107,15 +112,23 @@ def test_report_numbers_equal_mtl_compare(finished_study):
 
 @pytest.mark.slow
 def test_sigkilled_launcher_leaves_no_child_and_a_rerun_finishes_without_redoing(tmp_path):
-    folder = tiny_study(tmp_path, {"singles": True}, epochs=8,
-                        datasets=("digits_low", "parity"))
+    folder = tiny_study(tmp_path, {"singles": True}, epochs=8, datasets=("digits_low", "parity"))
     first = folder / "runs" / "digits_low"
     second = folder / "runs" / "parity"
-    launcher = subprocess.Popen(study_command("run", folder), cwd=REPO, env=cpu_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        study_command("run", folder),
+        cwd=REPO,
+        env=cpu_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: (first / "summary.json").exists()
-                 and any((second / "checkpoints").glob("*.ckpt")), what="a checkpoint")
+        wait_for(
+            lambda: (
+                (first / "summary.json").exists() and any((second / "checkpoints").glob("*.ckpt"))
+            ),
+            what="a checkpoint",
+        )
         child = status_of(folder, "parity")["pid"]
         assert alive(child)
         done_at = (first / "summary.json").stat().st_mtime_ns
@@ -128,10 +141,21 @@ def test_sigkilled_launcher_leaves_no_child_and_a_rerun_finishes_without_redoing
     assert "interrupted" in status.stdout and "1 done" in status.stdout
 
     # Ctrl-C on the rerun stops its child cleanly; the run stays resumable
-    again = subprocess.Popen(study_command("run", folder), cwd=REPO, env=cpu_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: status_of(folder, "parity").get("attempts") == 2
-             and status_of(folder, "parity").get("state") == "running", what="the resume")
+    again = subprocess.Popen(
+        study_command("run", folder),
+        cwd=REPO,
+        env=cpu_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(
+        lambda: (
+            status_of(folder, "parity").get("attempts") == 2
+            and status_of(folder, "parity").get("state") == "running"
+        ),
+        what="the resume",
+    )
     child = status_of(folder, "parity")["pid"]
     again.send_signal(signal.SIGINT)
     _, err = again.communicate(timeout=30)

@@ -20,27 +20,48 @@ def make_study(root, figures: dict[str, dict[str, float]], missing: tuple[str, .
     runs = []
     for name in [*figures, *missing]:
         group = name.split("+") if name != "all" else ["a", "b", "c"]
-        runs.append({"name": name, "group": group, "kinds": [], "tasks": group, "set": {},
-                     "seed": None, "config": f"configs/{name}.yaml", "run_dir": f"runs/{name}"})
-    (root / "study.yaml").write_text(yaml.safe_dump({
-        "study": "hand", "datasets": {"a": ["a"], "b": ["b"], "c": ["c"]}, "runs": runs}))
+        runs.append(
+            {
+                "name": name,
+                "group": group,
+                "kinds": [],
+                "tasks": group,
+                "set": {},
+                "seed": None,
+                "config": f"configs/{name}.yaml",
+                "run_dir": f"runs/{name}",
+            }
+        )
+    (root / "study.yaml").write_text(
+        yaml.safe_dump(
+            {"study": "hand", "datasets": {"a": ["a"], "b": ["b"], "c": ["c"]}, "runs": runs}
+        )
+    )
     for name, tasks in figures.items():
         run_dir = root / "runs" / name
         run_dir.mkdir(parents=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(
-            {"model": {"init_args": {"tasks": {t: CLS for t in tasks}}}}))
-        (run_dir / "summary.json").write_text(json.dumps(
-            {t: {"accuracy": v, "macro_f1": v, "loss": 0.1} for t, v in tasks.items()}))
+        (run_dir / "config.yaml").write_text(
+            yaml.safe_dump({"model": {"init_args": {"tasks": {t: CLS for t in tasks}}}})
+        )
+        (run_dir / "summary.json").write_text(
+            json.dumps({t: {"accuracy": v, "macro_f1": v, "loss": 0.1} for t, v in tasks.items()})
+        )
     return root
 
 
 def test_affinity_grouping_best_and_missing_runs(tmp_path):
-    study = make_study(tmp_path, {
-        "a": {"a": 0.8}, "b": {"b": 0.5}, "c": {"c": 0.9},
-        "a+b": {"a": 0.88, "b": 0.55},   # both +10 %
-        "a+c": {"a": 0.72, "c": 0.9},    # a -10 %, c 0 %
-        "b+c": {"b": 0.5, "c": 0.99},    # b 0 %, c +10 %
-    }, missing=("all",))
+    study = make_study(
+        tmp_path,
+        {
+            "a": {"a": 0.8},
+            "b": {"b": 0.5},
+            "c": {"c": 0.9},
+            "a+b": {"a": 0.88, "b": 0.55},  # both +10 %
+            "a+c": {"a": 0.72, "c": 0.9},  # a -10 %, c 0 %
+            "b+c": {"b": 0.5, "c": 0.99},  # b 0 %, c +10 %
+        },
+        missing=("all",),
+    )
     result = CliRunner().invoke(study_main, ["report", str(study)])
     assert result.exit_code == 0, result.output
     report = json.loads((study / "report.json").read_text())
@@ -69,8 +90,12 @@ def test_affinity_grouping_best_and_missing_runs(tmp_path):
 
 def test_grouping_needs_mutual_gain():
     names = ["a", "b", "c", "d"]
-    m = [[None, 4.0, -1.0, -2.0], [2.0, None, -3.0, -1.0],
-         [-1.0, -2.0, None, 1.0], [-2.0, -1.0, 3.0, None]]
+    m = [
+        [None, 4.0, -1.0, -2.0],
+        [2.0, None, -3.0, -1.0],
+        [-1.0, -2.0, None, 1.0],
+        [-2.0, -1.0, 3.0, None],
+    ]
     assert suggest_groups(names, m) == [["a", "b"], ["c", "d"]]
     assert suggest_groups(names[:2], [[None, -1.0], [2.0, None]]) == [["a", "b"]]
     assert suggest_groups(names[:2], [[None, -3.0], [2.0, None]]) == [["a"], ["b"]]

@@ -18,19 +18,52 @@ from scripts.study import main as study_main
 
 def test_dry_run_prints_the_job_array_script(tmp_path):
     folder = tiny_study(tmp_path, {"all": True, "singles": True})
-    result = CliRunner().invoke(study_main, [
-        "run", str(folder), "--launcher", "slurm", "--dry-run", "--partition", "gpu",
-        "--gpus-per-run", "1", "--cpus-per-run", "4", "--time", "90", "--mem-gb", "16",
-        "--array-parallelism", "2", "--account", "lab", "--setup", "module load cuda",
-        "--only", "digits_*", "--only", "all"])
+    result = CliRunner().invoke(
+        study_main,
+        [
+            "run",
+            str(folder),
+            "--launcher",
+            "slurm",
+            "--dry-run",
+            "--partition",
+            "gpu",
+            "--gpus-per-run",
+            "1",
+            "--cpus-per-run",
+            "4",
+            "--time",
+            "90",
+            "--mem-gb",
+            "16",
+            "--array-parallelism",
+            "2",
+            "--account",
+            "lab",
+            "--setup",
+            "module load cuda",
+            "--only",
+            "digits_*",
+            "--only",
+            "all",
+        ],
+    )
     assert result.exit_code == 0, result.output
     script = result.stdout
     assert script.startswith("#!/bin/bash")
-    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu",
-                 "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=4",
-                 "#SBATCH --time=90", "#SBATCH --mem=16GB", "#SBATCH --account=lab",
-                 "#SBATCH --job-name=mtl-study-study", "#SBATCH --signal=USR2@90",
-                 "module load cuda", "-m submitit.core._submit"):
+    for line in (
+        "#SBATCH --array=0-2%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --time=90",
+        "#SBATCH --mem=16GB",
+        "#SBATCH --account=lab",
+        "#SBATCH --job-name=mtl-study-study",
+        "#SBATCH --signal=USR2@90",
+        "module load cuda",
+        "-m submitit.core._submit",
+    ):
         assert line in script, line
     assert f"{folder.resolve()}/slurm/" in script
     assert "# array task 0: all\n# array task 1: digits_low\n# array task 2: digits_high" in script
@@ -43,9 +76,15 @@ def test_local_executor_runs_the_array_and_a_preempted_run_resumes(tmp_path):
     run_dir = folder / "runs" / "parity"
     status = folder / "status" / "parity.json"
     launcher = subprocess.Popen(
-        study_command("run", folder, "--launcher", "slurm", "--cluster", "local", "--wait",
-                      "--time", "10"),
-        cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        study_command(
+            "run", folder, "--launcher", "slurm", "--cluster", "local", "--wait", "--time", "10"
+        ),
+        cwd=REPO,
+        env=cpu_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not any((run_dir / "checkpoints").glob("*.ckpt")):

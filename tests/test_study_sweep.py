@@ -18,9 +18,14 @@ SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 def three(project, **sweep):
     """The standard project plus a third dataset c; the maker's sweep: is ``sweep``."""
     project.write("configs/datasets/c.yaml", dataset({"c": 2}, batch_size=4))
-    return project.standard(dataset_cfgs=["../configs/datasets/a.yaml",
-                                          "../configs/datasets/b.yaml",
-                                          "../configs/datasets/c.yaml"], sweep=sweep)
+    return project.standard(
+        dataset_cfgs=[
+            "../configs/datasets/a.yaml",
+            "../configs/datasets/b.yaml",
+            "../configs/datasets/c.yaml",
+        ],
+        sweep=sweep,
+    )
 
 
 def manifest(folder):
@@ -28,9 +33,16 @@ def manifest(folder):
 
 
 def test_groups_grid_and_seeds_expand_deduplicated(project, cli):
-    maker = three(project, all=True, pairs=True, leave_one_out=True, singles=True,
-                  groups=[["c", "a", "b"]], seeds=[0, 1, 1],
-                  set={"lr": [0.01, 0.1, 0.1], "trainer.max_epochs": [1]})
+    maker = three(
+        project,
+        all=True,
+        pairs=True,
+        leave_one_out=True,
+        singles=True,
+        groups=[["c", "a", "b"]],
+        seeds=[0, 1, 1],
+        set={"lr": [0.01, 0.1, 0.1], "trainer.max_epochs": [1]},
+    )
     out = project.root / "studies" / "s"
     result = cli(maker, "--sweep", "-o", out)
     assert result.exit_code == 0, result.output
@@ -56,15 +68,21 @@ def test_groups_grid_and_seeds_expand_deduplicated(project, cli):
         assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == run["set"]["lr"]
         assert config["trainer"]["max_epochs"] == 1
         assert list(config["data"]["init_args"]["data_modules"]) == run["group"]
-    assert sorted(p.name for p in (out / "configs").iterdir()) == sorted(
-        f"{n}.yaml" for n in names)
+    assert sorted(p.name for p in (out / "configs").iterdir()) == sorted(f"{n}.yaml" for n in names)
 
 
 def test_singles_compile_exactly_as_single_task(project, cli):
     maker = three(project, singles=True, pairs=True)
-    project.write("makers/maker.yaml", {**yaml.safe_load(maker.read_text()), "global_overrides": {
-        "data": {"init_args": {"batch_sizes": {"a": 3, "b": 4, "c": 5}}},
-        "model": {"init_args": {"tasks": {"a": {"init_args": {"weight": 2.0}}}}}}})
+    project.write(
+        "makers/maker.yaml",
+        {
+            **yaml.safe_load(maker.read_text()),
+            "global_overrides": {
+                "data": {"init_args": {"batch_sizes": {"a": 3, "b": 4, "c": 5}}},
+                "model": {"init_args": {"tasks": {"a": {"init_args": {"weight": 2.0}}}}},
+            },
+        },
+    )
     out = project.root / "study"
     result = cli(maker, "--sweep", "-o", out)
     assert result.exit_code == 0, result.output
@@ -95,11 +113,17 @@ def test_recompiling_is_deterministic_and_keeps_runs(project, cli):
 
 
 def test_names_stay_readable_and_unique_for_class_paths_and_mappings(project):
-    maker = three(project, singles=True, set={
-        "model.init_args.optimizer": [{"class_path": "torch.optim.SGD"},
-                                      {"class_path": "torch.optim.AdamW",
-                                       "init_args": {"lr": 0.1}},
-                                      {"class_path": "torch.optim.AdamW"}]})
+    maker = three(
+        project,
+        singles=True,
+        set={
+            "model.init_args.optimizer": [
+                {"class_path": "torch.optim.SGD"},
+                {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.1}},
+                {"class_path": "torch.optim.AdamW"},
+            ]
+        },
+    )
     study = expand_sweep(maker, project.root / "s")
     names = [r.name for r in study.runs]
     assert len(set(names)) == len(names) == 9
@@ -112,28 +136,39 @@ def test_one_bad_combination_writes_nothing(project, cli):
     maker = three(project, singles=True, set={"data.init_args.batch_sizes.a.x": [1]})
     out = project.root / "studies" / "bad"
     result = cli(maker, "--sweep", "-o", out)
-    assert_bad_input(result, f"{maker}:", "sweep combination group [a] (single)",
-                     "data.init_args.batch_sizes.a.x=1", "cannot set")
+    assert_bad_input(
+        result,
+        f"{maker}:",
+        "sweep combination group [a] (single)",
+        "data.init_args.batch_sizes.a.x=1",
+        "cannot set",
+    )
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("sweep", "needles"), [
-    ({"groups": [["a", "bb"]]}, ["unknown dataset 'bb'", "did you mean 'b'"]),
-    ({"set": {"lr": []}}, ["'lr' must be a non-empty list", "empty grid"]),
-    ({"set": {"lrr": [0.1]}}, ["unknown substitution 'lrr'", "did you mean 'lr'"]),
-    ({"set": {"trainer.max_epoch": [1]}}, ["unknown key 'trainer.max_epoch'",
-                                           "did you mean 'max_epochs'"]),
-    ({"pair": True}, ["unknown sweep key 'pair'", "did you mean 'pairs'"]),
-    ({"seeds": [0, "one"]}, ["'seeds' must be a non-empty list"]),
-    ({"singles": "yes"}, ["'singles' must be true or false"]),
-    ({"groups": [["a", "a"]]}, ["dataset 'a' is twice"]),
-])
+@pytest.mark.parametrize(
+    ("sweep", "needles"),
+    [
+        ({"groups": [["a", "bb"]]}, ["unknown dataset 'bb'", "did you mean 'b'"]),
+        ({"set": {"lr": []}}, ["'lr' must be a non-empty list", "empty grid"]),
+        ({"set": {"lrr": [0.1]}}, ["unknown substitution 'lrr'", "did you mean 'lr'"]),
+        (
+            {"set": {"trainer.max_epoch": [1]}},
+            ["unknown key 'trainer.max_epoch'", "did you mean 'max_epochs'"],
+        ),
+        ({"pair": True}, ["unknown sweep key 'pair'", "did you mean 'pairs'"]),
+        ({"seeds": [0, "one"]}, ["'seeds' must be a non-empty list"]),
+        ({"singles": "yes"}, ["'singles' must be true or false"]),
+        ({"groups": [["a", "a"]]}, ["dataset 'a' is twice"]),
+    ],
+)
 def test_bad_axes_are_located_errors(project, cli, sweep, needles):
     maker = three(project, **sweep)
     out = project.root / "s"
     result = cli(maker, "--sweep", "-o", out)
-    line = next(i for i, text in enumerate(maker.read_text().splitlines(), 1)
-                if text.startswith("sweep:"))
+    line = next(
+        i for i, text in enumerate(maker.read_text().splitlines(), 1) if text.startswith("sweep:")
+    )
     assert_bad_input(result, str(maker), *needles)
     assert re.search(rf"{re.escape(str(maker))}:(\d+)", result.output)
     assert int(re.search(rf"{re.escape(str(maker))}:(\d+)", result.output)[1]) > line - 1
