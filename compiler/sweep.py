@@ -44,7 +44,7 @@ SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "description": "A study: task groups x a grid of --set values x seeds "
-                   "(expanded by mtl-make-config --sweep -o studies/NAME).",
+    "(expanded by mtl-make-config --sweep -o studies/NAME).",
     "properties": {
         "groups": {
             "type": "array",
@@ -52,15 +52,26 @@ SCHEMA: dict[str, Any] = {
             "description": "Explicit groups of dataset names, each trained together.",
         },
         "all": {"type": "boolean", "description": "Every dataset together (the maker's run)."},
-        "leave_one_out": {"type": "boolean",
-                          "description": "Every dataset but one, for each dataset."},
+        "leave_one_out": {
+            "type": "boolean",
+            "description": "Every dataset but one, for each dataset.",
+        },
         "pairs": {"type": "boolean", "description": "Every pair of datasets."},
-        "singles": {"type": "boolean",
-                    "description": "Each dataset alone (the baselines; as --single-task)."},
-        "set": {"type": "object", "additionalProperties": _VALUES,
-                "description": "--set key or substitution name -> list of values (a grid)."},
-        "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1,
-                  "description": "Seeds (seed_everything); each combination runs once per seed."},
+        "singles": {
+            "type": "boolean",
+            "description": "Each dataset alone (the baselines; as --single-task).",
+        },
+        "set": {
+            "type": "object",
+            "additionalProperties": _VALUES,
+            "description": "--set key or substitution name -> list of values (a grid).",
+        },
+        "seeds": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "minItems": 1,
+            "description": "Seeds (seed_everything); each combination runs once per seed.",
+        },
     },
 }
 KEYS = tuple(SCHEMA["properties"])
@@ -106,19 +117,23 @@ class Study:
             "study": self.out_dir.name,
             "generated_by": f"mtl-make-config {__version__}",
             "maker": os.path.relpath(self.maker.resolve(), self.out_dir.resolve()).replace(
-                os.sep, "/"),
+                os.sep, "/"
+            ),
             "datasets": self.datasets,
             "axes": self.axes,
-            "runs": [{
-                "name": run.name,
-                "group": [names[i] for i in run.group.indices],
-                "kinds": run.group.kinds,
-                "tasks": [t for ds in run.compiled.datasets for t in ds.tasks],
-                "set": run.values,
-                "seed": run.seed,
-                "config": f"{CONFIGS}/{run.name}.yaml",
-                "run_dir": f"{RUNS}/{run.name}",
-            } for run in self.runs],
+            "runs": [
+                {
+                    "name": run.name,
+                    "group": [names[i] for i in run.group.indices],
+                    "kinds": run.group.kinds,
+                    "tasks": [t for ds in run.compiled.datasets for t in ds.tasks],
+                    "set": run.values,
+                    "seed": run.seed,
+                    "config": f"{CONFIGS}/{run.name}.yaml",
+                    "run_dir": f"{RUNS}/{run.name}",
+                }
+                for run in self.runs
+            ],
             "duplicates": self.duplicates,
         }
 
@@ -127,45 +142,66 @@ def _sweep_section(src: Source) -> dict[str, Any]:
     """The checked ``sweep:`` mapping of a maker (located errors for every bad entry)."""
     doc = src.doc.get("sweep") if isinstance(src.doc, dict) else None
     if doc is None:
-        raise ConfigError("the maker has no 'sweep:' section (task groups, set: grid, seeds:) "
-                          "to expand; see docs/studies.md", file=src.path)
+        raise ConfigError(
+            "the maker has no 'sweep:' section (task groups, set: grid, seeds:) "
+            "to expand; see docs/studies.md",
+            file=src.path,
+        )
     if not isinstance(doc, dict):
-        raise src.error(("sweep",), "'sweep' must be a mapping (groups, leave_one_out, pairs, "
-                                    "singles, all, set, seeds)")
+        raise src.error(
+            ("sweep",),
+            "'sweep' must be a mapping (groups, leave_one_out, pairs, singles, all, set, seeds)",
+        )
     for key in doc:
         if key not in KEYS:
-            raise src.error(("sweep", key), f"unknown sweep key '{key}'"
-                            f"{did_you_mean(str(key), KEYS)}; allowed: {', '.join(KEYS)}")
+            raise src.error(
+                ("sweep", key),
+                f"unknown sweep key '{key}'"
+                f"{did_you_mean(str(key), KEYS)}; allowed: {', '.join(KEYS)}",
+            )
     for flag in _GROUP_FLAGS:
         if flag in doc and not isinstance(doc[flag], bool):
             raise src.error(("sweep", flag), f"'{flag}' must be true or false")
     groups = doc.get("groups")
     if groups is not None:
         if not isinstance(groups, list) or not groups:
-            raise src.error(("sweep", "groups"), "'groups' must be a non-empty list of "
-                                                 "dataset-name lists")
+            raise src.error(
+                ("sweep", "groups"), "'groups' must be a non-empty list of dataset-name lists"
+            )
         for i, group in enumerate(groups):
-            if not isinstance(group, list) or not group or not all(
-                    isinstance(n, str) and n for n in group):
-                raise src.error(("sweep", "groups", i),
-                                "a group must be a non-empty list of dataset names")
+            if (
+                not isinstance(group, list)
+                or not group
+                or not all(isinstance(n, str) and n for n in group)
+            ):
+                raise src.error(
+                    ("sweep", "groups", i), "a group must be a non-empty list of dataset names"
+                )
     grid = doc.get("set")
     if grid is not None:
         if not isinstance(grid, dict) or not grid:
-            raise src.error(("sweep", "set"), "'set' must be a mapping of --set keys or "
-                                              "substitution names to lists of values")
+            raise src.error(
+                ("sweep", "set"),
+                "'set' must be a mapping of --set keys or substitution names to lists of values",
+            )
         for key, values in grid.items():
             if not isinstance(key, str) or not key:
                 raise src.error(("sweep", "set"), f"'{key}' is not a key or substitution name")
             if not isinstance(values, list) or not values:
-                raise src.error(("sweep", "set", key), f"'{key}' must be a non-empty list of "
-                                "values (an empty grid gives no runs)")
+                raise src.error(
+                    ("sweep", "set", key),
+                    f"'{key}' must be a non-empty list of values (an empty grid gives no runs)",
+                )
     seeds = doc.get("seeds")
     if seeds is not None:
-        if not isinstance(seeds, list) or not seeds or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise src.error(("sweep", "seeds"), "'seeds' must be a non-empty list of "
-                                                "non-negative integers")
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        ):
+            raise src.error(
+                ("sweep", "seeds"), "'seeds' must be a non-empty list of non-negative integers"
+            )
     return doc
 
 
@@ -179,19 +215,25 @@ def _groups(doc: dict[str, Any], names: list[str], src: Source) -> list[Group]:
         indices = []
         for j, name in enumerate(group):
             if name not in names:
-                raise src.error(("sweep", "groups", i, j), f"unknown dataset '{name}'"
-                                f"{did_you_mean(name, names)}; the maker's datasets: "
-                                f"{', '.join(names)}")
+                raise src.error(
+                    ("sweep", "groups", i, j),
+                    f"unknown dataset '{name}'"
+                    f"{did_you_mean(name, names)}; the maker's datasets: "
+                    f"{', '.join(names)}",
+                )
             if names.index(name) in indices:
-                raise src.error(("sweep", "groups", i, j), f"dataset '{name}' is twice in "
-                                                           "this group")
+                raise src.error(
+                    ("sweep", "groups", i, j), f"dataset '{name}' is twice in this group"
+                )
             indices.append(names.index(name))
         wanted.append((tuple(sorted(indices)), "group", ("sweep", "groups", i)))
     for flag, size in (("leave_one_out", n - 1), ("pairs", 2)):
         if doc.get(flag):
             if n < 2:
-                raise src.error(("sweep", flag), f"'{flag}' needs at least two datasets; the "
-                                                 f"maker has one ({names[0]})")
+                raise src.error(
+                    ("sweep", flag),
+                    f"'{flag}' needs at least two datasets; the maker has one ({names[0]})",
+                )
             kind = "pair" if flag == "pairs" else flag
             wanted += [(c, kind, ("sweep", flag)) for c in itertools.combinations(range(n), size)]
     if doc.get("singles"):
@@ -216,9 +258,12 @@ def _check_grid_keys(grid: dict[str, Any], full: Compiled, src: Source) -> None:
         where = ("sweep", "set", key)
         if "." not in key:
             if key not in used:
-                raise src.error(where, f"unknown substitution '{key}'"
-                                f"{did_you_mean(key, sorted(used))}: no input uses ${{{key}}} "
-                                "(a dotted key path like trainer.max_epochs sets a config key)")
+                raise src.error(
+                    where,
+                    f"unknown substitution '{key}'"
+                    f"{did_you_mean(key, sorted(used))}: no input uses ${{{key}}} "
+                    "(a dotted key path like trainer.max_epochs sets a config key)",
+                )
             continue
         try:
             path = parse_key(key)
@@ -228,11 +273,16 @@ def _check_grid_keys(grid: dict[str, Any], full: Compiled, src: Source) -> None:
         for depth, part in enumerate(path):
             child = get_path(node, (part,), _ABSENT)
             if child is _ABSENT:
-                hint = did_you_mean(str(part), [str(k) for k in node]) if isinstance(
-                    node, dict) else ""
+                hint = (
+                    did_you_mean(str(part), [str(k) for k in node])
+                    if isinstance(node, dict)
+                    else ""
+                )
                 if hint:  # a close sibling exists: a typo, not a new key
-                    raise src.error(where, f"unknown key '{format_key(path[:depth + 1])}'"
-                                    f"{hint} in the run config")
+                    raise src.error(
+                        where,
+                        f"unknown key '{format_key(path[: depth + 1])}'{hint} in the run config",
+                    )
                 break
             node = child
 
@@ -271,8 +321,10 @@ def _value_labels(grid: dict[str, list[Any]]) -> dict[str, dict[str, str]]:
         name = short if shorts.count(short) == 1 else key
         labels = {_canon(v): _safe(f"{name}={_label(v)}") for v in grid[key]}
         taken = list(labels.values())
-        out[key] = {c: f"{label}-{_digest(json.loads(c))}" if taken.count(label) > 1 else label
-                    for c, label in labels.items()}  # values that read the same get digests
+        out[key] = {
+            c: f"{label}-{_digest(json.loads(c))}" if taken.count(label) > 1 else label
+            for c, label in labels.items()
+        }  # values that read the same get digests
     return out
 
 
@@ -292,7 +344,7 @@ def _group_label(indices: tuple[int, ...], names: list[str]) -> str:
 def _run_name(parts: list[str]) -> str:
     name = _safe("__".join(parts))
     if len(name) > _MAX_NAME:
-        name = name[:_MAX_NAME - 9].rstrip("-.") + "-" + _digest(name)
+        name = name[: _MAX_NAME - 9].rstrip("-.") + "-" + _digest(name)
     return name
 
 
@@ -304,8 +356,13 @@ def _describe(group: Group, names: list[str], values: dict[str, Any], seed: int 
     return ", ".join(parts)
 
 
-def expand_sweep(maker_path: str | Path, out_dir: str | Path, *, dialect: str | None = None,
-                 sets: tuple[str, ...] = ()) -> Study:
+def expand_sweep(
+    maker_path: str | Path,
+    out_dir: str | Path,
+    *,
+    dialect: str | None = None,
+    sets: tuple[str, ...] = (),
+) -> Study:
     """Compile every combination of the maker's sweep (nothing is written)."""
     from .build import compile_maker
     from .yamlio import dump
@@ -316,16 +373,20 @@ def expand_sweep(maker_path: str | Path, out_dir: str | Path, *, dialect: str | 
     doc = _sweep_section(src)
     names = [ds.name for ds in full.datasets]
     groups = _groups(doc, names, src)
-    grid: dict[str, list[Any]] = {k: list({_canon(v): v for v in vs}.values())
-                                  for k, vs in (doc.get("set") or {}).items()}
+    grid: dict[str, list[Any]] = {
+        k: list({_canon(v): v for v in vs}.values()) for k, vs in (doc.get("set") or {}).items()
+    }
     _check_grid_keys(grid, full, src)
     seeds: list[int | None] = list(dict.fromkeys(doc.get("seeds") or [])) or [None]
     combos = len(groups) * len(seeds)
     for values in grid.values():
         combos *= len(values)
     if combos > MAX_RUNS:
-        raise src.error(("sweep",), f"the sweep expands to {combos} runs (at most {MAX_RUNS}); "
-                                    "split it into several studies")
+        raise src.error(
+            ("sweep",),
+            f"the sweep expands to {combos} runs (at most {MAX_RUNS}); "
+            "split it into several studies",
+        )
     labels = _value_labels(grid)
     runs: list[Run] = []
     by_text: dict[str, Run] = {}
@@ -340,9 +401,11 @@ def expand_sweep(maker_path: str | Path, out_dir: str | Path, *, dialect: str | 
         try:
             compile_maker(maker_path, **options)
         except ConfigError as exc:
-            raise ConfigError(f"sweep combination {_describe(group, names, {}, None)} does not "
-                              f"compile: {exc}", file=src.path,
-                              line=src.line_of(group.key)) from None
+            raise ConfigError(
+                f"sweep combination {_describe(group, names, {}, None)} does not compile: {exc}",
+                file=src.path,
+                line=src.line_of(group.key),
+            ) from None
         for chosen in itertools.product(*grid.values()):
             values = dict(zip(grid, chosen, strict=True))
             items = (*sets, *(f"{k}={_canon(v)}" for k, v in values.items()))
@@ -350,20 +413,29 @@ def expand_sweep(maker_path: str | Path, out_dir: str | Path, *, dialect: str | 
                 compiled = compile_maker(maker_path, **{**options, "sets": items})
             except ConfigError as exc:
                 key = ("sweep", "set", next(iter(grid))) if grid else group.key
-                raise ConfigError(f"sweep combination {_describe(group, names, values, None)} "
-                                  f"does not compile: {exc}", file=src.path,
-                                  line=src.line_of(key)) from None
+                raise ConfigError(
+                    f"sweep combination {_describe(group, names, values, None)} "
+                    f"does not compile: {exc}",
+                    file=src.path,
+                    line=src.line_of(key),
+                ) from None
             for seed in seeds:
-                parts = [_group_label(group.indices, names),
-                         *(labels[k][_canon(v)] for k, v in values.items())]
+                parts = [
+                    _group_label(group.indices, names),
+                    *(labels[k][_canon(v)] for k, v in values.items()),
+                ]
                 run_doc = compiled.run
                 if seed is not None:
                     parts.append(f"seed{seed}")
                     run_doc = set_dotted(run_doc, ("seed_everything",), seed)
                 text = dump(run_doc)
                 if text in by_text:
-                    duplicates.append({"combination": _describe(group, names, values, seed),
-                                       "same_as": by_text[text].name})
+                    duplicates.append(
+                        {
+                            "combination": _describe(group, names, values, seed),
+                            "same_as": by_text[text].name,
+                        }
+                    )
                     continue
                 one = _copy(compiled, run_doc, out_dir / CONFIGS)
                 run = Run(_run_name(parts), group, values, seed, one, text)
@@ -372,9 +444,11 @@ def expand_sweep(maker_path: str | Path, out_dir: str | Path, *, dialect: str | 
     _unique_names(runs)
     for run in runs:
         run.compiled.output_path = out_dir / CONFIGS / f"{run.name}.yaml"
-    axes = {"groups": [{"datasets": [names[i] for i in g.indices], "kinds": g.kinds}
-                       for g in groups],
-            "set": grid, "seeds": [s for s in seeds if s is not None]}
+    axes = {
+        "groups": [{"datasets": [names[i] for i in g.indices], "kinds": g.kinds} for g in groups],
+        "set": grid,
+        "seeds": [s for s in seeds if s is not None],
+    }
     datasets = {ds.name: list(ds.tasks) for ds in full.datasets}
     return Study(maker_path, out_dir, datasets, axes, runs, duplicates)
 
@@ -407,23 +481,32 @@ def write_study(study: Study) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError("--sweep writes a study folder, but this is a file", file=out)
     if out.is_dir() and any(out.iterdir()) and not manifest_path.is_file():
-        raise ConfigError("this folder is not empty and holds no study.yaml; refusing to write "
-                          "a study into it (give a new folder)", file=out)
+        raise ConfigError(
+            "this folder is not empty and holds no study.yaml; refusing to write "
+            "a study into it (give a new folder)",
+            file=out,
+        )
     old: list[str] = []
     if manifest_path.is_file():
         previous = load_source(manifest_path, "study manifest").doc
         runs = previous.get("runs") if isinstance(previous, dict) else None
-        old = [r["config"] for r in runs or [] if isinstance(r, dict)
-               and isinstance(r.get("config"), str)]
+        old = [
+            r["config"]
+            for r in runs or []
+            if isinstance(r, dict) and isinstance(r.get("config"), str)
+        ]
     try:
         for run in study.runs:
             write_atomic(run.compiled.output_path, run.compiled.text())
-        header = ("# Study manifest written by mtl-make-config --sweep; mtl-study run/status/"
-                  "report read it.\n# Recompile the maker instead of editing this file.\n")
+        header = (
+            "# Study manifest written by mtl-make-config --sweep; mtl-study run/status/"
+            "report read it.\n# Recompile the maker instead of editing this file.\n"
+        )
         write_atomic(manifest_path, header + dump(study.manifest()))
     except OSError as exc:
-        raise ConfigError(f"cannot write the study: {exc.strerror}",
-                          file=exc.filename or out) from None
+        raise ConfigError(
+            f"cannot write the study: {exc.strerror}", file=exc.filename or out
+        ) from None
     kept = {f"{CONFIGS}/{run.name}.yaml" for run in study.runs}
     for name in old:  # configs of combinations the maker no longer has
         stale = out / name
@@ -431,8 +514,14 @@ def write_study(study: Study) -> None:
             stale.unlink()
 
 
-def run_sweep_command(maker: Path, output: Path | None, dialect: str, sets: tuple[str, ...],
-                      quiet: bool, report: Callable[[Compiled, bool], None]) -> None:
+def run_sweep_command(
+    maker: Path,
+    output: Path | None,
+    dialect: str,
+    sets: tuple[str, ...],
+    quiet: bool,
+    report: Callable[[Compiled, bool], None],
+) -> None:
     """``mtl-make-config MAKER --sweep -o DIR``: expand, then write (``report`` prints the
     compile warnings the way the plain command does)."""
     import click
@@ -452,8 +541,13 @@ def run_sweep_command(maker: Path, output: Path | None, dialect: str, sets: tupl
         shape += [f"{len(v)} {k}" for k, v in axes["set"].items()]
         if axes["seeds"]:
             shape.append(f"{len(axes['seeds'])} seeds")
-        dup = (f"; {len(study.duplicates)} duplicate combinations compiled once"
-               if study.duplicates else "")
-        click.echo(f"mtl-make-config: wrote {out_dir}/{MANIFEST} and {len(study.runs)} run "
-                   f"configs ({' x '.join(shape)}{dup}); launch with: mtl-study run {out_dir}",
-                   err=True)
+        dup = (
+            f"; {len(study.duplicates)} duplicate combinations compiled once"
+            if study.duplicates
+            else ""
+        )
+        click.echo(
+            f"mtl-make-config: wrote {out_dir}/{MANIFEST} and {len(study.runs)} run "
+            f"configs ({' x '.join(shape)}{dup}); launch with: mtl-study run {out_dir}",
+            err=True,
+        )
