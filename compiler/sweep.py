@@ -398,8 +398,8 @@ def expand_sweep(
             options["single"] = subset[0]  # exactly --single-task's compile
         elif subset is not None:
             options["subset"] = subset
-        try:
-            compile_maker(maker_path, **options)
+        try:  # the group alone first: its errors are the group's, not the grid's
+            alone = compile_maker(maker_path, **options)
         except ConfigError as exc:
             raise ConfigError(
                 f"sweep combination {_describe(group, names, {}, None)} does not compile: {exc}",
@@ -410,7 +410,9 @@ def expand_sweep(
             values = dict(zip(grid, chosen, strict=True))
             items = (*sets, *(f"{k}={_canon(v)}" for k, v in values.items()))
             try:
-                compiled = compile_maker(maker_path, **{**options, "sets": items})
+                compiled = (
+                    compile_maker(maker_path, **{**options, "sets": items}) if values else alone
+                )
             except ConfigError as exc:
                 key = ("sweep", "set", next(iter(grid))) if grid else group.key
                 raise ConfigError(

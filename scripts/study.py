@@ -134,7 +134,8 @@ def status(study: Path, only: tuple[str, ...]) -> None:
 @click.option(
     "--gpus",
     metavar="IDS",
-    help="local: GPU ids to share out, one per running run (CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3.",
+    help="local: GPU ids to share out, one per running run (CUDA_VISIBLE_DEVICES), e.g. "
+    "0,1,2,3; --max-parallel then defaults to their number.",
 )
 @click.option(
     "--threads-per-run",
@@ -230,6 +231,7 @@ def run(
     from scripts.study_launch import runs_to_launch
 
     with bad_input_exits(PROG):
+        _check_launcher_options(click.get_current_context(), launcher)
         loaded = load_study(study)
         selected = loaded.select(only)
         gpu_ids = _gpu_ids(gpus) if gpus else []
@@ -257,7 +259,9 @@ def run(
                 setup,
             )
         else:
-            code = _run_local(loaded, todo, dry_run, max_parallel, gpu_ids, threads_per_run)
+            code = _run_local(
+                loaded, selected, todo, dry_run, max_parallel, gpu_ids, threads_per_run
+            )
         failed = [st.run.name for st in study_states(loaded, selected) if st.state == "failed"]
     if code == 0 and failed and not dry_run:
         note(
@@ -269,6 +273,39 @@ def run(
     sys.exit(code)
 
 
+_LOCAL_ONLY = ("max_parallel", "gpus", "threads_per_run")
+_SLURM_ONLY = (
+    "partition",
+    "account",
+    "gpus_per_run",
+    "cpus_per_run",
+    "mem_gb",
+    "time_min",
+    "array_parallelism",
+    "max_requeues",
+    "setup",
+    "wait",
+    "cluster",
+)
+
+
+def _check_launcher_options(ctx: click.Context, launcher: str) -> None:
+    """Refuse options of the other launcher instead of ignoring them silently."""
+    from click.core import ParameterSource
+
+    foreign = _SLURM_ONLY if launcher == "local" else _LOCAL_ONLY
+    given = [
+        p.opts[0]
+        for p in ctx.command.params
+        if p.name in foreign and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: not an option of --launcher {launcher} (see "
+            "mtl-study run -h: each option says which launcher it is for)"
+        )
+
+
 def _gpu_ids(text: str) -> list[str]:
     ids = [part.strip() for part in text.split(",")]
     if not all(ids) or len(set(ids)) < len(ids):
@@ -278,6 +315,7 @@ def _gpu_ids(text: str) -> list[str]:
 
 def _run_local(
     study: Study,
+    selected: list,
     todo: list,
     dry_run: bool,
     max_parallel: int,
@@ -300,9 +338,9 @@ def _run_local(
         f"launching {len(todo)} run(s), {max_parallel} at a time, {options.threads} "
         f"CPU thread(s) each; logs in {study.folder / 'logs'}",
     )
-    with study_lock(study), _display(study) as (show, event):
+    with study_lock(study), _Display(study, selected) as (show, event):
         final = launch_local(study, todo, options, show, event)
-    states = study_states(study)
+    states = study_states(study, selected)
     click.echo(status_text(states, study.folder))
     if any(state in ("interrupted", "queued") for state in final.values()):
         note(PROG, f"interrupted; run `mtl-study run {study.folder}` again to continue")
@@ -313,10 +351,11 @@ def _run_local(
 class _Display:
     """The live table on a terminal, one line per event otherwise."""
 
-    def __init__(self, study: Study) -> None:
+    def __init__(self, study: Study, runs: list) -> None:
         from rich.console import Console
 
         self.study = study
+        self.runs = runs
         self.console = Console(stderr=True)
         self.live = None
 
@@ -325,7 +364,7 @@ class _Display:
             from rich.live import Live
 
             self.live = Live(
-                _rich_table(study_states(self.study), self.study.folder),
+                _rich_table(study_states(self.study, self.runs), self.study.folder),
                 console=self.console,
                 refresh_per_second=4,
                 transient=True,
@@ -337,19 +376,15 @@ class _Display:
         if self.live is not None:
             self.live.__exit__(*exc)
 
-    def show(self, states: list[RunState]) -> None:
+    def show(self) -> None:
         if self.live is not None:
-            self.live.update(_rich_table(states, self.study.folder))
+            self.live.update(_rich_table(study_states(self.study, self.runs), self.study.folder))
 
     def event(self, message: str) -> None:
         if self.live is not None:
             self.live.console.log(message)
         else:
             note(PROG, message)
-
-
-def _display(study: Study) -> _Display:
-    return _Display(study)
 
 
 def _run_slurm(

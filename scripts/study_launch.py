@@ -31,7 +31,7 @@ from scripts.study_state import (
     child_environment,
     fit_command,
     read_status,
-    study_states,
+    stale_attempt_s,
     write_status,
 )
 
@@ -98,11 +98,9 @@ def start_run(
     log_path = study.log_path(run)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     record = read_status(study, run)
-    started = record.get("started")
-    if record.get("state") == "running" and isinstance(started, (int, float)):
-        # the last attempt died with its launcher: its log's last write is when it ended
-        ended = log_path.stat().st_mtime if log_path.exists() else started
-        record["wall_s"] = float(record.get("wall_s") or 0.0) + max(0.0, ended - started)
+    stale = stale_attempt_s(record, log_path)  # an attempt that died with its launcher
+    if stale:
+        record["wall_s"] = float(record.get("wall_s") or 0.0) + stale
     log = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed by finish_run
     log.write(f"\n=== mtl-study {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
     proc = subprocess.Popen(
@@ -186,7 +184,7 @@ def launch_local(
     study: Study,
     runs: list[StudyRun],
     options: LocalOptions,
-    show: Callable[[list[RunState]], None],
+    show: Callable[[], None],
     event: Callable[[str], None],
 ) -> dict[str, str]:
     """Run ``runs`` with at most ``max_parallel`` children; returns each run's final state.
@@ -238,7 +236,7 @@ def launch_local(
                     else f" (exit code {code}; log: {study.log_path(item.run)})"
                 )
                 event(f"{item.run.name}: {state}{suffix}")
-            show(study_states(study))
+            show()
             time.sleep(0.25)
     finally:
         for item in active:  # an unexpected error in the launcher: leave no child behind

@@ -316,8 +316,11 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     for aff in report["affinity"]:
         groups = " | ".join(", ".join(g) for g in aff["suggested_groups"])
         lines.append(f"suggested grouping{_set_text(aff['set'])}: {groups}")
+    by_state: dict[str, list[str]] = {}
     for name, state in report["not_finished"].items():
-        lines.append(f"not finished: {name} ({state})")
+        by_state.setdefault(state, []).append(name)
+    for state, names in by_state.items():
+        lines.append(f"not finished, {state} ({len(names)}): {', '.join(names)}")
     return lines
 
 

@@ -154,6 +154,7 @@ class RunState:
     run: StudyRun
     state: str
     record: dict[str, Any]
+    log: Path | None = None
 
     @property
     def elapsed(self) -> float | None:
@@ -161,9 +162,26 @@ class RunState:
         wall = self.record.get("wall_s")
         total = float(wall) if isinstance(wall, (int, float)) else None
         started = self.record.get("started")
-        if self.state == "running" and isinstance(started, (int, float)):
-            total = (total or 0.0) + max(0.0, time.time() - started)
+        if self.record.get("state") == "running" and isinstance(started, (int, float)):
+            end = time.time() if self.state == "running" else _last_write(self.log, started)
+            total = (total or 0.0) + max(0.0, end - started)
         return total
+
+
+def _last_write(log: Path | None, default: float) -> float:
+    """When an attempt that died with its launcher ended: its log's last write."""
+    try:
+        return log.stat().st_mtime if log is not None else default
+    except OSError:
+        return default
+
+
+def stale_attempt_s(record: dict[str, Any], log: Path) -> float:
+    """Wall time of a recorded attempt that never reported its end (0 when there is none)."""
+    started = record.get("started")
+    if record.get("state") != "running" or not isinstance(started, (int, float)):
+        return 0.0
+    return max(0.0, _last_write(log, started) - started)
 
 
 def launcher_running(study: Study) -> bool:
@@ -185,17 +203,18 @@ def launcher_running(study: Study) -> bool:
 def run_state(study: Study, run: StudyRun, local_alive: bool) -> RunState:
     """Where one run stands, from its run directory first and the launcher's record second."""
     record = read_status(study, run)
+    log = study.log_path(run)
     if (run.run_dir / "summary.json").is_file():
-        return RunState(run, "done", record)
+        return RunState(run, "done", record, log)
     recorded = record.get("state")
     if recorded == "running":
         alive = local_alive if record.get("launcher") == "local" else True
-        return RunState(run, "running" if alive else "interrupted", record)
+        return RunState(run, "running" if alive else "interrupted", record, log)
     if recorded == "failed":
-        return RunState(run, "failed", record)
+        return RunState(run, "failed", record, log)
     if run.run_dir.exists() and any(run.run_dir.iterdir()):
-        return RunState(run, "interrupted", record)
-    return RunState(run, "queued", record)
+        return RunState(run, "interrupted", record, log)
+    return RunState(run, "queued", record, log)
 
 
 def study_states(study: Study, runs: list[StudyRun] | None = None) -> list[RunState]:

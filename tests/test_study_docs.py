@@ -58,6 +58,6 @@ def test_studies_page_examples_run_as_written(tmp_path):
         )
         assert done.returncode == code, f"{script}\n{done.stdout}\n{done.stderr}"
     report = (tmp_path / "studies" / "smoke" / "report.md").read_text()
-    assert "| digits_low+parity | 1/1 |" in report
+    assert "| digits_low+parity | 1/2 |" in report  # seed 0 of 2
     assert (tmp_path / "studies" / "smoke" / "affinity.png").is_file()
     assert "not finished" in report  # the smoke run trains 3 of the 14 runs

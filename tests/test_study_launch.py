@@ -201,6 +201,8 @@ def test_bad_input_exits_2(tmp_path):
         (["run", str(study), "--only", "zzz*"], "no run of"),
         (["report", str(study)], "no run has finished yet (1 queued)"),
         (["run", str(study), "--gpus", "0,0"], "distinct GPU ids"),
+        (["run", str(study), "--partition", "gpu"], "--partition: not an option of --launcher"),
+        (["run", str(study), "--launcher", "slurm", "--max-parallel", "2"], "--max-parallel"),
     ]:
         result = runner.invoke(study_main, args)
         assert result.exit_code == 2, (args, result.output)

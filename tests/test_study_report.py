@@ -77,7 +77,7 @@ def test_affinity_grouping_best_and_missing_runs(tmp_path):
     assert report["best_overall"]["combination"] == "a+b"
     assert report["best_overall"]["delta_m_pct"]["mean"] == pytest.approx(10.0)
     assert report["not_finished"] == {"all": "queued"}
-    assert "not finished: all (queued)" in result.output
+    assert "not finished, queued (1): all" in result.output
     assert "suggested grouping: a, b | c" in result.output
     rows = list(csv.DictReader((study / "report.csv").open()))
     ab = [r for r in rows if r["combination"] == "a+b"]
