@@ -366,7 +366,7 @@ class _Display:
             self.live = Live(
                 _rich_table(study_states(self.study, self.runs), self.study.folder),
                 console=self.console,
-                refresh_per_second=4,
+                auto_refresh=False,  # redrawn by show(): no thread while children are forked
                 transient=True,
             )
             self.live.__enter__()
@@ -378,7 +378,8 @@ class _Display:
 
     def show(self) -> None:
         if self.live is not None:
-            self.live.update(_rich_table(study_states(self.study, self.runs), self.study.folder))
+            table = _rich_table(study_states(self.study, self.runs), self.study.folder)
+            self.live.update(table, refresh=True)
 
     def event(self, message: str) -> None:
         if self.live is not None:

@@ -73,15 +73,21 @@ def study_lock(study: Study) -> Iterator[None]:
         yield
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    def setup() -> None:  # runs in the child between fork and exec
-        if sys.platform.startswith("linux"):
-            import ctypes
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A pre-exec hook asking the kernel to SIGTERM the child when the launcher dies (Linux).
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != parent:  # the launcher died before prctl took effect
-                os._exit(1)
+    Everything is looked up before the fork: the hook itself only makes system calls.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:  # runs in the child between fork and exec
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(1)
 
     return setup
 
