@@ -6,6 +6,7 @@ imported at module level (and nothing from torch, ever).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,9 +17,27 @@ from .errors import ConfigError
 EXIT_BAD_INPUT = 2
 
 
+def _say(message: str) -> None:
+    """One line on stderr (file names that are not UTF-8 shown with \\x escapes)."""
+    from .yamlio import shown
+
+    click.echo(f"mtl-make-config: {shown(message)}", err=True)
+
+
 def _fail(message: str) -> None:
-    click.echo(f"mtl-make-config: error: {message}", err=True)
+    _say(f"error: {message}")
     sys.exit(EXIT_BAD_INPUT)
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from .yamlio import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -39,6 +58,10 @@ def _fail(message: str) -> None:
 @click.option("--single-task", is_flag=True,
               help="Write one single-task run config per dataset into the folder -o DIR "
                    "(default: MAKER's folder/<stem>_single), as baselines for mtl-compare.")
+@click.option("--max-file-size", "max_size", metavar="SIZE", callback=_size,
+              envvar="MTL_MAX_FILE_SIZE", show_envvar=True,
+              help="Size cap for each input file and for the output, in bytes or like 64M, "
+                   "1G (default 64M).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and warnings on stderr.")
 def main(
     maker: Path | None,
@@ -49,6 +72,7 @@ def main(
     to_stdout: bool,
     schema: bool,
     single_task: bool,
+    max_size: int | None,
     quiet: bool,
 ) -> None:
     """Compile MAKER (a maker config) into one standalone run config.
@@ -72,43 +96,86 @@ def main(
     if single_task and (explain or to_stdout):
         raise click.UsageError("--single-task writes files; it cannot be combined with "
                                "--explain or --print")
+    from .yamlio import DEFAULT_MAX_FILE_SIZE, file_size_cap
+
     try:
-        if single_task:
-            _run_single(maker, output, dialect, sets, quiet)
-        else:
-            _run(maker, output, dialect, sets, explain, to_stdout, quiet)
+        with file_size_cap(max_size or DEFAULT_MAX_FILE_SIZE):
+            if single_task:
+                _run_single(maker, output, dialect, sets, quiet)
+            else:
+                _run(maker, output, dialect, sets, explain, to_stdout, quiet)
     except ConfigError as exc:
         _fail(str(exc))
-    except RecursionError:
-        _fail(f"{maker}: the configuration is nested too deeply to compile")
+    except RecursionError:  # a backstop: depth is capped where input is read
+        _fail("the configuration is nested too deeply to compile")
 
 
 def _report(compiled, quiet: bool) -> None:
     for warning in compiled.warnings:
-        click.echo(f"mtl-make-config: warning: {warning}", err=True)
+        _say(f"warning: {warning}")
     if not quiet:
-        click.echo(
-            f"mtl-make-config: dialect {compiled.dialect.name} ({compiled.dialect.reason})",
-            err=True,
-        )
+        _say(f"dialect {compiled.dialect.name} ({compiled.dialect.reason})")
 
 
-def _write(compiled) -> None:
-    """Write one run config atomically, refusing folders and the compile's own inputs."""
-    from .yamlio import write_atomic
+def _check_target(compiled) -> str:
+    """Check where one run config goes and render it; returns the text to write.
 
+    Refuses folders, the compile's own inputs, names the file system cannot hold and output
+    over the size cap, before anything is written.
+    """
     out = compiled.output_path
-    if out.is_dir():
-        raise ConfigError("output path is a directory; give a file name", file=out)
-    resolved = out.resolve()
+    try:
+        if "\0" in str(out):
+            raise ValueError
+        if out.is_dir():
+            raise ConfigError("output path is a directory; give a file name", file=out)
+        if len(os.fsencode(out.name)) > _name_max(out.parent):
+            raise ConfigError(f"output file name is longer than the file system allows "
+                              f"({_name_max(out.parent)} bytes)", file=out)
+        resolved = out.resolve()
+    except ValueError:
+        raise ConfigError("output path contains a NUL byte", file=out) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot use the output path: {exc.strerror}", file=out) from None
     for src in compiled.inputs:
         if src.path.resolve() == resolved:
             raise ConfigError("output path is one of the inputs; refusing to overwrite it",
                               file=out)
+    return _render(compiled)
+
+
+def _render(compiled) -> str:
+    """The run config's text, refused when over the size cap."""
+    from .yamlio import MAX_FILE_SIZE_ENV, max_file_size
+
+    text = compiled.text()
+    if len(text) > max_file_size():
+        raise ConfigError(f"the run config would be {len(text):,} bytes, over the size cap of "
+                          f"{max_file_size():,} bytes (raise it with --max-file-size or "
+                          f"{MAX_FILE_SIZE_ENV})", file=compiled.output_path)
+    return text
+
+
+def _name_max(folder: Path) -> int:
+    """Longest file name (bytes) the file system holding ``folder`` allows."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        write_atomic(out, compiled.text())
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _write_all(runs: list) -> None:
+    """Check every target, then write them all (atomically: none or all)."""
+    from .yamlio import write_all_atomic
+
+    files = [(run.output_path, _check_target(run)) for run in runs]
+    try:
+        write_all_atomic(files)
     except OSError as exc:
-        raise ConfigError(f"cannot write the run config: {exc.strerror}", file=out) from None
+        where = exc.filename if isinstance(exc.filename, (str, Path)) else files[0][0]
+        raise ConfigError(f"cannot write the run config: {exc.strerror}", file=where) from None
 
 
 def _run_single(maker: Path, output: Path | None, dialect: str, sets: tuple[str, ...],
@@ -116,17 +183,19 @@ def _run_single(maker: Path, output: Path | None, dialect: str, sets: tuple[str,
     from .build import compile_single_tasks
 
     out_dir = output or maker.parent / f"{maker.stem}_single"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError("--single-task writes a folder, but this is a file", file=out_dir)
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError("--single-task writes a folder, but this is a file", file=out_dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot use the output folder: {exc.strerror}", file=out_dir) from None
     runs = compile_single_tasks(maker, out_dir, dialect=dialect, sets=sets)
     _report(runs[0], quiet)
     for run in runs[1:]:
         _report(run, quiet=True)  # warnings only
-    for run in runs:  # every config compiled before the first is written
-        _write(run)
+    _write_all(runs)  # every config compiled and checked before the first is written
+    for run in runs:
         if not quiet:
-            click.echo(f"mtl-make-config: wrote {run.output_path} "
-                       f"(single-task: {', '.join(run.datasets[0].tasks)})", err=True)
+            _say(f"wrote {run.output_path} (single-task: {', '.join(run.datasets[0].tasks)})")
 
 
 def _run(
@@ -144,18 +213,16 @@ def _run(
     _report(compiled, quiet)
     if explain:
         from .explain import explain_key
+        from .yamlio import shown
 
         for key in explain:
-            click.echo(explain_key(compiled, key))
+            click.echo(shown(explain_key(compiled, key)))
         return
     if to_stdout:
-        click.echo(compiled.text(), nl=False)
+        click.echo(_render(compiled), nl=False)
         return
-    _write(compiled)
+    _write_all([compiled])
     out = compiled.output_path
     if not quiet:
         n_tasks = sum(len(ds.tasks) for ds in compiled.datasets)
-        click.echo(
-            f"mtl-make-config: wrote {out} ({len(compiled.datasets)} datasets, {n_tasks} tasks)",
-            err=True,
-        )
+        _say(f"wrote {out} ({len(compiled.datasets)} datasets, {n_tasks} tasks)")

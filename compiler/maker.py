@@ -111,11 +111,16 @@ def _type_name(value: Any) -> str:
 def _expect(src: Source, key: tuple, value: Any, kind: type, what: str) -> None:
     if not isinstance(value, kind) or (kind is str and not value):
         raise src.error(key, f"must be {what}, got {_type_name(value)}")
+    if kind is str and "\0" in value:
+        raise src.error(key, f"must be {what} without NUL bytes")
 
 
-def load_maker(path: Path) -> Maker:
-    """Load and check a maker config; every problem is a located ``ConfigError``."""
-    src = load_source(path, "maker config")
+def load_maker(path: Path, schema: str = "1.2") -> Maker:
+    """Load and check a maker config; every problem is a located ``ConfigError``.
+
+    ``schema`` is how its numbers are read (YAML 1.2; "1.1" for the rslearn dialect).
+    """
+    src = load_source(path, "maker config", schema)
     doc = src.doc
     if not isinstance(doc, dict):
         raise ConfigError(
@@ -183,6 +188,8 @@ def _load_merge_options(src: Source, options: Any, maker: Maker) -> None:
             _expect(src, where, groups, list, "a list of task-name lists")
             for i, group in enumerate(groups):
                 _expect(src, (*where, i), group, list, "a list of task names")
+                if not group:
+                    raise src.error((*where, i), "a label group must name at least one task")
                 for j, task in enumerate(group):
                     _expect(src, (*where, i, j), task, str, "a task name")
             maker.same_label_groups = groups
