@@ -20,39 +20,45 @@ _NODE_OVERHEAD = 3
 
 
 def measure(tree: Any) -> tuple[int, int]:
-    """(lower bound of the YAML text length, nesting depth) of ``tree``."""
-    memo: dict[int, tuple[int, int]] = {}
+    """(lower bound of the YAML text length, nesting depth) of ``tree``.
 
-    def walk(node: Any) -> tuple[int, int]:
+    Counts each scalar's text, a few characters per node, and the indentation of nested
+    blocks (two spaces per level, as written); shared sub-trees are measured once.
+    """
+    memo: dict[int, tuple[int, int, int]] = {}
+
+    def walk(node: Any) -> tuple[int, int, int]:
+        """(characters, lines, depth)."""
         if isinstance(node, str):
-            return len(node) + _NODE_OVERHEAD, 0
+            return len(node) + _NODE_OVERHEAD, 1, 0
         if isinstance(node, int):
-            return node.bit_length() * 3 // 10 + _NODE_OVERHEAD, 0
-        if not isinstance(node, (dict, list)):
-            return 4 + _NODE_OVERHEAD, 0
+            return node.bit_length() * 3 // 10 + _NODE_OVERHEAD, 1, 0
+        if not isinstance(node, (dict, list)) or not node:
+            return 2 + _NODE_OVERHEAD, 1, 0
         known = memo.get(id(node))
         if known is not None:
             return known
-        size, depth = 2, 0
-        if isinstance(node, dict):
-            for key, value in node.items():
-                child, child_depth = walk(value)
-                size += child + walk(key)[0]
-                depth = max(depth, child_depth)
-        else:
-            for value in node:
-                child, child_depth = walk(value)
-                size += child
-                depth = max(depth, child_depth)
-        memo[id(node)] = result = (size, depth + 1)
+        size = lines = depth = 0
+        is_map = isinstance(node, dict)
+        for key, value in (node.items() if is_map else enumerate(node)):
+            chars, child_lines, child_depth = walk(value)
+            indented = not is_map or isinstance(value, dict)
+            size += chars + (2 * child_lines if indented else 0)
+            if is_map:
+                size += walk(key)[0]
+            lines += child_lines
+            depth = max(depth, child_depth)
+        memo[id(node)] = result = (size, lines, depth + 1)
         return result
 
-    return walk(tree)
+    size, _, depth = walk(tree)
+    return size, depth
 
 
 def check_bounds(tree: Any, what: str, file: Path | str | None = None,
-                 line: int | None = None, key: tuple | None = None) -> None:
-    """Refuse ``tree`` (``what`` names it) if it nests too deeply or writes out too large."""
+                 line: int | None = None, key: tuple | None = None) -> int:
+    """Refuse ``tree`` (``what`` names it) if it nests too deeply or writes out too large;
+    return its measured size."""
     try:
         size, depth = measure(tree)
     except RecursionError:
@@ -60,9 +66,15 @@ def check_bounds(tree: Any, what: str, file: Path | str | None = None,
     if depth > MAX_DEPTH:
         raise ConfigError(f"{what} is nested more than {MAX_DEPTH} levels deep",
                           file=file, line=line, key=key)
-    limit = max_file_size()
-    if size > limit:
-        raise ConfigError(
-            f"{what} would be over {size:,} bytes as YAML, over the size cap of {limit:,} bytes "
-            f"(shared values such as ${{big}} count once per use; raise the cap with "
-            f"--max-file-size or {MAX_FILE_SIZE_ENV})", file=file, line=line, key=key)
+    if size > max_file_size():
+        raise size_error(what, size, file, line, key)
+    return size
+
+
+def size_error(what: str, size: int, file: Path | str | None = None,
+               line: int | None = None, key: tuple | None = None) -> ConfigError:
+    """The error for a tree whose YAML would be over the size cap."""
+    return ConfigError(
+        f"{what} would be over {size:,} bytes as YAML, over the size cap of "
+        f"{max_file_size():,} bytes (shared values such as ${{big}} count once per use; raise "
+        f"the cap with --max-file-size or {MAX_FILE_SIZE_ENV})", file=file, line=line, key=key)

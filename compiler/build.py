@@ -86,17 +86,17 @@ def parse_sets(items: list[str] | tuple[str, ...], schema: str = "1.2"
     names: dict[str, Any] = {}
     keys: dict[tuple, Any] = {}
     for item in items:
-        shown_item = shown(item)
-        if shown_item != item:
-            raise ConfigError(f"--set '{shown_item}' is not valid UTF-8 text")
+        label = shown(item if len(item) <= 80 else item[:77] + "...")
+        if shown(item) != item:
+            raise ConfigError(f"--set '{label}' is not valid UTF-8 text")
         name, sep, raw = item.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise ConfigError(f"--set '{item}' must look like NAME=VALUE or a.b.c=VALUE")
+            raise ConfigError(f"--set '{label}' must look like NAME=VALUE or a.b.c=VALUE")
         try:
             value = parse(raw, Path("--set"), schema) if raw.strip() else ""
         except ConfigError as exc:
-            raise ConfigError(f"--set '{item}': {exc.message}") from None
+            raise ConfigError(f"--set '{label}': {exc.message}") from None
         if "." in name:
             keys[parse_key(name, "--set")] = value
         else:
@@ -167,8 +167,11 @@ def compile_maker(
                               [t for ds in datasets for t in ds.tasks], maker)
     else:
         maker, global_ = _single_task_view(maker, global_, datasets[0], hooks)
+    # ``key+`` / ``~key`` edits in the base (or in values substituted into it) need resolving.
+    edits = _has_edit_keys(base.text) or (base.doc is not base.raw
+                                          and _has_edit_keys(repr(values)))
     try:
-        run = _assemble(maker, hooks, base, datasets, global_, stages, keys)
+        run = _assemble(maker, hooks, base, datasets, global_, stages, keys, edits)
     except ConfigError as exc:
         raise _blame(exc, stages) from None
 
@@ -181,12 +184,10 @@ def compile_maker(
 
 
 def _assemble(maker: Maker, hooks: Dialect, base: Source, datasets: list[DatasetParts],
-              global_: Any, stages: list[Stage], keys: dict[tuple, Any]) -> dict:
+              global_: Any, stages: list[Stage], keys: dict[tuple, Any], edits: bool) -> dict:
     """Assembly, head merging, overrides, ``finetune_from`` and ``--set``: the run config."""
-    from .bounds import check_bounds
-
     doc = base.doc
-    run = hooks.assemble(normalize(doc) if _has_edit_keys(base.text) else doc, datasets)
+    run = hooks.assemble(normalize(doc) if edits else doc, datasets)
     heads_last = hooks.merge_heads_after_overrides
     if maker.merge_heads and not heads_last:
         run = merge_heads(run, datasets, maker, hooks)
@@ -202,9 +203,7 @@ def _assemble(maker: Maker, hooks: Dialect, base: Source, datasets: list[Dataset
                             ("model", "init_args", "init_from")))
     for key, value in keys.items():
         run = set_dotted(run, key, value)
-    run = hooks.finalize(run)
-    check_bounds(run, "the compiled run config", file=maker.path)
-    return run
+    return hooks.finalize(run)
 
 
 def _has_edit_keys(text: str) -> bool:

@@ -15,7 +15,7 @@ from .errors import ConfigError, format_key
 from .maker import Maker
 from .merge import deep_merge
 from .tree import get_path
-from .yamlio import Source, parse, read_source
+from .yamlio import Source, max_file_size, parse, read_source
 
 MODEL_ARGS = ("model", "init_args", "model", "init_args")
 DECODERS = (*MODEL_ARGS, "decoders")
@@ -93,7 +93,6 @@ class Dialect:
 
     def load_input(self, path: Path, values: dict[str, Any], what: str) -> Source:
         """Read one base or dataset file and substitute its placeholders."""
-        from .bounds import check_bounds
         from .substitute import Substituter, located_problems, substitute_source
 
         src = self.read(path, what)
@@ -103,13 +102,12 @@ class Dialect:
         src.doc = substitute_source(src.doc, src.text, sub)
         if sub.unresolved or sub.failed:
             self.problems += [(path, *p) for p in located_problems(src.text, sub)]
-        if src.doc is not src.raw:
-            check_bounds(src.doc, f"the {what} after substitution", file=path)
+        sub.check_size(f"the {what} after substitution", len(src.text), path)
         return src
 
     def overrides(self, maker: Maker, name: str, values: dict[str, Any]) -> dict:
         """The maker's local or global overrides, substituted (native) or verbatim."""
-        from .bounds import check_bounds
+        from .bounds import check_bounds, size_error
         from .substitute import Substituter, located_problems
 
         raw = getattr(maker, name)
@@ -120,8 +118,11 @@ class Dialect:
             self.problems += [
                 (maker.path, *p) for p in located_problems(text, sub)
             ]
-        check_bounds(out, f"{name} after substitution", file=maker.path,
-                     line=maker.source.line_of((name,)))
+        size = check_bounds(out, f"{name} after substitution", file=maker.path)
+        if name == "local_overrides" and size * len(maker.datasets) > max_file_size():
+            raise size_error(f"local_overrides, merged into each of {len(maker.datasets)} "
+                             "datasets,", size * len(maker.datasets), maker.path,
+                             maker.source.line_of((name,)))
         return out
 
     # -- datasets ------------------------------------------------------------------------
@@ -161,6 +162,13 @@ class Dialect:
                     f"decoder of task '{task}' must be a non-empty list of modules",
                     (*DECODERS, task),
                 )
+            for i, layer in enumerate(decoder):
+                if isinstance(layer, dict) and "class_path" in layer and (
+                        not isinstance(layer["class_path"], str) or not layer["class_path"]):
+                    raise parts.error(
+                        f"class_path of decoder layer {i} of task '{task}' must be a class "
+                        f"name (string), got {layer['class_path']!r}",
+                        (*DECODERS, task, i, "class_path"))
         parts.decoders = decoders
         parts.tasks = list(decoders)
         self._ignored_model_keys(config, parts)

@@ -13,7 +13,8 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 from .finetune import SCHEMA as FINETUNE_SCHEMA
 from .finetune import FinetuneFrom, load_finetune_from
-from .yamlio import Source, load_source, resolve_path
+from .yamlio import Source, parse, read_source, resolve_path
+from .yamlload import top_level_keys
 
 _PATH = {"type": "string", "minLength": 1}
 _BOOL = {"type": "boolean"}
@@ -115,12 +116,27 @@ def _expect(src: Source, key: tuple, value: Any, kind: type, what: str) -> None:
         raise src.error(key, f"must be {what} without NUL bytes")
 
 
+#: Makers larger than this have their top-level keys checked before they are built.
+_PRESCAN_SIZE = 1 << 20
+
+
+def _unknown(key: Any) -> str:
+    return (f"unknown maker key '{key}'{did_you_mean(str(key), list(FIELDS))}; "
+            f"allowed: {', '.join(FIELDS)}")
+
+
 def load_maker(path: Path, schema: str = "1.2") -> Maker:
     """Load and check a maker config; every problem is a located ``ConfigError``.
 
     ``schema`` is how its numbers are read (YAML 1.2; "1.1" for the rslearn dialect).
     """
-    src = load_source(path, "maker config", schema)
+    src = read_source(path, "maker config")
+    if len(src.text) > _PRESCAN_SIZE:  # refuse a wrong key before building a large file
+        for key, line in top_level_keys(src.text, schema).items():
+            if key not in FIELDS:
+                raise ConfigError(_unknown(key), file=path, line=line, key=(key,))
+    src.schema = schema
+    src.doc = src.raw = parse(src.text, path, schema)
     doc = src.doc
     if not isinstance(doc, dict):
         raise ConfigError(
@@ -130,10 +146,7 @@ def load_maker(path: Path, schema: str = "1.2") -> Maker:
         )
     for key in doc:
         if key not in FIELDS:
-            raise src.error((key,),
-                f"unknown maker key '{key}'{did_you_mean(str(key), list(FIELDS))}; "
-                f"allowed: {', '.join(FIELDS)}",
-            )
+            raise src.error((key,), _unknown(key))
     if "base_path" in doc and "base_cfg" in doc:
         raise src.error(("base_cfg",), "give either 'base_path' or its alias 'base_cfg', not both")
     base_key = "base_path" if "base_path" in doc else "base_cfg"

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .yamlio import max_file_size
-from .yamlload import MAX_INT_DIGITS
+from .yamlload import MAX_DEPTH, MAX_INT_DIGITS
 
 _PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
 _MAX_EXPR = 200
@@ -42,6 +42,14 @@ class _Unresolved(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
+
+
+class _TooLong(Exception):
+    """A string grows past the size cap through its placeholders."""
+
+    def __init__(self, placeholder: str) -> None:
+        super().__init__(placeholder)
+        self.placeholder = placeholder
 
 
 class ExpressionError(Exception):
@@ -139,14 +147,33 @@ class Substituter:
     unresolved: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     used: set[str] = field(default_factory=set)
+    #: Characters the placeholders add to the document as written (mappings and lists
+    #: measured as YAML, shared ones once per use): bounds what substitution can build.
+    inserted: int = 0
     _room: int = 0
+    _sizes: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
 
-    def string(self, text: str) -> Any:
+    def check_size(self, what: str, base_size: int, file: Any, line: int | None = None
+                   ) -> None:
+        """Refuse a document that substitution grew past the size cap."""
+        from .bounds import size_error
+
+        if base_size + self.inserted > max_file_size():
+            raise size_error(what, base_size + self.inserted, file, line)
+
+    def string(self, text: str, depth: int = 0) -> Any:
         whole = _PLACEHOLDER.fullmatch(text)
         if whole is not None and whole.group(1) is not None:
-            return self._value(whole.group(1), text)
+            return self._placed(self._value(whole.group(1), text), text, depth)
         self._room = max_file_size() - len(text)
-        return _PLACEHOLDER.sub(self._text, text)
+        try:
+            out = _PLACEHOLDER.sub(self._text, text)
+            self.inserted += len(out) - len(text)
+            return out
+        except _TooLong as exc:
+            self.failed.append((exc.placeholder, "the text it builds would exceed the size "
+                                                 "cap (--max-file-size)"))
+            return text
 
     def _text(self, match: re.Match) -> str:
         if match.group(1) is None:
@@ -165,9 +192,7 @@ class Substituter:
             text = str(value)
         self._room -= len(text)
         if self._room < 0:
-            self.failed.append((match.group(0), "the text it builds would exceed the size cap "
-                                                "(--max-file-size)"))
-            return match.group(0)
+            raise _TooLong(match.group(0))
         return text
 
     def _value(self, expr: str, text: str) -> Any:
@@ -184,18 +209,48 @@ class Substituter:
             self.used.add(name)
         return value
 
-    def tree(self, node: Any) -> Any:
-        """A copy of ``node`` with every placeholder in keys and values replaced."""
+    def tree(self, node: Any, depth: int = 0) -> Any:
+        """A copy of ``node`` with every placeholder in keys and values replaced.
+
+        ``depth`` is how deep ``node`` sits in its document: a placeholder that places a
+        mapping or list there must not nest the document past the depth cap.
+        """
         if isinstance(node, str):
-            return self.string(node) if "${" in node else node
+            return self.string(node, depth) if "${" in node else node
         if isinstance(node, dict):
-            return {
-                (self._key(k) if isinstance(k, str) and "${" in k else k): self.tree(v)
-                for k, v in node.items()
-            }
+            out = {}
+            for key, value in node.items():
+                if isinstance(key, str) and "${" in key:
+                    key = self._key(key)
+                if isinstance(value, str):
+                    if "${" in value:
+                        value = self.string(value, depth + 1)
+                elif isinstance(value, (dict, list)):
+                    value = self.tree(value, depth + 1)
+                out[key] = value
+            return out
         if isinstance(node, list):
-            return [self.tree(v) for v in node]
+            return [self.tree(v, depth + 1) for v in node]
         return node
+
+    def _placed(self, value: Any, placeholder: str, depth: int) -> Any:
+        """Account for a value placed whole: its size counts toward :attr:`inserted`."""
+        if isinstance(value, str):
+            self.inserted += len(value)
+        elif isinstance(value, (dict, list)):
+            from .bounds import measure
+
+            known = self._sizes.get(id(value))
+            if known is None:
+                known = self._sizes[id(value)] = measure(value)
+            size, value_depth = known
+            if depth + value_depth > MAX_DEPTH:
+                self.failed.append((placeholder, f"places a value {value_depth} levels deep "
+                                                 f"at depth {depth}, past the depth cap of "
+                                                 f"{MAX_DEPTH}"))
+                return placeholder
+            self.inserted += size
+        return value
 
     def _key(self, key: str) -> Any:
         value = self.string(key)

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from .yamlload import schema
+from .yamlload import _SPECIAL_START, schema
 
 #: A string that may be written plain: no indicator first, no ': ', ' #', trailing space.
 _PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./+()=-]*(?: [A-Za-z0-9_./+()=-]+)*")
@@ -35,6 +35,8 @@ def _escape(match: re.Match) -> str:
 
 
 def _reads_as_itself(text: str) -> bool:
+    if text[0] not in _SPECIAL_START:  # only these can start a non-string plain scalar
+        return True
     try:
         return all(read(text) == text for read in _READERS)
     except ValueError:  # e.g. a date-like string with month 13

@@ -495,6 +495,39 @@ def key_lines(text: str, schema_name: str = "1.2") -> dict[tuple, int]:
     return lines
 
 
+def top_level_keys(text: str, schema_name: str = "1.2") -> dict[Any, int]:
+    """Keys of a top-level mapping and their lines, from the event stream alone.
+
+    Far cheaper than building the document, so a large file with a wrong top-level key is
+    refused before it is built. A text that does not parse maps what precedes the error.
+    """
+    sch = schema(schema_name)
+    keys: dict[Any, int] = {}
+    depth = 0
+    expect_key = False
+    try:
+        for event in _events(text):
+            kind = type(event)
+            if kind is ScalarEvent or kind is AliasEvent:
+                if depth == 1:
+                    if expect_key and kind is ScalarEvent:
+                        key = _key_value(sch, event)
+                        keys.setdefault("<<" if key is MERGE else key,
+                                        event.start_mark.line + 1)
+                    expect_key = not expect_key
+            elif kind is MappingStartEvent or kind is SequenceStartEvent:
+                if depth == 0 and kind is MappingStartEvent:
+                    expect_key = True
+                elif depth == 1:
+                    expect_key = not expect_key
+                depth += 1
+            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return keys
+
+
 def scalars(text: str) -> Iterator[tuple[int, str]]:
     """(1-based line, text) of every scalar (keys and values) in a YAML text."""
     try:
