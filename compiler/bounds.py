@@ -40,7 +40,7 @@ def measure(tree: Any) -> tuple[int, int]:
             return known
         size = lines = depth = 0
         is_map = isinstance(node, dict)
-        for key, value in (node.items() if is_map else enumerate(node)):
+        for key, value in node.items() if is_map else enumerate(node):
             chars, child_lines, child_depth = walk(value)
             indented = not is_map or isinstance(value, dict)
             size += chars + (2 * child_lines if indented else 0)
@@ -55,8 +55,13 @@ def measure(tree: Any) -> tuple[int, int]:
     return size, depth
 
 
-def check_bounds(tree: Any, what: str, file: Path | str | None = None,
-                 line: int | None = None, key: tuple | None = None) -> int:
+def check_bounds(
+    tree: Any,
+    what: str,
+    file: Path | str | None = None,
+    line: int | None = None,
+    key: tuple | None = None,
+) -> int:
     """Refuse ``tree`` (``what`` names it) if it nests too deeply or writes out too large;
     return its measured size."""
     try:
@@ -64,17 +69,27 @@ def check_bounds(tree: Any, what: str, file: Path | str | None = None,
     except RecursionError:
         size, depth = 0, MAX_DEPTH + 1
     if depth > MAX_DEPTH:
-        raise ConfigError(f"{what} is nested more than {MAX_DEPTH} levels deep",
-                          file=file, line=line, key=key)
+        raise ConfigError(
+            f"{what} is nested more than {MAX_DEPTH} levels deep", file=file, line=line, key=key
+        )
     if size > max_file_size():
         raise size_error(what, size, file, line, key)
     return size
 
 
-def size_error(what: str, size: int, file: Path | str | None = None,
-               line: int | None = None, key: tuple | None = None) -> ConfigError:
+def size_error(
+    what: str,
+    size: int,
+    file: Path | str | None = None,
+    line: int | None = None,
+    key: tuple | None = None,
+) -> ConfigError:
     """The error for a tree whose YAML would be over the size cap."""
     return ConfigError(
         f"{what} would be over {size:,} bytes as YAML, over the size cap of "
         f"{max_file_size():,} bytes (shared values such as ${{big}} count once per use; raise "
-        f"the cap with --max-file-size or {MAX_FILE_SIZE_ENV})", file=file, line=line, key=key)
+        f"the cap with --max-file-size or {MAX_FILE_SIZE_ENV})",
+        file=file,
+        line=line,
+        key=key,
+    )

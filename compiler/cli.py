@@ -127,11 +127,13 @@ def _check_target(compiled) -> str:
     try:
         if "\0" in str(out):
             raise ValueError
+        longest = _name_max(out.parent)
+        for part in out.parts:
+            if len(os.fsencode(part)) > longest:
+                raise ConfigError(f"output path has a name longer than the file system allows "
+                                  f"({longest} bytes)", file=out)
         if out.is_dir():
             raise ConfigError("output path is a directory; give a file name", file=out)
-        if len(os.fsencode(out.name)) > _name_max(out.parent):
-            raise ConfigError(f"output file name is longer than the file system allows "
-                              f"({_name_max(out.parent)} bytes)", file=out)
         resolved = out.resolve()
     except ValueError:
         raise ConfigError("output path contains a NUL byte", file=out) from None

@@ -63,7 +63,8 @@ def load_finetune_from(src: Source, value: Any) -> FinetuneFrom:
                         f"unknown finetune_from key '{key}'; allowed: {', '.join(KEYS)}")
     run_dir = value.get("run_dir")
     if not isinstance(run_dir, str) or not run_dir or "\0" in run_dir:
-        raise src.error((*_WHERE, "run_dir"), "finetune_from needs run_dir: a run directory")
+        raise src.error((*_WHERE, "run_dir"), "finetune_from needs run_dir: a run directory "
+                                              "(a path without NUL bytes)")
     checkpoint = value.get("checkpoint", "best")
     if not isinstance(checkpoint, str) or not checkpoint or "\0" in checkpoint:
         raise src.error((*_WHERE, "checkpoint"), "must be best, last or a checkpoint path")

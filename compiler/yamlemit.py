@@ -21,7 +21,7 @@ from .yamlload import _SPECIAL_START, schema
 _PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./+()=-]*(?: [A-Za-z0-9_./+()=-]+)*")
 #: Characters a double-quoted scalar must escape (YAML's non-printables and line breaks).
 _ESCAPE = re.compile(
-    "[\\x00-\\x1f\"\\\\\\x7f-\\x9f\\u2028\\u2029\\ud800-\\udfff\\ufeff\\ufffe\\uffff]"
+    '[\\x00-\\x1f"\\\\\\x7f-\\x9f\\u2028\\u2029\\ud800-\\udfff\\ufeff\\ufffe\\uffff]'
 )
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", '"': '\\"', "\\": "\\\\", "\0": "\\0"}
 #: Longest key written as an implicit ``key: value`` (YAML allows 1024 characters).

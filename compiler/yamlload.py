@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
@@ -55,10 +55,24 @@ _NOT_PLAIN = {
 }
 
 _BOOLS = {
-    "yes": True, "Yes": True, "YES": True, "true": True, "True": True, "TRUE": True,
-    "on": True, "On": True, "ON": True,
-    "no": False, "No": False, "NO": False, "false": False, "False": False, "FALSE": False,
-    "off": False, "Off": False, "OFF": False,
+    "yes": True,
+    "Yes": True,
+    "YES": True,
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "on": True,
+    "On": True,
+    "ON": True,
+    "no": False,
+    "No": False,
+    "NO": False,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+    "off": False,
+    "Off": False,
+    "OFF": False,
 }
 _NULLS = frozenset(("", "~", "null", "Null", "NULL"))
 _TIMESTAMP_RE = re.compile(
@@ -166,9 +180,7 @@ class Schema:
         if name not in SCHEMAS:
             raise ValueError(f"unknown YAML schema {name!r}")
         self.name = name
-        self._int_re, self._float_re = (
-            (_INT12, _FLOAT12) if name == "1.2" else (_INT11, _FLOAT11)
-        )
+        self._int_re, self._float_re = (_INT12, _FLOAT12) if name == "1.2" else (_INT11, _FLOAT11)
         self._int = _int12 if name == "1.2" else _int11
 
     def plain(self, text: str) -> Any:
@@ -227,9 +239,11 @@ class Schema:
 def _tag_refusal(tag: str) -> str:
     if tag in _NOT_PLAIN:
         return _NOT_PLAIN[tag]
-    shown = "!!" + tag[len(_TAG):] if tag.startswith(_TAG) else tag
-    return (f"the tag {shown} is not allowed: a config holds plain data only (strings, "
-            "numbers, booleans, null, dates, lists and mappings)")
+    shown = "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
+    return (
+        f"the tag {shown} is not allowed: a config holds plain data only (strings, "
+        "numbers, booleans, null, dates, lists and mappings)"
+    )
 
 
 _SCHEMAS = {name: Schema(name) for name in SCHEMAS}
@@ -252,7 +266,6 @@ class _Frame:
         self.merges: list | None = None
         self.size = 1
         self.line = line
-
 
 
 class _Refusal(Exception):
@@ -282,27 +295,34 @@ def load(text: str, path: Any, schema_name: str = "1.2") -> Any:
     """Parse one YAML document of plain data; refusals are located ``ConfigError``s."""
     builder = _Builder(schema(schema_name))
     try:
-        return builder.run(_events(text))
+        parser = _Parser(text)
+    except UnicodeEncodeError:
+        raise ConfigError("the text is not valid UTF-8", file=path) from None
+    try:
+        return builder.run(parser.get_event)
     except _Refusal as exc:
         key = builder.path()
         message = exc.message
         if exc.duplicate is not _NOKEY:
             key = (*key, exc.duplicate)
             first = key_lines(text, schema_name).get(key)
-            message = (f"duplicate key {exc.duplicate!r}: first at line {first}, again at line "
-                       f"{exc.line}; a key may appear once per mapping")
+            message = (
+                f"duplicate key {exc.duplicate!r}: first at line {first}, again at line "
+                f"{exc.line}; a key may appear once per mapping"
+            )
         raise ConfigError(message, file=path, line=exc.line, key=key or None) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = exc.problem or str(exc)
         if exc.context:
             reason = f"{exc.context}: {reason}"
-        raise ConfigError(f"invalid YAML: {reason}", file=path,
-                          line=mark.line + 1 if mark is not None else None) from None
+        raise ConfigError(
+            f"invalid YAML: {reason}", file=path, line=mark.line + 1 if mark is not None else None
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=path) from None
-    except UnicodeEncodeError:
-        raise ConfigError("the text is not valid UTF-8", file=path) from None
+    finally:
+        parser.dispose()
 
 
 class _Builder:
@@ -325,15 +345,15 @@ class _Builder:
                 out.append(len(frame.obj))
         return tuple(out)
 
-    def run(self, events: Iterator[Any]) -> Any:
-        next(events)  # stream start
-        event = next(events)
-        if type(event) is StreamEndEvent:
+    def run(self, get_event: Callable[[], Any]) -> Any:
+        get_event()  # stream start
+        if type(get_event()) is StreamEndEvent:
             return None
         root = _NOKEY
         stack = self.stack
         plain = self.schema.plain
-        for event in events:
+        while True:
+            event = get_event()
             kind = type(event)
             if kind is ScalarEvent:
                 line = event.start_mark.line + 1
@@ -374,17 +394,26 @@ class _Builder:
                 line = event.start_mark.line + 1
                 found = self.anchors.get(event.anchor)
                 if found is None:
-                    raise _Refusal(f"alias *{event.anchor} names no complete anchor before it "
-                                   "(undefined, or a node that contains itself)", line)
+                    raise _Refusal(
+                        f"alias *{event.anchor} names no complete anchor before it "
+                        "(undefined, or a node that contains itself)",
+                        line,
+                    )
                 value, size = found
                 self.alias_nodes += size
                 if self.alias_nodes > MAX_ALIAS_NODES:
-                    raise _Refusal(f"YAML aliases expand to more than {MAX_ALIAS_NODES:,} "
-                                   "nodes (an alias bomb?)", line)
+                    raise _Refusal(
+                        f"YAML aliases expand to more than {MAX_ALIAS_NODES:,} "
+                        "nodes (an alias bomb?)",
+                        line,
+                    )
             elif kind is DocumentStartEvent:
-                raise _Refusal("expected a single YAML document, found another",
-                               event.start_mark.line + 1)
-            else:  # document end, stream end
+                raise _Refusal(
+                    "expected a single YAML document, found another", event.start_mark.line + 1
+                )
+            elif kind is StreamEndEvent:
+                break
+            else:  # document end
                 continue
             if not stack:
                 root = "<<" if value is MERGE else value
@@ -395,8 +424,7 @@ class _Builder:
                 top.size += size
             elif top.key is _NOKEY:
                 if isinstance(value, (dict, list)):
-                    raise _Refusal("a mapping key must be a scalar, not a list or mapping",
-                                   line)
+                    raise _Refusal("a mapping key must be a scalar, not a list or mapping", line)
                 if (value in top.obj) if value is not MERGE else top.merges is not None:
                     raise _Refusal("duplicate key", line, "<<" if value is MERGE else value)
                 top.key = value
@@ -470,8 +498,12 @@ def key_lines(text: str, schema_name: str = "1.2") -> dict[tuple, int]:
                 stack.pop()
                 advance()
                 continue
-            if kind is not ScalarEvent and kind is not AliasEvent \
-                    and kind is not MappingStartEvent and kind is not SequenceStartEvent:
+            if (
+                kind is not ScalarEvent
+                and kind is not AliasEvent
+                and kind is not MappingStartEvent
+                and kind is not SequenceStartEvent
+            ):
                 continue
             top = stack[-1] if stack else None
             if top is not None and top[1] and top[2] is _NOKEY and kind is ScalarEvent:
@@ -512,8 +544,7 @@ def top_level_keys(text: str, schema_name: str = "1.2") -> dict[Any, int]:
                 if depth == 1:
                     if expect_key and kind is ScalarEvent:
                         key = _key_value(sch, event)
-                        keys.setdefault("<<" if key is MERGE else key,
-                                        event.start_mark.line + 1)
+                        keys.setdefault("<<" if key is MERGE else key, event.start_mark.line + 1)
                     expect_key = not expect_key
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 if depth == 0 and kind is MappingStartEvent:
