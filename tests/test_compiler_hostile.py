@@ -480,6 +480,10 @@ def _native_files() -> dict[str, Any]:
     }
 
 
+POOLING = "rslearn.models.pooling_decoder.PoolingDecoder"
+HEAD = "rslearn.train.tasks.classification.ClassificationHead"
+
+
 def _rslearn_files() -> dict[str, Any]:
     from test_rslearn_dialect import BASE as RS_BASE
     from test_rslearn_dialect import dataset_text
@@ -508,12 +512,10 @@ def _rslearn_files() -> dict[str, Any]:
                                 "decoders": {
                                     "t1": [
                                         {
-                                            "class_path": "rslearn.models.pooling_decoder.PoolingDecoder",
+                                            "class_path": POOLING,
                                             "init_args": {"in_channels": 768, "out_channels": 2},
                                         },
-                                        {
-                                            "class_path": "rslearn.train.tasks.classification.ClassificationHead"
-                                        },
+                                        {"class_path": HEAD},
                                     ]
                                 }
                             }
