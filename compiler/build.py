@@ -145,12 +145,15 @@ def compile_maker(
 
     datasets: list[DatasetParts] = []
     for sources in datasets_files:
-        config: Any = {}
+        config: Any = None
         for src in sources:
             if not isinstance(src.doc, dict):
                 raise ConfigError("a dataset config must be a mapping with 'model' and 'data'",
                                   file=src.path)
-            config = _located_merge(config, src.doc, src)
+            if config is None and not _has_edit_keys(src.text) and src.doc is src.raw:
+                config = src.doc  # nothing to resolve: share it (trees are never mutated)
+            else:
+                config = _located_merge(config or {}, src.doc, src)
         if local:
             config = _located_merge(config, local, maker.source, ("local_overrides",))
         parts = hooks.dataset_parts(config, sources)

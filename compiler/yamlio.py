@@ -9,7 +9,6 @@ by :mod:`compiler.yamlemit`. Line numbers are worked out only when needed (an er
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -21,6 +20,11 @@ from typing import Any
 
 from .errors import ConfigError
 from .yamlemit import emit
+
+try:  # CPython's own SHA-256: hashlib would load OpenSSL first, a few ms of every start-up
+    from _sha256 import sha256
+except ImportError:  # pragma: no cover - other Pythons (3.12+ name it _sha2)
+    from hashlib import sha256
 from .yamlload import key_lines, load
 
 #: Default cap on the size of each input file and of the compiled output.
@@ -141,7 +145,7 @@ def read_source(path: Path, what: str = "file") -> Source:
         raise ConfigError(
             f"{what} is not UTF-8 text (bad byte at offset {exc.start})", file=path
         ) from None
-    return Source(path=path, text=text, sha256=hashlib.sha256(raw).hexdigest())
+    return Source(path=path, text=text, sha256=sha256(raw).hexdigest())
 
 
 def _too_big(what: str, size: int, limit: int) -> str:
