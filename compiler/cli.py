@@ -134,6 +134,9 @@ def _check_target(compiled) -> str:
                                   f"({longest} bytes)", file=out)
         if out.is_dir():
             raise ConfigError("output path is a directory; give a file name", file=out)
+        if out.exists() and not out.is_file():
+            raise ConfigError("output path exists and is not a regular file (a device, FIFO "
+                              "or socket); give a file name", file=out)
         resolved = out.resolve()
     except ValueError:
         raise ConfigError("output path contains a NUL byte", file=out) from None

@@ -117,7 +117,13 @@ def substitute_text(text: str, values: dict[str, Any]) -> tuple[str, list[tuple[
                 problems.append((placeholder, f"{name} is 0 (division by zero)"))
                 continue
             value = numerator // value
-        text = text.replace(placeholder, str(value))
+        value = str(value)
+        grown = len(text) + text.count(placeholder) * (len(value) - len(placeholder))
+        if grown > max_file_size():  # checked before the text is built
+            problems.append((placeholder, f"{name} used here would make the file over the size "
+                                          f"cap of {max_file_size():,} bytes (--max-file-size)"))
+            continue
+        text = text.replace(placeholder, value)
     return text, problems
 
 

@@ -945,3 +945,22 @@ def test_timeout_guard_for_fifo_in_a_subprocess(tmp_path):
         [sys.executable, "-m", "compiler", str(fifo)], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2 and "not a regular file" in result.stderr
+
+
+def test_output_onto_a_device_or_fifo_is_refused(cli, project, tmp_path):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    for target in (Path("/dev/null"), fifo):
+        refused(cli(project.standard(), "-o", target), "not a regular file")
+    assert fifo.exists() and not fifo.is_file()
+
+
+def test_rslearn_text_substitution_growth_is_bounded(cli, rs_maker):
+    maker, tmp = rs_maker
+    text = maker.read_text().replace(
+        "helios_checkpoint_path: /ckpt", f"helios_checkpoint_path: {'c' * 200_000}"
+    )
+    maker.write_text(text)
+    base = tmp / "base/base.yaml"
+    base.write_text(base.read_text() + "".join(f"p{i}: {{CHECKPOINT_PATH}}\n" for i in range(400)))
+    refused(cli(maker, "--dialect", "rslearn", "--max-file-size", "10M"), "size cap")
