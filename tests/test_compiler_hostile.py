@@ -964,3 +964,65 @@ def test_rslearn_text_substitution_growth_is_bounded(cli, rs_maker):
     base = tmp / "base/base.yaml"
     base.write_text(base.read_text() + "".join(f"p{i}: {{CHECKPOINT_PATH}}\n" for i in range(400)))
     refused(cli(maker, "--dialect", "rslearn", "--max-file-size", "10M"), "size cap")
+
+
+# -- 23. the launcher runs plain compiles without click, exactly as click would ------------
+
+FAST_CASES = [
+    [],
+    ["-q"],
+    ["--print"],
+    ["--print", "-q", "--set", "lr=1e-3", "--set=hidden=8"],
+    ["--explain", "trainer.max_epochs", "--explain=model.init_args.optimizer"],
+    ["--dialect", "native", "-o", "{tmp}/x.yaml"],
+    ["--output={tmp}/y.yaml", "--quiet"],
+    ["--single-task", "-o", "{tmp}/single"],
+    ["--max-file-size", "1k"],
+    ["--max-file-size=2M", "--print"],
+    ["--set", "trainer.x=[1"],
+    ["--dialect", "nope"],
+    ["--single-task", "--print"],
+    ["--explain", ""],
+    ["-o"],
+    ["--bogus"],
+    ["-h"],
+    ["--set", "lr=${nope}"],
+    ["extra_positional"],
+]
+
+
+def _own_output(case: list[str]) -> bool:
+    return not any(a in ("-o", "-h", "--single-task") or a.startswith("--output") for a in case)
+
+
+@pytest.mark.parametrize("case", FAST_CASES, ids=lambda c: " ".join(c) or "plain")
+def test_launcher_matches_the_click_command(project, tmp_path, case):
+    maker = project.standard()
+    results = []
+    launchers = (
+        ["-m", "compiler"],
+        ["-c", "from compiler.cli import main; main(prog_name='mtl-make-config')"],
+    )
+    for i, launcher in enumerate(launchers):
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        args = [a.replace("{tmp}", str(run_dir)) for a in case]
+        if _own_output(case):
+            args += ["-o", str(run_dir / "o.yaml")]
+        result = subprocess.run(
+            [sys.executable, *launcher, str(maker), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        assert "Traceback" not in result.stderr
+        files = {
+            p.relative_to(run_dir).as_posix(): p.read_text().replace(str(run_dir), "RUN")
+            for p in sorted(run_dir.rglob("*"))
+            if p.is_file()
+        }
+
+        out, err = (text.replace(str(run_dir), "RUN") for text in (result.stdout, result.stderr))
+        results.append((result.returncode, out, err, files))
+    assert results[0] == results[1]
