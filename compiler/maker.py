@@ -14,7 +14,7 @@ from .errors import ConfigError, did_you_mean
 from .finetune import SCHEMA as FINETUNE_SCHEMA
 from .finetune import FinetuneFrom, load_finetune_from
 from .yamlio import Source, parse, read_source, resolve_path
-from .yamlload import top_level_keys
+from .yamlload import unknown_top_level_key
 
 _PATH = {"type": "string", "minLength": 1}
 _BOOL = {"type": "boolean"}
@@ -132,9 +132,10 @@ def load_maker(path: Path, schema: str = "1.2") -> Maker:
     """
     src = read_source(path, "maker config")
     if len(src.text) > _PRESCAN_SIZE:  # refuse a wrong key before building a large file
-        for key, line in top_level_keys(src.text, schema).items():
-            if key not in FIELDS:
-                raise ConfigError(_unknown(key), file=path, line=line, key=(key,))
+        found = unknown_top_level_key(src.text, FIELDS)
+        if found is not None:
+            key, line = found
+            raise ConfigError(_unknown(key), file=path, line=line, key=(key,))
     src.schema = schema
     src.doc = src.raw = parse(src.text, path, schema)
     doc = src.doc
