@@ -105,24 +105,25 @@ def parse_sets(items: list[str] | tuple[str, ...], schema: str = "1.2"
 
 
 def compile_maker(
-    maker_path: str | Path,
+    maker_path: str | Path | Source,
     *,
     dialect: str | None = None,
     sets: list[str] | tuple[str, ...] = (),
     output: str | Path | None = None,
     single: int | None = None,
 ) -> Compiled:
-    """Compile a maker config into a run config (nothing is written).
+    """Compile a maker config (a file, or a parsed ``Source``) into a run config (nothing is
+    written).
 
     ``single`` compiles the maker's dataset of that index alone: a single-task baseline
     with the same base, substitutions and overrides (see :func:`compile_single_tasks`).
     """
     from .detect import choose_dialect
 
-    maker = load_maker(Path(maker_path))
+    maker = load_maker(maker_path if isinstance(maker_path, Source) else Path(maker_path))
     hooks = choose_dialect(maker, dialect)  # from the whole maker, as its multitask compile
-    if hooks.schema != maker.source.schema:  # numbers read as the dialect reads them
-        maker = load_maker(Path(maker_path), hooks.schema)
+    if hooks.schema != maker.source.schema and not isinstance(maker_path, Source):
+        maker = load_maker(Path(maker_path), hooks.schema)  # numbers read as the dialect does
     if single is not None:
         maker = replace(maker, datasets=[maker.datasets[single]])
     names, keys = parse_sets(sets, hooks.schema)
@@ -235,14 +236,14 @@ def _blame(exc: ConfigError, stages: list[Stage]) -> ConfigError:
     return exc
 
 
-def compile_single_tasks(maker_path: str | Path, out_dir: str | Path,
+def compile_single_tasks(maker_path: str | Path | Source, out_dir: str | Path,
                          **options: Any) -> list[Compiled]:
     """One single-task run config per dataset of a maker, for multitask-vs-single baselines.
 
     Every dataset name must be a safe file name (it names the output file inside
     ``out_dir``), and the names must differ; everything is checked before the caller writes.
     """
-    full = load_maker(Path(maker_path))
+    full = load_maker(maker_path if isinstance(maker_path, Source) else Path(maker_path))
     out_dir = Path(out_dir)
     compiled: list[Compiled] = []
     for index in range(len(full.datasets)):

@@ -15,20 +15,33 @@ from pathlib import Path
 from typing import Any
 
 #: Flags of :func:`compiler.cli.main` and the parameter each sets.
-_FLAGS = {"-q": "quiet", "--quiet": "quiet", "--print": "to_stdout",
-          "--single-task": "single_task"}
+_FLAGS = {"-q": "quiet", "--quiet": "quiet", "--print": "to_stdout", "--single-task": "single_task"}
 #: Options taking a value; repeatable ones collect a tuple.
-_VALUED = {"-o": "output", "--output": "output", "--dialect": "dialect", "--set": "sets",
-           "--explain": "explain", "--max-file-size": "max_size"}
+_VALUED = {
+    "-o": "output",
+    "--output": "output",
+    "--dialect": "dialect",
+    "--set": "sets",
+    "--explain": "explain",
+    "--max-file-size": "max_size",
+}
 _REPEATED = ("sets", "explain")
 _DIALECTS = ("auto", "native", "rslearn")
 
 
 def plain_compile(argv: list[str]) -> dict[str, Any] | None:
     """The parameters of a plain compile command line, or None when click should parse it."""
-    params: dict[str, Any] = {"maker": None, "output": None, "dialect": "auto", "sets": [],
-                              "explain": [], "to_stdout": False, "single_task": False,
-                              "max_size": os.environ.get("MTL_MAX_FILE_SIZE"), "quiet": False}
+    params: dict[str, Any] = {
+        "maker": None,
+        "output": None,
+        "dialect": "auto",
+        "sets": [],
+        "explain": [],
+        "to_stdout": False,
+        "single_task": False,
+        "max_size": os.environ.get("MTL_MAX_FILE_SIZE"),
+        "quiet": False,
+    }
     args = iter(argv)
     for arg in args:
         if arg in _FLAGS:

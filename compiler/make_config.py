@@ -39,9 +39,17 @@ def _stdout(text: str) -> None:
         sys.exit(1)
 
 
-def execute(maker: Path, output: Path | None, dialect: str, sets: tuple[str, ...],
-            explain: tuple[str, ...], to_stdout: bool, single_task: bool,
-            max_size: int | None, quiet: bool) -> None:
+def execute(
+    maker: Path,
+    output: Path | None,
+    dialect: str,
+    sets: tuple[str, ...],
+    explain: tuple[str, ...],
+    to_stdout: bool,
+    single_task: bool,
+    max_size: int | None,
+    quiet: bool,
+) -> None:
     """Compile (and write, print or explain); bad input ends the process with exit code 2."""
     from .yamlio import DEFAULT_MAX_FILE_SIZE, file_size_cap
 
@@ -77,13 +85,18 @@ def _check_target(compiled) -> str:
         longest = _name_max(out.parent)
         for part in out.parts:
             if len(os.fsencode(part)) > longest:
-                raise ConfigError(f"output path has a name longer than the file system allows "
-                                  f"({longest} bytes)", file=out)
+                raise ConfigError(
+                    f"output path has a name longer than the file system allows ({longest} bytes)",
+                    file=out,
+                )
         if out.is_dir():
             raise ConfigError("output path is a directory; give a file name", file=out)
         if out.exists() and not out.is_file():
-            raise ConfigError("output path exists and is not a regular file (a device, FIFO "
-                              "or socket); give a file name", file=out)
+            raise ConfigError(
+                "output path exists and is not a regular file (a device, FIFO "
+                "or socket); give a file name",
+                file=out,
+            )
         resolved = out.resolve()
     except ValueError:
         raise ConfigError("output path contains a NUL byte", file=out) from None
@@ -91,8 +104,9 @@ def _check_target(compiled) -> str:
         raise ConfigError(f"cannot use the output path: {exc.strerror}", file=out) from None
     for src in compiled.inputs:
         if src.path.resolve() == resolved:
-            raise ConfigError("output path is one of the inputs; refusing to overwrite it",
-                              file=out)
+            raise ConfigError(
+                "output path is one of the inputs; refusing to overwrite it", file=out
+            )
     return _render(compiled)
 
 
@@ -102,9 +116,12 @@ def _render(compiled) -> str:
 
     text = compiled.text()
     if len(text) > max_file_size():
-        raise ConfigError(f"the run config would be {len(text):,} bytes, over the size cap of "
-                          f"{max_file_size():,} bytes (raise it with --max-file-size or "
-                          f"{MAX_FILE_SIZE_ENV})", file=compiled.output_path)
+        raise ConfigError(
+            f"the run config would be {len(text):,} bytes, over the size cap of "
+            f"{max_file_size():,} bytes (raise it with --max-file-size or "
+            f"{MAX_FILE_SIZE_ENV})",
+            file=compiled.output_path,
+        )
     return text
 
 
@@ -130,8 +147,9 @@ def _write_all(runs: list) -> None:
         raise ConfigError(f"cannot write the run config: {exc.strerror}", file=where) from None
 
 
-def _run_single(maker: Path, output: Path | None, dialect: str, sets: tuple[str, ...],
-                quiet: bool) -> None:
+def _run_single(
+    maker: Path, output: Path | None, dialect: str, sets: tuple[str, ...], quiet: bool
+) -> None:
     from .build import compile_single_tasks
 
     out_dir = output or maker.parent / f"{maker.stem}_single"

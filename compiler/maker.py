@@ -125,19 +125,25 @@ def _unknown(key: Any) -> str:
             f"allowed: {', '.join(FIELDS)}")
 
 
-def load_maker(path: Path, schema: str = "1.2") -> Maker:
+def load_maker(path: Path | Source, schema: str = "1.2") -> Maker:
     """Load and check a maker config; every problem is a located ``ConfigError``.
 
-    ``schema`` is how its numbers are read (YAML 1.2; "1.1" for the rslearn dialect).
+    ``schema`` is how a maker file's numbers are read (YAML 1.2; "1.1" for the rslearn
+    dialect). A ``Source`` is a maker already parsed (the Python API's maker dicts): its paths
+    resolve against the folder of its ``path``.
     """
-    src = read_source(path, "maker config")
-    if len(src.text) > _PRESCAN_SIZE:  # refuse a wrong key before building a large file
-        found = unknown_top_level_key(src.text, FIELDS)
-        if found is not None:
-            key, line = found
-            raise ConfigError(_unknown(key), file=path, line=line, key=(key,))
-    src.schema = schema
-    src.doc = src.raw = parse(src.text, path, schema)
+    if isinstance(path, Source):
+        src = path
+    else:
+        src = read_source(path, "maker config")
+        if len(src.text) > _PRESCAN_SIZE:  # refuse a wrong key before building a large file
+            found = unknown_top_level_key(src.text, FIELDS)
+            if found is not None:
+                key, line = found
+                raise ConfigError(_unknown(key), file=path, line=line, key=(key,))
+        src.schema = schema
+        src.doc = src.raw = parse(src.text, path, schema)
+    path = src.path
     doc = src.doc
     if not isinstance(doc, dict):
         raise ConfigError(

@@ -15,6 +15,8 @@ import math
 import re
 from typing import Any
 
+import yaml
+
 from .yamlload import _SPECIAL_START, schema
 
 #: A string that may be written plain: no indicator first, no ': ', ' #', trailing space.
@@ -82,7 +84,7 @@ def scalar(value: Any) -> str:
         return "{}"
     if value == []:
         return "[]"
-    raise TypeError(f"cannot write {type(value).__name__} as YAML")
+    raise yaml.representer.RepresenterError(f"cannot write {type(value).__name__} as YAML")
 
 
 def _mapping(node: dict, indent: str, out: list[str], first: str) -> None:
