@@ -42,6 +42,11 @@ OUT="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")}"
 mkdir -p "$OUT" || { echo "gpu_check: cannot create $OUT" >&2; exit 2; }
 OUT="$(cd "$OUT" && pwd)"
 command -v "$PY" >/dev/null || { echo "gpu_check: no interpreter '$PY' (--python)" >&2; exit 2; }
+case "$PY" in  # steps run inside OUT: a relative interpreter path must not depend on the cwd
+  /*) ;;
+  */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;;
+  *) PY="$(command -v "$PY")" ;;
+esac
 
 # ---- dependencies: present, or from --wheels (offline) ------------------------------------
 export PYTHONPATH="$REPO:$REPO/tests:$OUT/pydeps${PYTHONPATH:+:$PYTHONPATH}"

@@ -3,6 +3,7 @@ that must pass and print one summary."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
 
-def check(*args: object, timeout: int = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), "--python", sys.executable, *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+def check(*args: object, timeout: int = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The script with this interpreter, given relative to ``cwd`` when that is set (steps
+    run in the output folder, so a relative --python must still work)."""
+    python = Path(sys.executable)
+    if cwd is not None:
+        python = Path(os.path.relpath(python, cwd))
+    return subprocess.run(["bash", str(SCRIPT), "--python", str(python), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)  # fmt: skip
 
 
 def test_bad_arguments_exit_2(tmp_path):
@@ -37,9 +43,9 @@ def test_without_a_gpu_it_says_so_and_runs_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_cpu_dry_run_passes_every_step_and_prints_one_summary(tmp_path):
-    done = check("--cpu-dry-run", "--out", tmp_path, timeout=900)
+    done = check("--cpu-dry-run", "--out", tmp_path / "out", timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = (tmp_path / "summary.txt").read_text()
+    summary = (tmp_path / "out" / "summary.txt").read_text()
     assert summary in done.stdout
     for name in (
         "tests",
@@ -53,4 +59,4 @@ def test_cpu_dry_run_passes_every_step_and_prints_one_summary(tmp_path):
         assert any(line.split()[:2] == [name, "PASS"] for line in summary.splitlines()), name
     assert "Per-task results" in summary and "bare/mtl-run" in summary
     assert summary.rstrip().splitlines()[-1].startswith("gpu_check: PASSED")
-    assert not (tmp_path / "pydeps").exists()  # everything was already installed
+    assert not (tmp_path / "out" / "pydeps").exists()  # everything was already installed
