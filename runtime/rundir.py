@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 
 from runtime.checkpoints import load_checkpoint
 from runtime.config_errors import ConfigError, explain_argument_error, first_line, load_yaml
+from runtime.state_mismatch import describe_mismatch, shapes_of
 
 CONFIG_NAME = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -69,9 +70,18 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         checkpoint = load_checkpoint(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input here
         raise ConfigError(f"{path}: not a loadable checkpoint ({first_line(exc)})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return checkpoint
+
+
+def check_fits(path: Path, checkpoint: dict[str, Any], module: Any, model_name: str) -> None:
+    """Refuse a checkpoint whose weights do not fit ``module`` exactly, naming the first few
+    missing, unexpected and wrongly shaped tensors (before anything loads or is written)."""
+    problem = describe_mismatch(shapes_of(module.state_dict()),
+                                shapes_of(checkpoint["state_dict"]), "the checkpoint", model_name)
+    if problem is not None:
+        raise ConfigError(f"{path} does not fit {model_name}: {problem}")
 
 
 def build_objects(
@@ -113,12 +123,8 @@ def load_run(
     if ckpt is not None:
         checkpoint_path = resolve_checkpoint(run_dir, ckpt)
         checkpoint = read_checkpoint(checkpoint_path)
-        try:
-            module.load_state_dict(checkpoint["state_dict"])
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"{checkpoint_path} does not fit the model of {config_path}: {first_line(exc)}"
-            ) from None
+        check_fits(checkpoint_path, checkpoint, module, f"the model of {config_path}")
+        module.load_state_dict(checkpoint["state_dict"])
         info = {k: checkpoint[k] for k in ("epoch", "global_step", "pytorch-lightning_version")
                 if k in checkpoint}
     module.eval()
