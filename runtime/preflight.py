@@ -79,8 +79,10 @@ _TRAINER_RULES: dict[str, tuple[Any, str]] = {
     "num_sanity_val_steps": (_int_at_least(-1), "a count of batches >= 0, or -1 for all"),
     "gradient_clip_val": (_at_least(0), "a value >= 0"),
     "val_check_interval": (_interval, "a count of batches >= 1 or a fraction in (0, 1]"),
-    **{f"limit_{s}_batches": (_fraction_or_count, "a count >= 0 or a fraction in [0, 1]")
-       for s in ("train", "val", "test", "predict")},
+    **{
+        f"limit_{s}_batches": (_fraction_or_count, "a count >= 0 or a fraction in [0, 1]")
+        for s in ("train", "val", "test", "predict")
+    },
 }
 
 
@@ -89,8 +91,9 @@ def check_trainer_values(trainer: Mapping[str, Any], where: str = "") -> None:
     for key, (ok, wanted) in _TRAINER_RULES.items():
         value = trainer.get(key)
         if value is not None and not ok(value):
-            raise ConfigError(f"{where}at trainer.{key}: {value!r} is not valid: expected "
-                              f"{wanted}.")
+            raise ConfigError(
+                f"{where}at trainer.{key}: {value!r} is not valid: expected {wanted}."
+            )
 
 
 # ---------------------------------------------------------------- the whole check
@@ -134,8 +137,9 @@ def check_before_run(cli: RunCLI, checkpoint: str | None = None) -> None:
 def _data_error(exc: InputError, where: str) -> ConfigError:
     """A data module's error, its key path rooted at the run config's ``data`` section."""
     key = ("data", "init_args", *exc.key) if exc.key else ("data",)
-    return ConfigError(exc.message, file=exc.file or where.rstrip(": ") or None,
-                       line=exc.line, key=key)
+    return ConfigError(
+        exc.message, file=exc.file or where.rstrip(": ") or None, line=exc.line, key=key
+    )
 
 
 def _setup_data(datamodule: Any, stage: str, where: str) -> None:
@@ -148,8 +152,9 @@ def _setup_data(datamodule: Any, stage: str, where: str) -> None:
     except InputError as exc:
         raise _data_error(exc, where) from None
     except (OSError, ValueError) as exc:  # a user data module's own reading errors
-        raise ConfigError(f"{where}at data: setting up the data failed: "
-                          f"{type(exc).__name__}: {first_line(exc)}") from None
+        raise ConfigError(
+            f"{where}at data: setting up the data failed: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
 
 
 def _first_batches(datamodule: Any, split: str, where: str) -> dict[str, Batch]:
@@ -168,8 +173,10 @@ def _first_batches(datamodule: Any, split: str, where: str) -> dict[str, Batch]:
     except InputError as exc:
         raise _data_error(exc, where) from None
     except Exception as exc:  # noqa: BLE001 - any failure to read a batch is a data problem
-        raise ConfigError(f"{where}at data: reading a first {split} batch failed: "
-                          f"{type(exc).__name__}: {first_line(exc)}") from None
+        raise ConfigError(
+            f"{where}at data: reading a first {split} batch failed: "
+            f"{type(exc).__name__}: {first_line(exc)}"
+        ) from None
 
 
 def _check_validation_split(datamodule: Any, monitor: str, where: str) -> None:
@@ -182,15 +189,20 @@ def _check_validation_split(datamodule: Any, monitor: str, where: str) -> None:
     if not empty:
         return
     train, test = datamodule.split_sizes("train"), datamodule.split_sizes("test")
-    sizes = ", ".join(f"'{n}' {train[n]} train / {val[n]} val / {test[n]} test samples"
-                      for n in empty)
+    sizes = ", ".join(
+        f"'{n}' {train[n]} train / {val[n]} val / {test[n]} test samples" for n in empty
+    )
     if len(empty) == len(val) and monitor.startswith("val/"):
         raise ConfigError(
             f"{where}at data: no dataset has validation samples ({sizes}), so run.monitor "
             f"'{monitor}' can never be computed and no best checkpoint chosen: give the "
-            "datasets more samples, a larger val_fraction or a val_path.")
-    print(f"mtl-run: warning: no validation samples in {sizes}: their tasks get no "
-          "validation metrics (null in summary.json)", file=sys.stderr)
+            "datasets more samples, a larger val_fraction or a val_path."
+        )
+    print(
+        f"mtl-run: warning: no validation samples in {sizes}: their tasks get no "
+        "validation metrics (null in summary.json)",
+        file=sys.stderr,
+    )
 
 
 # ---------------------------------------------------------------- forward pass
@@ -221,6 +233,7 @@ class _Tracer:
         def hook(module: nn.Module, args: tuple) -> None:
             shapes = [list(a.shape) for a in args if isinstance(a, Tensor)]
             self.stack.append((name, module, shapes))
+
         return hook
 
     def _leave(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -264,15 +277,17 @@ def _forward(module: MultiTaskModule, batches: Mapping[str, Batch], where: str) 
     return logged
 
 
-def _forward_one(module: MultiTaskModule, dataset: str, batch: Batch, tracer: _Tracer,
-                 where: str) -> set[str]:
+def _forward_one(
+    module: MultiTaskModule, dataset: str, batch: Batch, tracer: _Tracer, where: str
+) -> set[str]:
     targets: Mapping[str, Tensor] = batch.get("targets") or {}
     unknown = [t for t in targets if t not in module.tasks]
     if unknown:
         raise ConfigError(
             f"{where}at data: dataset '{dataset}' carries task '{unknown[0]}' that "
             f"model.init_args.tasks does not define{did_you_mean(unknown[0], list(module.tasks))}"
-            f" (tasks: {', '.join(module.tasks)}).")
+            f" (tasks: {', '.join(module.tasks)})."
+        )
     tasks = list(targets) or module.model.task_names
     inputs = batch["inputs"]
     try:
@@ -284,7 +299,9 @@ def _forward_one(module: MultiTaskModule, dataset: str, batch: Batch, tracer: _T
         raise ConfigError(
             f"a batch of dataset '{dataset}' (inputs {shape}) does not go through the "
             f"model{culprit}: {first_line(exc)} (check in_features / input sizes)",
-            file=where.rstrip(": ") or None, key=key) from None
+            file=where.rstrip(": ") or None,
+            key=key,
+        ) from None
     names: set[str] = set()
     for task, target in targets.items():
         definition = module.tasks[task]
@@ -298,26 +315,31 @@ def _forward_one(module: MultiTaskModule, dataset: str, batch: Batch, tracer: _T
             raise ConfigError(
                 f"task '{task}' cannot score a batch of dataset '{dataset}': outputs "
                 f"{list(out.shape)} against targets {list(target.shape)} "
-                f"({target.dtype}): {first_line(exc)}", file=where.rstrip(": ") or None,
-                key=("model", "init_args", "tasks", task)) from None
+                f"({target.dtype}): {first_line(exc)}",
+                file=where.rstrip(": ") or None,
+                key=("model", "init_args", "tasks", task),
+            ) from None
         names |= {f"train/{task}/loss", f"val/{task}/loss"}
     return names
 
 
 # ---------------------------------------------------------------- monitor, checkpoints
-def _check_monitor(monitor: str, logged: set[str], tasks: Mapping[str, Any],
-                   where: str) -> None:
+def _check_monitor(monitor: str, logged: set[str], tasks: Mapping[str, Any], where: str) -> None:
     """``run.monitor`` must be a metric the model logs in validation (or training)."""
     if monitor in logged or monitor.startswith("train/"):
         return
     parts = monitor.split("/")
-    if len(parts) == 3 and parts[1] in tasks and not any(
-            n.startswith(f"val/{parts[1]}/") and not n.endswith("/loss") for n in logged):
+    if (
+        len(parts) == 3
+        and parts[1] in tasks
+        and not any(n.startswith(f"val/{parts[1]}/") and not n.endswith("/loss") for n in logged)
+    ):
         return  # that task's metric names are unknown here (no labels in the first batch)
     shown = sorted(n for n in logged if n.startswith("val/"))
     raise ConfigError(
         f"{where}at run.monitor: '{monitor}' is never logged, so no best checkpoint could be "
-        f"chosen{did_you_mean(monitor, sorted(logged))}; validation logs: {', '.join(shown)}.")
+        f"chosen{did_you_mean(monitor, sorted(logged))}; validation logs: {', '.join(shown)}."
+    )
 
 
 _RESUMABLE = ("optimizer_states", "loops", "epoch", "global_step")
@@ -335,4 +357,5 @@ def _check_checkpoint(path: Path, module: Any, resume: bool) -> None:
         if absent:
             raise ConfigError(
                 f"{path} cannot be resumed: it holds weights only (no {', '.join(absent)}); "
-                "start a new run from it with init_from instead")
+                "start a new run from it with init_from instead"
+            )

@@ -33,8 +33,12 @@ def _shape(shape: tuple[int, ...]) -> str:
     return str(list(shape))
 
 
-def describe_mismatch(expected: Shapes, given: Shapes, given_name: str = "the checkpoint",
-                      expected_name: str = "the model") -> str | None:
+def describe_mismatch(
+    expected: Shapes,
+    given: Shapes,
+    given_name: str = "the checkpoint",
+    expected_name: str = "the model",
+) -> str | None:
     """One sentence naming the first few missing, unexpected and wrongly shaped tensors of
     ``given`` against ``expected`` (name -> shape); None when they fit exactly."""
     missing = set(expected) - set(given)
@@ -44,13 +48,19 @@ def describe_mismatch(expected: Shapes, given: Shapes, given_name: str = "the ch
     if wrong:
         shown = "; ".join(
             f"{k} is {_shape(given[k])} in {given_name} but {_shape(expected[k])} in "
-            f"{expected_name}" for k in wrong[:SHOWN])
+            f"{expected_name}"
+            for k in wrong[:SHOWN]
+        )
         more = f" and {len(wrong) - SHOWN} more" if len(wrong) > SHOWN else ""
         parts.append(f"{len(wrong)} tensor(s) of another shape ({shown}{more})")
     if missing:
-        parts.append(f"{len(missing)} tensor(s) of {expected_name} missing from {given_name} "
-                     f"({listing(missing)})")
+        parts.append(
+            f"{len(missing)} tensor(s) of {expected_name} missing from {given_name} "
+            f"({listing(missing)})"
+        )
     if unexpected:
-        parts.append(f"{len(unexpected)} tensor(s) of {given_name} unknown to {expected_name} "
-                     f"({listing(unexpected)})")
+        parts.append(
+            f"{len(unexpected)} tensor(s) of {given_name} unknown to {expected_name} "
+            f"({listing(unexpected)})"
+        )
     return "; ".join(parts) if parts else None

@@ -29,6 +29,7 @@ def _edit_cell(line: int, column: int, value: str) -> Callable[[list[str]], list
         cells[column] = value
         lines[line - 1] = ",".join(cells)
         return lines
+
     return edit
 
 
@@ -40,12 +41,18 @@ def _blank_column(column: int) -> Callable[[list[str]], list[str]]:
             cells[column] = ""
             out.append(",".join(cells))
         return out
+
     return edit
 
 
 def _setup(path: Path, tasks: dict | None = None, **args) -> MultiDatasetDataModule:
-    module = TensorFileDataModule(path=str(path), inputs=["f0", "f1", "f2", "f3"],
-                                  targets=args.pop("targets", {"t": "y"}), batch_size=8, **args)
+    module = TensorFileDataModule(
+        path=str(path),
+        inputs=["f0", "f1", "f2", "f3"],
+        targets=args.pop("targets", {"t": "y"}),
+        batch_size=8,
+        **args,
+    )
     data = MultiDatasetDataModule({"a": module})
     expect_tasks(data, tasks if tasks is not None else {"t": ClassificationTask(num_classes=3)})
     data.setup("fit")
@@ -54,26 +61,46 @@ def _setup(path: Path, tasks: dict | None = None, **args) -> MultiDatasetDataMod
 
 # (case, edit of the CSV's lines, expected line, message pattern, key path end)
 CSV_CASES = [
-    ("label out of range", _edit_cell(7, 4, "7"), 7, r"class id 7, out of range.*3 classes",
-     "targets.t"),
+    (
+        "label out of range",
+        _edit_cell(7, 4, "7"),
+        7,
+        r"class id 7, out of range.*3 classes",
+        "targets.t",
+    ),
     ("negative label", _edit_cell(5, 4, "-3"), 5, r"class id -3, out of range", "targets.t"),
-    ("fractional class id", _edit_cell(6, 4, "1.5"), 6, r"1\.5, not a whole number",
-     "targets.t"),
-    ("text in the label column", _edit_cell(9, 4, "cat"), None, r"'y' is not numeric.*line 9",
-     "targets.t"),
-    ("ragged row", lambda ls: [*ls[:10], ls[10] + ",9", *ls[11:]], 11, r"7 cells.*header has 6",
-     None),
+    ("fractional class id", _edit_cell(6, 4, "1.5"), 6, r"1\.5, not a whole number", "targets.t"),
+    (
+        "text in the label column",
+        _edit_cell(9, 4, "cat"),
+        None,
+        r"'y' is not numeric.*line 9",
+        "targets.t",
+    ),
+    (
+        "ragged row",
+        lambda ls: [*ls[:10], ls[10] + ",9", *ls[11:]],
+        11,
+        r"7 cells.*header has 6",
+        None,
+    ),
     ("NaN input", _edit_cell(12, 2, "nan"), 12, r"input column 'f2'.*non-finite", "inputs"),
     ("inf input", _edit_cell(13, 1, "inf"), 13, r"input column 'f1'.*non-finite", "inputs"),
-    ("all labels missing", _blank_column(4), None, r"none of the \d+ training rows has a label",
-     "targets.t"),
+    (
+        "all labels missing",
+        _blank_column(4),
+        None,
+        r"none of the \d+ training rows has a label",
+        "targets.t",
+    ),
     ("header only", lambda ls: ls[:1], None, r"no data rows", None),
 ]
 
 
 @pytest.mark.parametrize("case,edit,line,pattern,key", CSV_CASES, ids=[c[0] for c in CSV_CASES])
-def test_bad_csv_is_refused_naming_file_line_column_and_row(tmp_path, case, edit, line,
-                                                            pattern, key):
+def test_bad_csv_is_refused_naming_file_line_column_and_row(
+    tmp_path, case, edit, line, pattern, key
+):
     good = write_csv(tmp_path / "good.csv")
     path = tmp_path / "bad.csv"
     path.write_text("\n".join(edit(good.read_text().splitlines())) + "\n")
@@ -89,11 +116,14 @@ def test_bad_csv_is_refused_naming_file_line_column_and_row(tmp_path, case, edit
         assert f"first bad row: {line - 2}" in str(err)  # rows count from 0 after the header
 
 
-@pytest.mark.parametrize("content,pattern", [
-    (b"", "empty"),
-    (b"f0,f1,f2,f3,y,r\n0,0,0,0,1,0\n" + bytes([0xFF, 0xFE, 0x81]) * 10, "not a UTF-8"),
-    (b"\x00\x01garbage\x00", "not a UTF-8|NUL|not a readable CSV"),
-])
+@pytest.mark.parametrize(
+    "content,pattern",
+    [
+        (b"", "empty"),
+        (b"f0,f1,f2,f3,y,r\n0,0,0,0,1,0\n" + bytes([0xFF, 0xFE, 0x81]) * 10, "not a UTF-8"),
+        (b"\x00\x01garbage\x00", "not a UTF-8|NUL|not a readable CSV"),
+    ],
+)
 def test_empty_and_garbage_files_are_refused(tmp_path, content, pattern):
     path = tmp_path / "bad.csv"
     path.write_bytes(content)
@@ -115,8 +145,11 @@ def test_label_dtype_follows_the_task_and_lossy_casts_are_refused(tmp_path):
     path = write_csv(tmp_path / "good.csv")
     # a float column of whole numbers is a valid class column; a float32 request for a
     # classification task is not
-    data = _setup(path, targets={"t": "y", "r": "r"},
-                  tasks={"t": ClassificationTask(num_classes=3), "r": RegressionTask()})
+    data = _setup(
+        path,
+        targets={"t": "y", "r": "r"},
+        tasks={"t": ClassificationTask(num_classes=3), "r": RegressionTask()},
+    )
     train = data.data_modules["a"].train_dataset
     assert train.targets["t"].dtype == torch.int64
     assert train.targets["r"].dtype == torch.float32
@@ -154,8 +187,11 @@ def test_bundled_and_generated_data_are_checked_too():
     subset = SklearnDataModule("digits", {"t": "digit"}, subset=[3, 12])
     with pytest.raises(DataConfigError, match=r"no classes \[12\]"):
         subset.setup("fit")
-    missing = SyntheticDataModule(num_samples=40, input_shape=[4],
-                                  tasks={"t": {"kind": "classification", "missing_fraction": 1}})
+    missing = SyntheticDataModule(
+        num_samples=40,
+        input_shape=[4],
+        tasks={"t": {"kind": "classification", "missing_fraction": 1}},
+    )
     with pytest.raises(DataConfigError, match="none of the .* training rows has a label"):
         missing.setup("fit")
 
@@ -164,10 +200,14 @@ def test_mtl_run_reports_data_errors_with_exit_2_before_writing(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     good = write_csv(tmp_path / "good.csv")
     bad = tmp_path / "bad.csv"
-    bad.write_text(good.read_text().replace("\n", "\n", 1)
-                   .replace(good.read_text().splitlines()[3],
-                            ",".join(good.read_text().splitlines()[3].split(",")[:4]
-                                     + ["9", "0"])))
+    bad.write_text(
+        good.read_text()
+        .replace("\n", "\n", 1)
+        .replace(
+            good.read_text().splitlines()[3],
+            ",".join(good.read_text().splitlines()[3].split(",")[:4] + ["9", "0"]),
+        )
+    )
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(file_config(bad)))
     for args in (["--check", "run.yaml"], ["fit", "run.yaml"]):
         assert main(args) == 2

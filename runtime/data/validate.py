@@ -89,8 +89,9 @@ class Source:
                 line = row + 1 + self.header_lines
             where = f" (first bad row: {row}, counting from 0)"
         prefix = "" if self.file else f"{self.name}: "
-        return DataConfigError(f"{prefix}{message}{where}", file=self.file, line=line,
-                               key=key or None)
+        return DataConfigError(
+            f"{prefix}{message}{where}", file=self.file, line=line, key=key or None
+        )
 
     def column(self, task: str) -> str:
         return f"column '{self.columns.get(task, task)}' (task '{task}')"
@@ -117,12 +118,17 @@ def _check_inputs(inputs: torch.Tensor, source: Source) -> None:
     elif source.inputs and len(source.inputs) == 1:
         what = f"input column '{source.inputs[0]}'"
     value = inputs[row].reshape(-1)[feature].item()
-    raise source.error(f"{what} holds a non-finite value ({value}); NaN/inf inputs make the "
-                       "loss NaN: fill or drop those rows", row, ("inputs",))
+    raise source.error(
+        f"{what} holds a non-finite value ({value}); NaN/inf inputs make the "
+        "loss NaN: fill or drop those rows",
+        row,
+        ("inputs",),
+    )
 
 
-def _coerce(task: str, values: torch.Tensor, dtype: str, kind: str | None,
-            source: Source) -> torch.Tensor:
+def _coerce(
+    task: str, values: torch.Tensor, dtype: str, kind: str | None, source: Source
+) -> torch.Tensor:
     """``values`` as ``dtype``, refusing lossy casts (a fractional class id)."""
     key = ("targets", task)
     if dtype == "int64":
@@ -131,10 +137,15 @@ def _coerce(task: str, values: torch.Tensor, dtype: str, kind: str | None,
             row = _first(~whole)
             if row is not None:
                 value = values[row].reshape(-1)[0].item()
-                raise source.error(f"{source.column(task)} holds {value}, not a whole number: "
-                                   "class ids must be integers", row, key)
-            values = torch.where(torch.isnan(values), torch.full_like(values, MISSING_CLASS),
-                                 values)
+                raise source.error(
+                    f"{source.column(task)} holds {value}, not a whole number: "
+                    "class ids must be integers",
+                    row,
+                    key,
+                )
+            values = torch.where(
+                torch.isnan(values), torch.full_like(values, MISSING_CLASS), values
+            )
         return values.to(torch.int64)
     if not values.is_floating_point():
         values = values.to(torch.float32)
@@ -154,26 +165,39 @@ def _check_range(task: str, values: torch.Tensor, spec: TargetSpec, source: Sour
         row = _first(bad)
         if row is not None:
             value = values[row].reshape(-1)[bad[row].reshape(-1)][0].item()
-            raise source.error(f"{column} holds class id {value}, out of range for a task "
-                               f"with {spec.width} classes (0..{spec.width - 1}; "
-                               f"{MISSING_CLASS} = missing)", row, key)
+            raise source.error(
+                f"{column} holds class id {value}, out of range for a task "
+                f"with {spec.width} classes (0..{spec.width - 1}; "
+                f"{MISSING_CLASS} = missing)",
+                row,
+                key,
+            )
         return
     shape_ok = (values.dim() == 2 and values.shape[1] == spec.width) or (
-        values.dim() == 1 and spec.width == 1)
+        values.dim() == 1 and spec.width == 1
+    )
     if not shape_ok:
-        raise source.error(f"{column} has shape {list(values.shape)} but the task takes "
-                           f"{spec.width} value(s) per row ([N, {spec.width}])", key=key)
+        raise source.error(
+            f"{column} has shape {list(values.shape)} but the task takes "
+            f"{spec.width} value(s) per row ([N, {spec.width}])",
+            key=key,
+        )
     if spec.kind == "multilabel":
         bad = (values != 0) & (values != 1) & (values != MISSING_CLASS)
         row = _first(bad)
         if row is not None:
-            raise source.error(f"{column} holds {values[row].tolist()}: multi-label entries "
-                               f"must be 0 or 1 ({MISSING_CLASS} = missing)", row, key)
+            raise source.error(
+                f"{column} holds {values[row].tolist()}: multi-label entries "
+                f"must be 0 or 1 ({MISSING_CLASS} = missing)",
+                row,
+                key,
+            )
     else:
         row = _first(torch.isinf(values))
         if row is not None:
-            raise source.error(f"{column} holds an infinite value (NaN marks a missing "
-                               "value)", row, key)
+            raise source.error(
+                f"{column} holds an infinite value (NaN marks a missing value)", row, key
+            )
 
 
 def labelled(values: torch.Tensor) -> torch.Tensor:
@@ -182,8 +206,12 @@ def labelled(values: torch.Tensor) -> torch.Tensor:
     return ~missing.reshape(len(values), -1).all(dim=1)
 
 
-def validated(inputs: torch.Tensor, targets: Mapping[str, torch.Tensor],
-              specs: Mapping[str, TargetSpec], source: Source) -> dict[str, torch.Tensor]:
+def validated(
+    inputs: torch.Tensor,
+    targets: Mapping[str, torch.Tensor],
+    specs: Mapping[str, TargetSpec],
+    source: Source,
+) -> dict[str, torch.Tensor]:
     """The targets cast to what their tasks take, after every check above."""
     if len(inputs) == 0:
         raise source.error("has no rows")
@@ -193,8 +221,11 @@ def validated(inputs: torch.Tensor, targets: Mapping[str, torch.Tensor],
         spec = specs.get(task)
         asked = source.dtypes.get(task)
         if spec is not None and asked is not None and asked != spec.dtype:
-            raise source.error(f"target_dtypes.{task} is {asked} but task '{task}' takes "
-                               f"{spec.dtype} targets ({spec.kind})", key=("target_dtypes", task))
+            raise source.error(
+                f"target_dtypes.{task} is {asked} but task '{task}' takes "
+                f"{spec.dtype} targets ({spec.kind})",
+                key=("target_dtypes", task),
+            )
         dtype = asked or (spec.dtype if spec else None)
         if dtype is None:
             dtype = "float32" if values.is_floating_point() else "int64"
@@ -210,7 +241,9 @@ def require_labels(targets: Mapping[str, torch.Tensor], source: Source) -> None:
     metrics would read as zeros."""
     for task, values in targets.items():
         if not bool(labelled(values).any()):
-            raise source.error(f"{source.column(task)}: none of the {len(values)} training "
-                               "rows has a label (all are missing): drop the task from this "
-                               "dataset or fill its labels", key=("targets", task))
-
+            raise source.error(
+                f"{source.column(task)}: none of the {len(values)} training "
+                "rows has a label (all are missing): drop the task from this "
+                "dataset or fill its labels",
+                key=("targets", task),
+            )
