@@ -120,7 +120,7 @@ def check_before_run(cli: RunCLI, checkpoint: str | None = None) -> None:
         expect_tasks(datamodule, tasks)
         _setup_data(datamodule, stage, where)
         split = SPLIT_OF_STAGE[stage]
-        batches = _first_batches(datamodule, split, where)
+        batches = _first_batches(datamodule, split, where, cli.trainer)
         if stage == "fit":
             _check_validation_split(datamodule, cli.config.run.monitor, where)
         if isinstance(module, MultiTaskModule):
@@ -157,8 +157,12 @@ def _setup_data(datamodule: Any, stage: str, where: str) -> None:
         ) from None
 
 
-def _first_batches(datamodule: Any, split: str, where: str) -> dict[str, Batch]:
-    """One batch per dataset of ``split``, read the way the run reads them."""
+def _first_batches(datamodule: Any, split: str, where: str, trainer: Any) -> dict[str, Batch]:
+    """One batch per dataset of ``split``, read the way the run reads them (a data module of
+    the user's own sees the run's trainer, as it will in the run)."""
+    attached = getattr(datamodule, "trainer", None) is None
+    if attached:
+        datamodule.trainer = trainer
     try:
         if isinstance(datamodule, PreviewsBatches):
             return datamodule.preview_batches(split)
@@ -177,6 +181,9 @@ def _first_batches(datamodule: Any, split: str, where: str) -> dict[str, Batch]:
             f"{where}at data: reading a first {split} batch failed: "
             f"{type(exc).__name__}: {first_line(exc)}"
         ) from None
+    finally:
+        if attached:
+            datamodule.trainer = None
 
 
 def _check_validation_split(datamodule: Any, monitor: str, where: str) -> None:

@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 
 from runtime.checkpoints import load_checkpoint
 from runtime.config_errors import ConfigError, explain_argument_error, first_line, load_yaml
+from runtime.data.validate import expect_tasks
 from runtime.state_mismatch import describe_mismatch, shapes_of
 
 CONFIG_NAME = "config.yaml"
@@ -103,7 +104,9 @@ def build_objects(
     except Exception as exc:  # noqa: BLE001 - jsonargparse and constructors: bad config
         reason = explain_argument_error(exc, config)  # the key path and the real reason
         raise ConfigError(f"{where}: cannot build the model/data: {reason}") from None
-    return objects.model, objects.get("data") if with_data else None
+    datamodule = objects.get("data") if with_data else None
+    expect_tasks(datamodule, getattr(objects.model, "tasks", {}))  # labels checked on setup
+    return objects.model, datamodule
 
 
 def load_run(
