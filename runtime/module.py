@@ -95,8 +95,8 @@ class MultiTaskModule(LightningModule):
             width = model.task_num_outputs(name)
             if width is not None and width != task.num_outputs:
                 raise ValueError(
-                    f"task {name!r}: its head gives {width} outputs but the task definition "
-                    f"has {task.num_outputs} (check num_outputs / class names)"
+                    f"model.init_args.tasks.{name}: its head gives {width} outputs but the task "
+                    f"definition has {task.num_outputs} (check num_outputs / class names)"
                 )
         self.model = model
         self.tasks = nn.ModuleDict(tasks)
@@ -177,6 +177,9 @@ class MultiTaskModule(LightningModule):
             if metric.update_count == 0:
                 continue  # no batch of this task in this epoch
             values = metric.compute()
+            if not values:  # no labelled target this epoch: the metrics are absent, not 0
+                metric.reset()
+                continue
             logged.update({f"{stage}/{name}/{k}": v for k, v in values.items()})
             scores.append(self.tasks[name].score(values))
             if isinstance(metric, ConfusionMatrixMetrics):

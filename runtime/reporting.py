@@ -74,8 +74,28 @@ def per_task_report(metrics: dict[str, float], stage: str, tasks: list[str]) -> 
     return {t: task_metrics(metrics, stage, t) for t in tasks}
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with NaN/inf floats as None (JSON has no NaN: ``NaN`` would make the file
+    unreadable to strict parsers)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def absent_metrics(task: Task) -> dict[str, None]:
+    """A task's headline metrics marked absent (None, written as null), for a task that had
+    no labelled sample to score: never reported as 0."""
+    names = (task.primary_metric, *task.comparison_metrics)
+    return dict.fromkeys(names)
+
+
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    path.write_text(json.dumps(json_safe(data), indent=2, sort_keys=False,
+                               allow_nan=False) + "\n")
 
 
 def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path,

@@ -101,6 +101,8 @@ def read_run(run_dir: Path) -> RunFigures:
         raise ConfigError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
         raise ConfigError(f"{path}: expected {{task: {{metric: value}}}}")
+    # a task without validation labels has its metrics written as null (absent): not scored
+    summary = {t: m for t, m in summary.items() if any(v is not None for v in m.values())}
     config = load_yaml(config_path)
     tasks = ((config or {}).get("model") or {}).get("init_args", {}).get("tasks") or {}
     primary = {t: primary_metrics(t, tasks.get(t), config_path) for t in summary}

@@ -8,7 +8,7 @@ modules to it, checks the configuration and keeps the training position for chec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,6 +21,7 @@ from compiler.errors import did_you_mean
 from runtime.data.base import DatasetModule
 from runtime.data.errors import DataConfigError
 from runtime.data.sampler import EVAL_MODE, SAMPLE_MODES, BatchKey, MultiDatasetBatchSampler
+from runtime.data.validate import ExpectsTargets, TargetSpec
 
 Batch = dict[str, Any]
 
@@ -184,9 +185,41 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         for module in self.data_modules.values():
             module.prepare_data()
 
+    def expect_targets(self, specs: Mapping[str, TargetSpec]) -> None:
+        """Pass the tasks' target specs to each dataset's module (checked when it loads)."""
+        for name, module in self.data_modules.items():
+            if isinstance(module, ExpectsTargets):
+                module.expect_targets({t: specs[t] for t in self.dataset_tasks[name]
+                                       if t in specs})
+
     def setup(self, stage: str | None = None) -> None:
-        for module in self.data_modules.values():
-            module.setup(stage)
+        for name, module in self.data_modules.items():
+            try:
+                module.setup(stage)
+            except DataConfigError as exc:  # locate it: which dataset's module
+                raise DataConfigError(exc.message, file=exc.file, line=exc.line,
+                                      key=("data_modules", name,
+                                           *(("init_args", *exc.key) if exc.key else ())),
+                                      ) from None
+
+    def split_sizes(self, split: str) -> dict[str, int]:
+        """Dataset name -> samples of that split (0 where the split is missing or empty)."""
+        return {name: 0 if d is None else len(d)
+                for name, d in zip(self.names, self._datasets(split), strict=True)}
+
+    def preview_batches(self, split: str) -> dict[str, Batch]:
+        """One batch per dataset with samples in ``split``: its first rows, at its batch size
+        (no sampling, no RNG), for checks before a run starts."""
+        datasets = self._datasets(split)
+        assembler = BatchAssembler(
+            self.names, datasets, [self.dataset_tasks[n] for n in self.names]
+        )
+        batches = {}
+        for i, (name, dataset) in enumerate(zip(self.names, datasets, strict=True)):
+            if dataset is not None and len(dataset):
+                rows = np.arange(min(self.batch_sizes[name], len(dataset)))
+                batches[name] = assembler[BatchKey(i, rows)]
+        return batches
 
     def teardown(self, stage: str | None = None) -> None:
         for module in self.data_modules.values():
