@@ -145,6 +145,11 @@ class RunCLI(LightningCLI):
         return f"{where}{explain_argument_error(err, config, groups)}"
 
     def before_instantiate_classes(self) -> None:
+        from runtime.balancing import check_run_config
+
+        problem = check_run_config(self.config)
+        if problem:
+            raise ConfigError(f"{self.config_path}: {problem}" if self.config_path else problem)
         if self.config.check:
             raise _CheckPassed
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir else (

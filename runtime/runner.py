@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from runtime.balancing import describe as describe_balancer
 from runtime.reporting import (
     ValidationHistory,
     header_comments,
@@ -59,6 +60,7 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
     config_path = cli.config_path or run_dir / "config.yaml"
     info = run_info(argv, stage, config_path, cli.config.seed_everything)
+    info["balancer"] = describe_balancer(cli.config)
     embeddings = task_embedding_sources(cli.model)
     if embeddings:
         info["task_embeddings"] = embeddings
