@@ -561,7 +561,8 @@ _SKIP = {"training", "_parameters", "_buffers", "_modules", "_non_persistent_buf
 
 def _plain(value: Any) -> Any:
     """``value`` as checkpoint-safe data (tensors, numbers, strings, lists), else a marker."""
-    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+    if value is None or isinstance(value, (bool, int, float, str, Tensor, torch.dtype,
+                                           torch.device)):
         return value
     try:
         import numpy as np
@@ -586,11 +587,11 @@ def _unplain(value: Any) -> Any:
 
 
 def plain_state(module: nn.Module) -> dict[str, dict[str, Any]]:
-    """The data attributes and non-persistent buffers of every submodule (e.g. GradVac's
+    """The data attributes and buffers of every submodule (e.g. GradVac's
     running cosine targets, NashMTL's previous weights), which ``state_dict`` leaves out."""
     out: dict[str, dict[str, Any]] = {}
     for name, sub in module.named_modules():
-        attrs = {key: sub._buffers[key] for key in sub._non_persistent_buffers_set}
+        attrs = dict(sub._buffers)  # aggregators are kept out of the balancer's state_dict
         for key, value in vars(sub).items():
             if key in _SKIP or key.startswith("_forward") or key.startswith("_backward") \
                     or key.endswith("hooks") or "hook" in key:
