@@ -686,16 +686,6 @@ def describe(config: Any) -> dict[str, Any] | None:
     return None if spec is None else _as_dict(spec)
 
 
-def label(info: Mapping[str, Any] | None) -> str:
-    """A short name for a recorded balancer: ``sum`` (none), ``Uncertainty``,
-    ``Aggregate(UPGrad)``."""
-    if not info:
-        return "sum"
-    name = str(info.get("class_path", "?")).rpartition(".")[2]
-    inner = _get(info, "init_args", "aggregator", "class_path")
-    return f"{name}({str(inner).rpartition('.')[2]})" if inner else name
-
-
 # ---- the training step ---------------------------------------------------------------------
 def _parts(batch: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The per-dataset batches of a step (``all_datasets`` steps hold several)."""

@@ -13,6 +13,7 @@ from runtime.reporting import (
     ValidationHistory,
     header_comments,
     per_task_report,
+    plot_task_weights,
     run_info,
     task_metrics,
     write_confusion_matrices,
@@ -100,6 +101,7 @@ def _fit(cli: RunCLI) -> None:
             if name in entry["confusion"]:
                 confusion[name] = entry["confusion"][name]
     write_json(run_dir / "summary.json", summary)
+    plot_task_weights(run_dir)
     write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
     _print_results("best validation", summary)
 

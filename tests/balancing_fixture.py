@@ -15,17 +15,24 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests/fixtures/no_balancer_params.json"
 #: a few steps with clipping, EMA and the warm-up scheduler: the automatic-optimization path
-ARGS = ("--trainer.max_steps=12", "--trainer.limit_val_batches=1",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--trainer.gradient_clip_val=0.5", "--model.init_args.ema_decay=0.9")
+ARGS = (
+    "--trainer.max_steps=12",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.gradient_clip_val=0.5",
+    "--model.init_args.ema_decay=0.9",
+)
 
 
 def quickstart_config(out_dir: Path) -> Path:
     from compiler.cli import main as make_config
 
     config = out_dir / "quickstart.run.yaml"
-    make_config.main([str(REPO / "maker_configs/quickstart.yaml"), "-o", str(config), "-q"],
-                     standalone_mode=False)
+    make_config.main(
+        [str(REPO / "maker_configs/quickstart.yaml"), "-o", str(config), "-q"],
+        standalone_mode=False,
+    )
     return config
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from runtime import balancing
 from runtime.balancing import (
     DWA,
     FAMO,
@@ -55,8 +54,10 @@ def test_uncertainty_is_kendalls_formula_and_matches_torchjd():
         b.log_var.copy_(s)
     values = torch.tensor([1.5, 0.2, 3.0])
     # Kendall et al.: sum_i 1 / (2 sigma_i^2) L_i + log sigma_i, with s_i = log sigma_i^2
-    want = sum(1 / (2 * math.exp(si)) * li + 0.5 * si for si, li in zip(s.tolist(),
-                                                                          values.tolist()))
+    want = sum(
+        1 / (2 * math.exp(si)) * li + 0.5 * si
+        for si, li in zip(s.tolist(), values.tolist(), strict=True)
+    )
     got = b.loss(values, ALL, ctx())
     assert got.item() == pytest.approx(want, rel=1e-6)
     uw = UW(3)
@@ -75,8 +76,10 @@ def test_dwa_uses_the_ratio_of_the_two_previous_epoch_means():
     from torchjd.scalarization import DWA as TorchjdDWA
 
     b, ref = bound(DWA(temperature=2.0)), TorchjdDWA(temperature=2.0)
-    epochs = [[torch.tensor([2.0, 1.0, 4.0]), torch.tensor([4.0, 1.0, 2.0])],
-              [torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 0.5, 2.0])]]
+    epochs = [
+        [torch.tensor([2.0, 1.0, 4.0]), torch.tensor([4.0, 1.0, 2.0])],
+        [torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 0.5, 2.0])],
+    ]
     for batches in epochs:
         for values in batches:
             b.loss(values, ALL, ctx())
@@ -85,13 +88,15 @@ def test_dwa_uses_the_ratio_of_the_two_previous_epoch_means():
         b.epoch_end()
         ref.step()
     means = [[3.0, 1.0, 3.0], [1.5, 0.75, 1.5]]
-    rates = [n / o for n, o in zip(means[1], means[0])]
+    rates = [n / o for n, o in zip(means[1], means[0], strict=True)]
     expo = [math.exp(r / 2.0) for r in rates]
     want = [3 * e / sum(expo) for e in expo]
     values = torch.tensor([1.0, 2.0, 3.0])
     got = b.loss(values, ALL, ctx())
     assert b.weights.tolist() == pytest.approx(want, rel=1e-6)
-    assert got.item() == pytest.approx(sum(w * v for w, v in zip(want, [1.0, 2.0, 3.0])))
+    assert got.item() == pytest.approx(
+        sum(w * v for w, v in zip(want, [1.0, 2.0, 3.0], strict=True))
+    )
     assert got.item() == pytest.approx(ref(values).item(), rel=1e-6)
 
 
@@ -105,7 +110,9 @@ def test_random_weighting_draws_softmax_of_normals_from_its_own_generator():
         lam = [math.exp(x) / sum(math.exp(y) for y in z.tolist()) for x in z.tolist()]
         got = b.loss(values, ALL, ctx())
         assert b.weights.tolist() == pytest.approx(lam, rel=1e-6)
-        assert got.item() == pytest.approx(sum(w * v for w, v in zip(lam, [1.0, 2.0, 3.0])))
+        assert got.item() == pytest.approx(
+            sum(w * v for w, v in zip(lam, [1.0, 2.0, 3.0], strict=True))
+        )
     assert torch.equal(torch.get_rng_state(), before)  # the global RNG is left alone
     state = b.state_dict()
     again = bound(RandomWeighting(seed=0))
@@ -131,20 +138,26 @@ def test_famo_loss_gradient_and_logit_update():
     values = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
     total = b.loss(values, ALL, ctx())
     z = [1 / 3] * 3  # softmax(0)
-    c = 1 / sum(zi / v for zi, v in zip(z, [1.0, 2.0, 4.0]))
-    want = c * sum(zi * math.log(v + 1e-8) for zi, v in zip(z, [1.0, 2.0, 4.0]))
+    c = 1 / sum(zi / v for zi, v in zip(z, [1.0, 2.0, 4.0], strict=True))
+    want = c * sum(zi * math.log(v + 1e-8) for zi, v in zip(z, [1.0, 2.0, 4.0], strict=True))
     assert total.item() == pytest.approx(want, rel=1e-6)
     total.backward()
     # d/dL_i = c z_i / L_i: a convex combination of the task gradients
-    assert values.grad.tolist() == pytest.approx([c * zi / v for zi, v in zip(z, [1, 2, 4])])
+    assert values.grad.tolist() == pytest.approx(
+        [c * zi / v for zi, v in zip(z, [1, 2, 4], strict=True)]
+    )
     assert values.grad.sum().item() == pytest.approx(1.0)
     after = torch.tensor([0.5, 1.9, 4.0])
     b.after_step(after)
     delta = [math.log(1.0 / 0.5), math.log(2.0 / 1.9), 0.0]
-    grad = [zi * (d - sum(zj * dj for zj, dj in zip(z, delta))) for zi, d in zip(z, delta)]
+    grad = [
+        zi * (d - sum(zj * dj for zj, dj in zip(z, delta, strict=True)))
+        for zi, d in zip(z, delta, strict=True)
+    ]
     # Adam's first step moves each logit by lr against the sign of its gradient
-    assert b.famo._w.tolist() == pytest.approx([-0.025 * math.copysign(1, g) for g in grad],
-                                               rel=1e-4)
+    assert b.famo._w.tolist() == pytest.approx(
+        [-0.025 * math.copysign(1, g) for g in grad], rel=1e-4
+    )
     # its state (logits, Adam moments) round-trips through the state_dict
     again = bound(FAMO(lr=0.025, weight_decay=0.0))
     again.load_state_dict(b.state_dict())
@@ -163,8 +176,9 @@ class TwoHeads(nn.Module):
 
     def losses(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.encoder(x))
-        return torch.stack([(self.decoders[t](h) ** 2).mean() * (i + 1)
-                            for i, t in enumerate(TASKS)])
+        return torch.stack(
+            [(self.decoders[t](h) ** 2).mean() * (i + 1) for i, t in enumerate(TASKS)]
+        )
 
 
 def test_gradnorm_weight_update_follows_the_paper():
@@ -173,8 +187,10 @@ def test_gradnorm_weight_update_follows_the_paper():
     assert b.layer == "encoder.weight"  # last shared weight matrix by default
     x = torch.randn(8, 4)
     values = model.losses(x)
-    norms = [torch.autograd.grad(v, model.encoder.weight, retain_graph=True)[0].norm().item()
-             for v in values]
+    norms = [
+        torch.autograd.grad(v, model.encoder.weight, retain_graph=True)[0].norm().item()
+        for v in values
+    ]
     total = b.loss(values, ALL, ctx())
     assert total.item() == pytest.approx(values.sum().item(), rel=1e-6)  # w(0) = 1
     # step 0: r_i = 1, target = mean_j G_j; Adam's first step is lr * sign of the gradient
@@ -194,20 +210,21 @@ def test_aggregate_gives_shared_the_aggregation_and_heads_their_own_gradient():
     values = model.losses(x)
     shared = [model.encoder.weight, model.encoder.bias]
     heads = [p for p in model.decoders.parameters()]
-    rows = [torch.cat([g.flatten() for g in torch.autograd.grad(v, shared, retain_graph=True)])
-            for v in values]
+    rows = [
+        torch.cat([g.flatten() for g in torch.autograd.grad(v, shared, retain_graph=True)])
+        for v in values
+    ]
     want_shared = MGDA()(torch.stack(rows))
     want_heads = torch.autograd.grad(values.sum(), heads, retain_graph=True)
     surrogate = b.loss(values, ALL, ctx(shared=shared, others=heads))
     surrogate.backward()
     got_shared = torch.cat([p.grad.flatten() for p in shared])
     torch.testing.assert_close(got_shared, want_shared, rtol=1e-5, atol=1e-6)
-    for p, g in zip(heads, want_heads):
+    for p, g in zip(heads, want_heads, strict=True):
         torch.testing.assert_close(p.grad, g)
     cos = b.epoch_end()
     unit = torch.nn.functional.normalize(torch.stack(rows), dim=1)
-    assert cos["train/grad_cos/a~b"].item() == pytest.approx((unit[0] @ unit[1]).item(),
-                                                             rel=1e-5)
+    assert cos["train/grad_cos/a~b"].item() == pytest.approx((unit[0] @ unit[1]).item(), rel=1e-5)
 
 
 def test_aggregate_saves_torchjd_state_kept_outside_state_dict():
@@ -246,15 +263,19 @@ def test_warmup_sums_and_needs_all_tasks_is_enforced():
 
 
 def _config(balancer: dict, mode: str = "random_cycle", accumulate: int = 1) -> dict:
-    return {"model": {"init_args": {"balancer": balancer}},
-            "trainer": {"accumulate_grad_batches": accumulate},
-            "data": {"init_args": {"sample_mode": mode, "data_modules": {"x": {}, "y": {}}}}}
+    return {
+        "model": {"init_args": {"balancer": balancer}},
+        "trainer": {"accumulate_grad_batches": accumulate},
+        "data": {"init_args": {"sample_mode": mode, "data_modules": {"x": {}, "y": {}}}},
+    }
 
 
 def test_config_checks_name_the_problem():
     assert check_run_config({"model": {"init_args": {}}}) is None
-    assert check_run_config(_config({"class_path": "runtime.balancing.Uncertainty"},
-                                     accumulate=4)) is None
+    assert (
+        check_run_config(_config({"class_path": "runtime.balancing.Uncertainty"}, accumulate=4))
+        is None
+    )
     famo = {"class_path": "runtime.balancing.FAMO"}
     assert "sample_mode: all_datasets" in check_run_config(_config(famo))
     assert check_run_config(_config(famo, mode="all_datasets")) is None
@@ -267,17 +288,13 @@ def test_missing_solver_is_a_config_error_naming_the_extra(monkeypatch):
     import torchjd._mixins as mixins
 
     real = mixins.find_spec
-    monkeypatch.setattr(mixins, "find_spec",
-                        lambda name: None if name == "quadprog" else real(name))
-    spec = {"class_path": "runtime.balancing.Aggregate",
-            "init_args": {"aggregator": {"class_path": "torchjd.aggregation.UPGrad"}}}
+    monkeypatch.setattr(
+        mixins, "find_spec", lambda name: None if name == "quadprog" else real(name)
+    )
+    spec = {
+        "class_path": "runtime.balancing.Aggregate",
+        "init_args": {"aggregator": {"class_path": "torchjd.aggregation.UPGrad"}},
+    }
     message = check_run_config(_config(spec, mode="all_datasets"))
     assert 'pip install "mtl-toolkit[balancing]"' in message
     assert "quadprog" in message
-
-
-def test_label_names_the_method():
-    assert balancing.label(None) == "sum"
-    assert balancing.label({"class_path": "runtime.balancing.FAMO"}) == "FAMO"
-    assert balancing.label({"class_path": "runtime.balancing.Aggregate", "init_args": {
-        "aggregator": {"class_path": "torchjd.aggregation.UPGrad"}}}) == "Aggregate(UPGrad)"
