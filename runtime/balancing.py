@@ -683,7 +683,19 @@ def check_run_config(config: Any) -> str | None:
 def describe(config: Any) -> dict[str, Any] | None:
     """The balancer block of a parsed run config as plain data (for ``run_info.json``)."""
     spec = _get(config, "model", "init_args", "balancer")
-    return None if spec is None else _as_dict(spec)
+    return None if spec is None else _json_safe(_as_dict(spec))
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON data; anything else (e.g. GradDrop's default function) by its name."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    name = getattr(value, "__qualname__", None)
+    return f"{getattr(value, '__module__', '')}.{name}" if name else repr(value)
 
 
 # ---- the training step ---------------------------------------------------------------------
