@@ -424,6 +424,9 @@ class GradNorm(_SharedBalancer):
 
     def combine(self, values: Tensor, present: Tensor, context: StepContext) -> Tensor:
         weights = self.task_weights.clone()
+        self.weights[present] = weights
+        if not self.layer_param.requires_grad:  # frozen by a fine-tuning stage: no update
+            return (weights.to(values.dtype) * values).sum()
         grads = [torch.autograd.grad(v, self.layer_param, retain_graph=True)[0]
                  for v in values]
         norms = mean_over_ranks(torch.stack([g.norm() for g in grads]).detach().float())
@@ -446,7 +449,6 @@ class GradNorm(_SharedBalancer):
         with torch.no_grad():
             w.clamp_(min=_EPS)
             w.mul_(len(w) / w.sum())
-        self.weights[present] = weights
         return (weights.to(values.dtype) * values).sum()
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -503,14 +505,18 @@ class Aggregate(_SharedBalancer):
         from torchjd.autojac import jac
 
         shared = context.shared
+        if not shared:  # every shared parameter frozen (e.g. a FineTuneStages stage)
+            return values.sum()
         rows = jac(values, shared, retain_graph=True)
         matrix = mean_over_ranks(torch.cat([r.reshape(len(values), -1) for r in rows], dim=1))
         self._track_cosines(matrix)
         seed = int(torch.randint(2**62, (1,), generator=self.generator))
         self._last_weights = None
-        with torch.random.fork_rng(devices=[]):
+        # full precision, outside any mixed-precision autocast (solvers take float64 arrays)
+        with torch.random.fork_rng(devices=[]), \
+                torch.autocast(matrix.device.type, enabled=False):
             torch.manual_seed(seed)
-            direction = self.aggregator(matrix)
+            direction = self.aggregator(matrix.float())
         if self._last_weights is not None:
             self.weights[present] = self._last_weights.to(self.weights)
         head_grads = torch.autograd.grad(values.sum(), context.others, retain_graph=True,
