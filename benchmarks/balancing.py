@@ -45,13 +45,23 @@ class Net(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024),
-                                     nn.ReLU(), nn.Linear(1024, 512), nn.ReLU())
+        self.encoder = nn.Sequential(
+            nn.Linear(256, 1024),
+            nn.ReLU(),
+            nn.Linear(1024, 1024),
+            nn.ReLU(),
+            nn.Linear(1024, 512),
+            nn.ReLU(),
+        )
         self.decoders = nn.ModuleDict({t: nn.Linear(512, 10) for t in TASKS})
 
     def losses(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack([nn.functional.cross_entropy(self.decoders[t](self.encoder(x)), y)
-                            for t, x, y in zip(TASKS, xs, ys, strict=True)])
+        return torch.stack(
+            [
+                nn.functional.cross_entropy(self.decoders[t](self.encoder(x)), y)
+                for t, x, y in zip(TASKS, xs, ys, strict=True)
+            ]
+        )
 
 
 def build(method: str):
@@ -108,10 +118,16 @@ def run_one(method: str, steps: int, batch: int, device: str) -> dict[str, float
         if step >= 3:
             timings.append(time.perf_counter() - start)
     timings.sort()
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"ms": 1000 * timings[len(timings) // 2], "peak_mb": peak / 2**20,
-            "params": sum(p.numel() for p in net.parameters())}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "ms": 1000 * timings[len(timings) // 2],
+        "peak_mb": peak / 2**20,
+        "params": sum(p.numel() for p in net.parameters()),
+    }
 
 
 def main() -> int:
@@ -126,20 +142,37 @@ def main() -> int:
         return 0
     rows = {}
     for method in METHODS:
-        done = subprocess.run([sys.executable, __file__, "--one", method, "--steps",
-                               str(opts.steps), "--batch", str(opts.batch), "--device",
-                               opts.device], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                method,
+                "--steps",
+                str(opts.steps),
+                "--batch",
+                str(opts.batch),
+                "--device",
+                opts.device,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             print(f"{method}: failed: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
             continue
         rows[method] = json.loads(done.stdout.strip().splitlines()[-1])
     base = rows["equal (sum)"]
-    print(f"model: {base['params'] / 1e6:.2f}M parameters, 4 tasks, batch {opts.batch} per "
-          f"task, {opts.device}, median of {opts.steps} steps")
+    print(
+        f"model: {base['params'] / 1e6:.2f}M parameters, 4 tasks, batch {opts.batch} per "
+        f"task, {opts.device}, median of {opts.steps} steps"
+    )
     print(f"{'method':<20} {'ms/step':>8} {'x equal':>8} {'peak MB':>8} {'x equal':>8}")
     for method, r in rows.items():
-        print(f"{method:<20} {r['ms']:>8.2f} {r['ms'] / base['ms']:>8.2f} "
-              f"{r['peak_mb']:>8.0f} {r['peak_mb'] / base['peak_mb']:>8.2f}")
+        print(
+            f"{method:<20} {r['ms']:>8.2f} {r['ms'] / base['ms']:>8.2f} "
+            f"{r['peak_mb']:>8.0f} {r['peak_mb'] / base['peak_mb']:>8.2f}"
+        )
     return 0
 
 

@@ -90,21 +90,30 @@ def main(argv: list[str] | None = None) -> int:
             costs.append(fit(config, run_dir, METHODS[method]))
             runs.append(read_run(run_dir))
         report = compare(runs, baselines)
-        results[method] = {"delta_m": report["delta_m_pct"], "ms_per_step": costs,
-                           "tasks": {t: e["delta_pct"] for t, e in report["tasks"].items()}}
+        results[method] = {
+            "delta_m": report["delta_m_pct"],
+            "ms_per_step": costs,
+            "tasks": {t: e["delta_pct"] for t, e in report["tasks"].items()},
+        }
         print(f"{method}: delta-m {report['delta_m_pct']}", file=sys.stderr, flush=True)
-    base_cost = statistics.fmean(results.get("equal (sum)", next(iter(results.values())))
-                                 ["ms_per_step"])
+    base_cost = statistics.fmean(
+        results.get("equal (sum)", next(iter(results.values())))["ms_per_step"]
+    )
     tasks = list(next(iter(results.values()))["tasks"])
-    print(f"{'method':<16} {'delta-m % (mean ± sd)':>22} " +
-          " ".join(f"{t:>9}" for t in tasks) + f" {'ms/step':>8} {'x equal':>8}")
+    print(
+        f"{'method':<16} {'delta-m % (mean ± sd)':>22} "
+        + " ".join(f"{t:>9}" for t in tasks)
+        + f" {'ms/step':>8} {'x equal':>8}"
+    )
     for method, r in results.items():
         dm = r["delta_m"]
         cost = statistics.fmean(r["ms_per_step"])
         sd = dm["std"] if dm["std"] is not None else float("nan")
-        print(f"{method:<16} {dm['mean']:>+14.2f} ± {sd:<5.2f} " +
-              " ".join(f"{r['tasks'][t]:>+9.2f}" for t in tasks) +
-              f" {cost:>8.1f} {cost / base_cost:>8.2f}")
+        print(
+            f"{method:<16} {dm['mean']:>+14.2f} ± {sd:<5.2f} "
+            + " ".join(f"{r['tasks'][t]:>+9.2f}" for t in tasks)
+            + f" {cost:>8.1f} {cost / base_cost:>8.2f}"
+        )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
 

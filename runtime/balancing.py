@@ -123,7 +123,8 @@ class Balancer(nn.Module):
             missing = sorted(set(self.task_names) - {self.task_names[i] for i in present})
             raise ValueError(
                 f"{type(self).__name__} needs every task in every step, but this step has no "
-                f"batch for {', '.join(missing)}: use data.init_args.sample_mode: all_datasets")
+                f"batch for {', '.join(missing)}: use data.init_args.sample_mode: all_datasets"
+            )
         if context.step < self.warmup_steps:
             self.weights[present] = 1.0
             return values.sum() + self.touch()
@@ -163,8 +164,9 @@ class Static(Balancer):
     def setup(self, model: nn.Module) -> None:
         unknown = sorted(set(self.given) - set(self.task_names))
         if unknown:
-            raise ValueError(f"Static.weights names unknown tasks {unknown}; tasks: "
-                             f"{', '.join(self.task_names)}")
+            raise ValueError(
+                f"Static.weights names unknown tasks {unknown}; tasks: {', '.join(self.task_names)}"
+            )
         self.fixed = torch.tensor([float(self.given.get(t, 1.0)) for t in self.task_names])
 
     def combine(self, values: Tensor, present: Tensor, context: StepContext) -> Tensor:
@@ -296,8 +298,13 @@ class FAMO(Balancer):
     supports_accumulation = False
     recompute_after_step = True
 
-    def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3,
-                 min_losses: dict[str, float] | None = None, warmup_steps: int = 0) -> None:
+    def __init__(
+        self,
+        lr: float = 0.025,
+        weight_decay: float = 1e-3,
+        min_losses: dict[str, float] | None = None,
+        warmup_steps: int = 0,
+    ) -> None:
         super().__init__(warmup_steps)
         self.lr, self.weight_decay = lr, weight_decay
         self.min_losses = dict(min_losses or {})
@@ -311,8 +318,9 @@ class FAMO(Balancer):
         bounds = torch.tensor([float(self.min_losses.get(t, 0.0)) for t in self.task_names])
         # Kept out of the module tree: its logits are stepped by its own Adam only, never by
         # the run's optimizer, and DDP must not expect gradients for them.
-        self.__dict__["famo"] = TorchjdFAMO(len(self.task_names), min_losses=bounds,
-                                            lr=self.lr, weight_decay=self.weight_decay)
+        self.__dict__["famo"] = TorchjdFAMO(
+            len(self.task_names), min_losses=bounds, lr=self.lr, weight_decay=self.weight_decay
+        )
 
     def _apply(self, fn: Any, recurse: bool = True) -> FAMO:
         super()._apply(fn, recurse)
@@ -345,8 +353,9 @@ class FAMO(Balancer):
         famo._prev_losses = state["prev"]
         famo._optimizer = None
         if state["adam"] is not None:  # FAMO's own Adam on its logits (torchjd builds it lazily)
-            famo._optimizer = torch.optim.Adam([famo._w], lr=famo.lr,
-                                               weight_decay=famo.weight_decay)
+            famo._optimizer = torch.optim.Adam(
+                [famo._w], lr=famo.lr, weight_decay=famo.weight_decay
+            )
             famo._optimizer.load_state_dict(state["adam"])
 
 
@@ -361,12 +370,15 @@ def shared_parameters(model: nn.Module, selectors: Sequence[str] | None) -> list
             found = select(model, selector)
             if not found:
                 top = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
-                raise ValueError(f"balancer shared: {selector!r} matches no parameter of the "
-                                 f"model (its parts: {', '.join(top)})")
+                raise ValueError(
+                    f"balancer shared: {selector!r} matches no parameter of the "
+                    f"model (its parts: {', '.join(top)})"
+                )
             names += [n for n in found if n not in names]
     if not names:
-        raise ValueError("balancer: no shared parameters (the model has only heads); give "
-                         "`shared` selectors")
+        raise ValueError(
+            "balancer: no shared parameters (the model has only heads); give `shared` selectors"
+        )
     return names
 
 
@@ -400,8 +412,14 @@ class GradNorm(_SharedBalancer):
     needs_all_tasks = True
     supports_accumulation = False
 
-    def __init__(self, alpha: float = 1.5, lr: float = 0.025, layer: str | None = None,
-                 shared: list[str] | None = None, warmup_steps: int = 0) -> None:
+    def __init__(
+        self,
+        alpha: float = 1.5,
+        lr: float = 0.025,
+        layer: str | None = None,
+        shared: list[str] | None = None,
+        warmup_steps: int = 0,
+    ) -> None:
         super().__init__(shared, warmup_steps)
         self.alpha, self.lr, self.layer = alpha, lr, layer
         self._adam: torch.optim.Optimizer | None = None
@@ -427,15 +445,14 @@ class GradNorm(_SharedBalancer):
         self.weights[present] = weights
         if not self.layer_param.requires_grad:  # frozen by a fine-tuning stage: no update
             return (weights.to(values.dtype) * values).sum()
-        grads = [torch.autograd.grad(v, self.layer_param, retain_graph=True)[0]
-                 for v in values]
+        grads = [torch.autograd.grad(v, self.layer_param, retain_graph=True)[0] for v in values]
         norms = mean_over_ranks(torch.stack([g.norm() for g in grads]).detach().float())
         losses = mean_over_ranks(values.detach().float())
         self.initial.copy_(torch.where(torch.isnan(self.initial), losses, self.initial))
         ratio = losses / self.initial
         relative = ratio / ratio.mean()
         scaled = self.task_weights * norms
-        target = scaled.mean() * relative ** self.alpha
+        target = scaled.mean() * relative**self.alpha
         w = self.task_weights
         w.grad = torch.sign(scaled - target) * norms
         if self._adam is None or self._adam.param_groups[0]["params"][0] is not w:
@@ -453,7 +470,8 @@ class GradNorm(_SharedBalancer):
 
     def get_extra_state(self) -> dict[str, Any]:
         return _detached(
-            {"adam": self._adam_state if self._adam is None else self._adam.state_dict()})
+            {"adam": self._adam_state if self._adam is None else self._adam.state_dict()}
+        )
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self._adam, self._adam_state = None, state["adam"]
@@ -477,8 +495,9 @@ class Aggregate(_SharedBalancer):
     supports_accumulation = False
     kind = "gradient method"
 
-    def __init__(self, aggregator: Any, shared: list[str] | None = None, seed: int = 0,
-                 warmup_steps: int = 0) -> None:
+    def __init__(
+        self, aggregator: Any, shared: list[str] | None = None, seed: int = 0, warmup_steps: int = 0
+    ) -> None:
         super().__init__(shared, warmup_steps)
         # Plain attribute: aggregators hold no trainable parameters; their state is saved as
         # extra state below.
@@ -513,19 +532,19 @@ class Aggregate(_SharedBalancer):
         seed = int(torch.randint(2**62, (1,), generator=self.generator))
         self._last_weights = None
         # full precision, outside any mixed-precision autocast (solvers take float64 arrays)
-        with torch.random.fork_rng(devices=[]), \
-                torch.autocast(matrix.device.type, enabled=False):
+        with torch.random.fork_rng(devices=[]), torch.autocast(matrix.device.type, enabled=False):
             torch.manual_seed(seed)
             direction = self.aggregator(matrix.float())
         if self._last_weights is not None:
             self.weights[present] = self._last_weights.to(self.weights)
-        head_grads = torch.autograd.grad(values.sum(), context.others, retain_graph=True,
-                                         allow_unused=True)
+        head_grads = torch.autograd.grad(
+            values.sum(), context.others, retain_graph=True, allow_unused=True
+        )
         surrogate = values.new_zeros(())
         offset = 0
         for param in shared:
             n = param.numel()
-            grad = direction[offset:offset + n].view_as(param).to(param.dtype)
+            grad = direction[offset : offset + n].view_as(param).to(param.dtype)
             surrogate = surrogate + (grad.detach() * param).sum()
             offset += n
         for param, grad in zip(context.others, head_grads, strict=True):
@@ -545,16 +564,20 @@ class Aggregate(_SharedBalancer):
         if float(self.cos_count) == 0:
             return {}
         mean = self.cos_sum / self.cos_count
-        out = {f"train/grad_cos/{a}~{b}": mean[i, j]
-               for i, a in enumerate(self.task_names)
-               for j, b in enumerate(self.task_names) if i < j}
+        out = {
+            f"train/grad_cos/{a}~{b}": mean[i, j]
+            for i, a in enumerate(self.task_names)
+            for j, b in enumerate(self.task_names)
+            if i < j
+        }
         self.cos_sum.zero_()
         self.cos_count.zero_()
         return out
 
     def get_extra_state(self) -> dict[str, Any]:
-        return _detached({"generator": self.generator.get_state(),
-                          "aggregator": plain_state(self.aggregator)})
+        return _detached(
+            {"generator": self.generator.get_state(), "aggregator": plain_state(self.aggregator)}
+        )
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
@@ -567,8 +590,9 @@ _SKIP = {"training", "_parameters", "_buffers", "_modules", "_non_persistent_buf
 
 def _plain(value: Any) -> Any:
     """``value`` as checkpoint-safe data (tensors, numbers, strings, lists), else a marker."""
-    if value is None or isinstance(value, (bool, int, float, str, Tensor, torch.dtype,
-                                           torch.device)):
+    if value is None or isinstance(
+        value, (bool, int, float, str, Tensor, torch.dtype, torch.device)
+    ):
         return value
     try:
         import numpy as np
@@ -599,8 +623,13 @@ def plain_state(module: nn.Module) -> dict[str, dict[str, Any]]:
     for name, sub in module.named_modules():
         attrs = dict(sub._buffers)  # aggregators are kept out of the balancer's state_dict
         for key, value in vars(sub).items():
-            if key in _SKIP or key.startswith("_forward") or key.startswith("_backward") \
-                    or key.endswith("hooks") or "hook" in key:
+            if (
+                key in _SKIP
+                or key.startswith("_forward")
+                or key.startswith("_backward")
+                or key.endswith("hooks")
+                or "hook" in key
+            ):
                 continue
             plain = _plain(value)
             if plain is not _NOT_PLAIN:
@@ -663,8 +692,10 @@ def check_run_config(config: Any) -> str | None:
     try:
         balancer = _build(spec)
     except ImportError as err:
-        return (f"{key}: {class_path} needs optional solver packages ({err}); install them "
-                f"with: {EXTRA_HINT}")
+        return (
+            f"{key}: {class_path} needs optional solver packages ({err}); install them "
+            f"with: {EXTRA_HINT}"
+        )
     except (TypeError, ValueError, AttributeError) as err:
         return f"{key}: cannot build {class_path}: {err}"
     if not isinstance(balancer, Balancer):
@@ -672,17 +703,21 @@ def check_run_config(config: Any) -> str | None:
     name = type(balancer).__name__
     accumulate = _get(config, "trainer", "accumulate_grad_batches") or 1
     if accumulate != 1 and not balancer.supports_accumulation:
-        return (f"{key}: {name} balances each optimizer step's own batch and cannot "
-                f"combine with trainer.accumulate_grad_batches={accumulate}; remove it (use "
-                "larger batch sizes instead) or pick a loss weighting such as Uncertainty")
+        return (
+            f"{key}: {name} balances each optimizer step's own batch and cannot "
+            f"combine with trainer.accumulate_grad_batches={accumulate}; remove it (use "
+            "larger batch sizes instead) or pick a loss weighting such as Uncertainty"
+        )
     data_args = _get(config, "data", "init_args")
     mode = _get(data_args, "sample_mode")
     datasets = _get(data_args, "data_modules")
     count = len(_as_dict(datasets)) if datasets is not None else 0
     if balancer.needs_all_tasks and mode not in (None, "all_datasets") and count > 1:
-        return (f"{key}: {name} compares every task in every step, but "
-                f"data.init_args.sample_mode is {mode!r} (one dataset per step); set "
-                "data.init_args.sample_mode: all_datasets")
+        return (
+            f"{key}: {name} compares every task in every step, but "
+            f"data.init_args.sample_mode is {mode!r} (one dataset per step); set "
+            "data.init_args.sample_mode: all_datasets"
+        )
     return None
 
 
@@ -710,8 +745,9 @@ def _parts(batch: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return list(batch["parts"]) if "parts" in batch else [batch]
 
 
-def task_losses(module: Any, batch: Mapping[str, Any], log: bool = True
-                ) -> tuple[dict[str, Tensor], Tensor | None, int]:
+def task_losses(
+    module: Any, batch: Mapping[str, Any], log: bool = True
+) -> tuple[dict[str, Tensor], Tensor | None, int]:
     """(loss_weight * loss per task, summed auxiliary loss or None, samples) of a step; a
     task fed by several of the step's datasets gets the sum of their losses."""
     losses: dict[str, Tensor] = {}
@@ -727,8 +763,9 @@ def task_losses(module: Any, batch: Mapping[str, Any], log: bool = True
             task = module.tasks[name]
             loss = task.loss(outputs[name], target)
             if log:
-                module.log(f"train/{name}/loss", loss, on_step=False, on_epoch=True,
-                           batch_size=size)
+                module.log(
+                    f"train/{name}/loss", loss, on_step=False, on_epoch=True, batch_size=size
+                )
             weighted = loss * task.loss_weight
             losses[name] = weighted if name not in losses else losses[name] + weighted
         found = module.model.aux_losses()
@@ -742,8 +779,7 @@ def _context(module: Any, balancer: Balancer) -> StepContext:
     named = dict(module.model.named_parameters())
     wanted = set(getattr(balancer, "shared_names", ()))
     shared = [named[n] for n in getattr(balancer, "shared_names", ()) if named[n].requires_grad]
-    others = [p for n, p in module.model.named_parameters()
-              if p.requires_grad and n not in wanted]
+    others = [p for n, p in module.model.named_parameters() if p.requires_grad and n not in wanted]
     return StepContext(shared=shared, others=others, step=int(module.trainer.global_step))
 
 
@@ -765,8 +801,13 @@ def training_step(module: Any, batch: Mapping[str, Any]) -> Tensor:
         if aux is not None:
             loss = loss + aux
         for name, i in zip(names, present.tolist(), strict=True):
-            module.log(f"train/weight/{name}", balancer.weights[i], on_step=True,
-                       on_epoch=False, batch_size=samples)
+            module.log(
+                f"train/weight/{name}",
+                balancer.weights[i],
+                on_step=True,
+                on_epoch=False,
+                batch_size=samples,
+            )
     if aux is not None:
         module.log("train/moe_aux_loss", aux, on_step=True, on_epoch=True, batch_size=samples)
     module.log("train/loss", total.detach(), on_step=True, on_epoch=True, batch_size=samples)
@@ -781,12 +822,15 @@ class BalancingHooks(Callback):
         balancer: Balancer = pl_module.balancer
         accumulate = trainer.accumulate_grad_batches
         if accumulate != 1 and not balancer.supports_accumulation:
-            raise ValueError(f"{type(balancer).__name__} cannot combine with "
-                             f"accumulate_grad_batches={accumulate}: its state follows every "
-                             "optimizer step's batch")
+            raise ValueError(
+                f"{type(balancer).__name__} cannot combine with "
+                f"accumulate_grad_batches={accumulate}: its state follows every "
+                "optimizer step's batch"
+            )
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         balancer: Balancer = pl_module.balancer
         if not balancer.recompute_after_step or trainer.global_step <= balancer.warmup_steps:
             return
@@ -798,4 +842,3 @@ class BalancingHooks(Callback):
         figures = pl_module.balancer.epoch_end()
         if figures:
             pl_module.log_dict(figures, on_step=False, on_epoch=True)
-

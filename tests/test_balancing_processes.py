@@ -72,8 +72,10 @@ def test_sigkill_then_resume_is_bit_identical_with_a_stateful_balancer(tmp_path,
         for proc in (victim, reference):
             if proc is not None and proc.poll() is None:
                 proc.kill()
-    got, want = (torch.load(tmp_path / d / "checkpoints/last.ckpt", weights_only=True)
-                 for d in ("killed", "reference"))
+    got, want = (
+        torch.load(tmp_path / d / "checkpoints/last.ckpt", weights_only=True)
+        for d in ("killed", "reference")
+    )
     assert want["global_step"] == 2 * STEPS_PER_EPOCH
     got_state = flat({"state": got["state_dict"], "ema": got["ema_training_weights"]})
     want_state = flat({"state": want["state_dict"], "ema": want["ema_training_weights"]})
@@ -86,27 +88,49 @@ def test_sigkill_then_resume_is_bit_identical_with_a_stateful_balancer(tmp_path,
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("MTL_SKIP_DDP") == "1", reason="MTL_SKIP_DDP=1")
 def test_gradient_method_under_ddp_matches_one_process_seeing_both_batches(tmp_path: Path):
-    aggregator = {"class_path": "runtime.balancing.Aggregate",
-                  "init_args": {"aggregator": {"class_path": "torchjd.aggregation.MGDA"}}}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                                       os.environ.get("PYTHONPATH", "")])}
+    aggregator = {
+        "class_path": "runtime.balancing.Aggregate",
+        "init_args": {"aggregator": {"class_path": "torchjd.aggregation.MGDA"}},
+    }
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     for name, batch, devices in (("ddp", 16, 2), ("single", 32, 1)):
         config = balanced_config(aggregator, batch)
         config["trainer"].update(
-            max_steps=6, devices=devices, accelerator="cpu", limit_val_batches=1,
-            strategy="ddp" if devices > 1 else "auto", deterministic=False,
-            callbacks=[{"class_path": "balancing_ddp.SaveRankWeights",
-                        "init_args": {"folder": str(tmp_path / f"{name}-weights")}}])
-        config["model"]["init_args"]["model"]["init_args"]["encoder"] = [{
-            "class_path": "runtime.encoders.MLPEncoder",
-            "init_args": {"in_features": 8, "hidden_sizes": [16]}}]
+            max_steps=6,
+            devices=devices,
+            accelerator="cpu",
+            limit_val_batches=1,
+            strategy="ddp" if devices > 1 else "auto",
+            deterministic=False,
+            callbacks=[
+                {
+                    "class_path": "balancing_ddp.SaveRankWeights",
+                    "init_args": {"folder": str(tmp_path / f"{name}-weights")},
+                }
+            ],
+        )
+        config["model"]["init_args"]["model"]["init_args"]["encoder"] = [
+            {
+                "class_path": "runtime.encoders.MLPEncoder",
+                "init_args": {"in_features": 8, "hidden_sizes": [16]},
+            }
+        ]
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
-        done = subprocess.run([sys.executable, "-m", "runtime.cli", f"{name}.yaml", "--run-dir",
-                               name], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "runtime.cli", f"{name}.yaml", "--run-dir", name],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"ddp-weights/rank{r}.pt", weights_only=True)
-             for r in (0, 1)]
+    ranks = [torch.load(tmp_path / f"ddp-weights/rank{r}.pt", weights_only=True) for r in (0, 1)]
     single = torch.load(tmp_path / "single-weights/rank0.pt", weights_only=True)
     start = torch.load(tmp_path / "single/checkpoints/last.ckpt", weights_only=True)
     assert start["global_step"] == 6
