@@ -47,6 +47,7 @@ from lightning.pytorch import Callback
 from torch import Tensor, nn
 
 from runtime.stages import select
+from runtime.tasks import multitask_loss
 
 EXTRA_HINT = 'pip install "mtl-toolkit[balancing]"'
 _EPS = 1e-8
@@ -759,14 +760,13 @@ def task_losses(
         inputs = part["inputs"]
         size = (inputs if isinstance(inputs, Tensor) else next(iter(targets.values()))).shape[0]
         samples += size
-        for name, target in targets.items():
-            task = module.tasks[name]
-            loss = task.loss(outputs[name], target)
+        _, raw = multitask_loss(module.tasks, outputs, targets)
+        for name, loss in raw.items():
             if log:
                 module.log(
                     f"train/{name}/loss", loss, on_step=False, on_epoch=True, batch_size=size
                 )
-            weighted = loss * task.loss_weight
+            weighted = loss * module.tasks[name].loss_weight
             losses[name] = weighted if name not in losses else losses[name] + weighted
         found = module.model.aux_losses()
         if found:
