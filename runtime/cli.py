@@ -153,10 +153,14 @@ class RunCLI(LightningCLI):
         return f"{where}{explain_argument_error(err, config, groups)}"
 
     def before_instantiate_classes(self) -> None:
+        from runtime.balancing import check_run_config
         from runtime.preflight import check_trainer_values
 
         where = f"{self.config_path}: " if self.config_path else ""
         check_trainer_values(self.config.trainer.as_dict(), where)
+        problem = check_run_config(self.config)
+        if problem:
+            raise ConfigError(f"{where}{problem}")
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir else (
             default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
         if self.subcommand_name == "fit" and not self.config.check:

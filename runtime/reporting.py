@@ -127,6 +127,41 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
     plt.close(fig)
 
 
+def plot_task_weights(run_dir: Path) -> Path | None:
+    """``task_weights.png``: each task's balancer weight (``train/weight/<task>`` in
+    metrics.csv) over training steps; None when the run logged no weights."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key and key.startswith("train/weight/") and value:
+                    steps, values = series.setdefault(key.removeprefix("train/weight/"), ([], []))
+                    steps.append(float(row["step"]))
+                    values.append(float(value))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task, (steps, values) in series.items():
+        ax.plot(steps, values, label=task)
+    ax.set_xlabel("step")
+    ax.set_ylabel("task weight")
+    ax.set_title("balancer weights (train/weight/<task>)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "task_weights.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def write_confusion_matrices(run_dir: Path, confusion: dict[str, list[list[int]]],
                              tasks: dict[str, Task], prefix: str, title: str) -> list[Path]:
     paths = []

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from runtime.balancing import describe as describe_balancer
 from runtime.reporting import (
     ValidationHistory,
     absent_metrics,
     header_comments,
     per_task_report,
+    plot_task_weights,
     run_info,
     task_metrics,
     write_confusion_matrices,
@@ -63,6 +65,7 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
     config_path = cli.config_path or run_dir / "config.yaml"
     info = run_info(argv, stage, config_path, cli.config.seed_everything)
+    info["balancer"] = describe_balancer(cli.config)
     embeddings = task_embedding_sources(cli.model)
     if embeddings:
         info["task_embeddings"] = embeddings
@@ -109,6 +112,7 @@ def _fit(cli: RunCLI) -> None:
               "validation samples, or no validation ran): summary.json marks them null",
               file=sys.stderr)
     write_json(run_dir / "summary.json", summary)
+    plot_task_weights(run_dir)
     write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
     _print_results("best validation", summary)
 

@@ -1,7 +1,8 @@
 """The LightningDataModule that combines one per-dataset module per dataset.
 
 Each batch comes from one dataset, with that dataset's batch size, as the batch contract's dict
-``{"dataset", "inputs", "targets", "index"}``. Sampling and sharding live in
+``{"dataset", "inputs", "targets", "index"}``; with ``sample_mode: all_datasets`` a training
+batch is ``{"dataset": None, "parts": [one such dict per dataset]}``. Sampling and sharding live in
 :class:`runtime.data.sampler.MultiDatasetBatchSampler`; this module wires the per-dataset
 modules to it, checks the configuration and keeps the training position for checkpoints.
 """
@@ -39,7 +40,9 @@ class BatchAssembler(Dataset):
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets)
 
-    def __getitem__(self, key: BatchKey) -> Batch:
+    def __getitem__(self, key: BatchKey | tuple[BatchKey, ...]) -> Batch:
+        if isinstance(key, tuple) and not isinstance(key, BatchKey):  # all_datasets: one step
+            return {"dataset": None, "parts": [self[k] for k in key]}
         dataset = self.datasets[key.dataset]
         index = torch.as_tensor(np.ascontiguousarray(key.indices), dtype=torch.long)
         if hasattr(dataset, "get_batch"):
@@ -78,8 +81,9 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         batch_sizes: dataset name -> per-rank batch size (default: the module's batch_size).
         dataset_tasks: dataset name -> tasks whose targets its batches carry (default: all the
             module's tasks); naming a task the module does not serve is an error.
-        sample_mode: "random_cycle", "round_robin", "proportional" or "temperature" (see the
-            README for each mode's epoch length).
+        sample_mode: "random_cycle", "round_robin", "proportional", "temperature" (see the
+            README for each mode's epoch length) or "all_datasets" (every step holds one batch
+            of every dataset, each with its own batch size: docs/balancing.md).
         refill: upsample smaller datasets while training (never for validation/test/predict).
         temperature: T of the temperature mode: dataset weight = size ** (1 / T).
         sample_limit: samples per epoch per dataset (an int for all, or per dataset name),
