@@ -20,6 +20,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from runtime import balancing
+from runtime.balancing import Balancer
 from runtime.ema import WeightEMA
 from runtime.init_from import ROUTING_KEY, TASKS_KEY, InitFrom, apply_init_from
 from runtime.metrics import ConfusionMatrixMetrics
@@ -72,10 +74,12 @@ class MultiTaskModule(LightningModule):
     checkpoint so ``--resume`` continues exactly). ``init_from`` starts a fresh fit from a
     trained run's weights (isolate fine-tune, see ``runtime.init_from``). Auxiliary losses of
     the model (mixture-of-experts load balancing) join the training loss and are logged as
-    ``train/moe_aux_loss``. Training losses are summed on the device and logged once per
-    log interval and epoch (``runtime.step_stats``); ``non_finite_loss`` says what a NaN or
-    infinite training loss does: ``stop`` (the default, reported at the next log interval)
-    or ``skip`` (that step's update is skipped; costs one host sync per step).
+    ``train/moe_aux_loss``. ``balancer`` (``runtime.balancing``) decides how the task losses
+    combine; without it a step minimises ``sum(loss_weight * loss)``. Training losses are
+    summed on the device and logged once per log interval and epoch (``runtime.step_stats``);
+    ``non_finite_loss`` says what a NaN or infinite training loss does: ``stop`` (the
+    default, reported at the next log interval) or ``skip`` (that step's update is skipped;
+    costs one host sync per step).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class MultiTaskModule(LightningModule):
         scheduler_interval: Literal["step", "epoch"] = "step",
         ema_decay: float | None = None,
         init_from: InitFrom | None = None,
+        balancer: Balancer | None = None,
         non_finite_loss: NonFinitePolicy = "stop",
     ) -> None:
         super().__init__()
@@ -101,8 +106,8 @@ class MultiTaskModule(LightningModule):
             width = model.task_num_outputs(name)
             if width is not None and width != task.num_outputs:
                 raise ValueError(
-                    f"task {name!r}: its head gives {width} outputs but the task definition "
-                    f"has {task.num_outputs} (check num_outputs / class names)"
+                    f"model.init_args.tasks.{name}: its head gives {width} outputs but the task "
+                    f"definition has {task.num_outputs} (check num_outputs / class names)"
                 )
         self.model = model
         self.tasks = nn.ModuleDict(tasks)
@@ -118,6 +123,9 @@ class MultiTaskModule(LightningModule):
         self._pending_rng: dict[str, Any] | None = None
         self.init_from = init_from
         self._init_applied = False
+        self.balancer = balancer
+        if balancer is not None:
+            balancer.bind(model.task_names, model)
         self.step_stats = StepStats(list(tasks), non_finite_loss)
 
     # ---- forward / steps -------------------------------------------------------------------
@@ -148,7 +156,12 @@ class MultiTaskModule(LightningModule):
         return total
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
-        return self._step(batch, "train")
+        if self.balancer is None and "parts" not in batch:
+            return self._step(batch, "train")
+        return balancing.training_step(self, batch)
+
+    def configure_callbacks(self) -> list[Any]:
+        return [] if self.balancer is None else [balancing.BalancingHooks()]
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
         self._step(batch, "val")
@@ -219,6 +232,9 @@ class MultiTaskModule(LightningModule):
             if metric.update_count == 0:
                 continue  # no batch of this task in this epoch
             values = metric.compute()
+            if not values:  # no labelled target this epoch: the metrics are absent, not 0
+                metric.reset()
+                continue
             logged.update({f"{stage}/{name}/{k}": v for k, v in values.items()})
             scores.append(self.tasks[name].score(values))
             if isinstance(metric, ConfusionMatrixMetrics):
