@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from .command import CONTEXT_SETTINGS, version_option
 from .errors import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -21,7 +22,8 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(context_settings=CONTEXT_SETTINGS)
+@version_option("mtl-make-config")
 @click.argument("maker", required=False, type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Where to write the run config (default: the maker's output_path, "

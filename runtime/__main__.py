@@ -1,5 +1,7 @@
 """``python -m runtime`` is ``mtl-run`` (DDP workers are re-launched the same way)."""
 
-from runtime.cli import main
+import sys
 
-main()
+from runtime.entry import main
+
+sys.exit(main())

@@ -7,7 +7,6 @@ every object from its ``class_path``/``init_args``; this module adds the run dir
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import warnings
@@ -24,11 +23,15 @@ from lightning.pytorch.cli import LightningCLI
 from runtime.checkpoints import newest_loadable
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
 from runtime.csv_log import RunCSVLogger
+from runtime.entry import (
+    default_run_dir,
+    existing_run_dir_message,
+    launched_as_rank_zero,
+    split_command_line,
+)
 from runtime.reporting import ValidationHistory
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path")
-_FLAGS = ("--resume", "--force", "--check", "--help", "-h", "--print_config")
 
 
 @dataclass
@@ -61,34 +64,6 @@ class _CheckPassed(Exception):
     """Raised after parsing in ``--check`` mode so nothing gets built."""
 
 
-def split_command_line(argv: list[str]) -> tuple[str, Path | None, list[str]]:
-    """(subcommand, positional config path, jsonargparse arguments with ``--config`` first)."""
-    args = list(argv)
-    subcommand = args.pop(0) if args and args[0] in SUBCOMMANDS else "fit"
-    for i, arg in enumerate(args):
-        previous = args[i - 1] if i else ""
-        takes_value = previous.startswith("-") and "=" not in previous and previous not in _FLAGS
-        if not arg.startswith("-") and not takes_value:
-            rest = args[:i] + args[i + 1:]
-            return subcommand, Path(arg), ["--config", arg, *rest]
-    return subcommand, None, args
-
-
-def default_run_dir(config_path: Path) -> Path:
-    """``runs/<config stem>/`` (without a ``.run`` suffix), or the run directory a ``config.yaml``
-    was saved in."""
-    if config_path.name == "config.yaml" and (config_path.parent / "run_info.json").exists():
-        return config_path.parent
-    stem = config_path.stem
-    return Path("runs") / (stem.removesuffix(".run") or stem)  # quickstart.run.yaml -> quickstart
-
-
-def launched_as_rank_zero() -> bool:
-    """Whether this process is rank 0 of its launch (Lightning, torchrun, SLURM set these)."""
-    return all(os.environ.get(var, "0") == "0"
-               for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
-
-
 class RunCLI(LightningCLI):
     """LightningCLI without subcommand dispatch: ``main`` runs the subcommand itself."""
 
@@ -110,6 +85,7 @@ class RunCLI(LightningCLI):
             parser_kwargs={
                 "exit_on_error": False,
                 "prog": f"mtl-run {subcommand}",
+                "usage": f"mtl-run {subcommand} RUN.yaml [options] [--key.path=VALUE ...]",
                 "description": "Run a compiled multitask run config: "
                 "mtl-run [fit|validate|test|predict] RUN.yaml [--key.path=value ...]",
             },
@@ -123,7 +99,7 @@ class RunCLI(LightningCLI):
             ("--force", "Delete an existing run directory and start over."),
             ("--check", "Only validate the config against the classes; build nothing."),
         ):
-            parser.add_argument(flag, action=ActionYesNo(yes_prefix="", no_prefix="--no_"),
+            parser.add_argument(flag, action=ActionYesNo(yes_prefix="", no_prefix="no_"),
                                 default=False, help=text)
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None,
@@ -173,9 +149,7 @@ class RunCLI(LightningCLI):
                     "refusing to delete it")
             shutil.rmtree(run_dir)
         elif exists:
-            raise ConfigError(
-                f"run directory {run_dir} already exists: pass --resume to continue it, "
-                "--force to delete it and start over, or --run-dir for another directory")
+            raise ConfigError(existing_run_dir_message(run_dir))
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         assert self.run_dir is not None

@@ -157,8 +157,11 @@ class MultiTaskModule(LightningModule):
         """Per-task predictions for the tasks of the batch's dataset."""
         tasks = self._predict_tasks(batch)
         outputs = self.model(batch["inputs"], tasks)
+        targets = batch.get("targets") or {}
         return {
             "dataset": batch.get("dataset"),
+            "index": batch.get("index"),  # sample ids and true labels go into the CSVs
+            "targets": {t: targets[t] for t in tasks if t in targets},
             "outputs": {t: self.tasks[t].predict(outputs[t]) for t in tasks},
         }
 
