@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,13 +21,14 @@ from lightning.pytorch.cli import LightningCLI
 
 from runtime.checkpoints import newest_loadable
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
-from runtime.csv_log import RunCSVLogger
+from runtime.csv_log import RunCSVLogger, tensorboard_logger
 from runtime.entry import (
     default_run_dir,
     existing_run_dir_message,
     launched_as_rank_zero,
     split_command_line,
 )
+from runtime.quiet import quiet_lightning, summary_kwargs
 from runtime.reporting import ValidationHistory
 
 _CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path")
@@ -49,6 +49,8 @@ class RunOptions:
         early_stopping_patience: stop after this many validations without improvement.
         num_threads: torch intra-op CPU threads (``torch.set_num_threads``); 1 is much faster
             for small models on a busy or 2-core machine. None keeps torch's default.
+        tensorboard: also log to TensorBoard in ``RUN_DIR/tensorboard/`` (needs the
+            ``[tensorboard]`` extra; view with ``tensorboard --logdir RUN_DIR/tensorboard``).
     """
 
     monitor: str = "val/score"
@@ -58,6 +60,7 @@ class RunOptions:
     keep_step_checkpoints: int = 2
     early_stopping_patience: int | None = None
     num_threads: int | None = None
+    tensorboard: bool = False
 
 
 class _CheckPassed(Exception):
@@ -155,13 +158,17 @@ class RunCLI(LightningCLI):
         assert self.run_dir is not None
         kwargs["default_root_dir"] = str(self.run_dir)
         kwargs["logger"] = (
-            RunCSVLogger(self.run_dir, resume_step=self.resume_step)
+            [RunCSVLogger(self.run_dir, resume_step=self.resume_step),
+             *([tensorboard_logger(self.run_dir)] if self.config.run.tensorboard else [])]
             if self.subcommand_name == "fit" else False
         )
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         if not isinstance(configured, list):
             configured = [configured]
-        kwargs["callbacks"] = [*configured, *self._run_callbacks()]
+        summary_args, summary_callbacks = summary_kwargs(self._get(self.config_init, "trainer",
+                                                                   default={}))
+        kwargs.update(summary_args)
+        kwargs["callbacks"] = [*configured, *self._run_callbacks(), *summary_callbacks]
         return super().instantiate_trainer(**kwargs)
 
     def _run_callbacks(self) -> list[Callback]:
@@ -218,7 +225,7 @@ def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_known_warnings()
+    quiet_lightning()
     subcommand, config_path, args = split_command_line(argv)
     try:
         cli = RunCLI(subcommand, config_path, args)
@@ -237,14 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         return _config_error(str(err))
     print(cli.run_dir)
     return 0
-
-
-def _quiet_known_warnings() -> None:
-    """Warnings that say nothing to an mtl-run user (we pass args on purpose; the run
-    directory holds our own files before the CSV logger starts)."""
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
 def _config_error(message: str) -> int:

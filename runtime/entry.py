@@ -160,7 +160,7 @@ def precheck(argv: list[str]) -> None:
     """Every refusal that needs neither torch nor the config's classes."""
     subcommand, config_path, args = split_command_line(argv)
     _check_options(args)
-    config = config_path or _option_value(args, "--config")
+    config = config_path or _option_value(args, "--config", "-c")
     if config is None:
         raise UsageError(f"missing RUN.yaml (a compiled run config)\n{USAGE}")
     _check_config_file(Path(config))
