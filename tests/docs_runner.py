@@ -185,6 +185,13 @@ def run_example(block: Block, cwd: Path, env: dict[str, str]) -> None:
         )
     except subprocess.TimeoutExpired as exc:
         raise DocsError(f"{block.where}: example still running after {exc.timeout} s") from None
+    transcripts = os.environ.get("DOCS_TRANSCRIPTS")  # a folder: keep what each block printed
+    if transcripts:
+        name = f"{str(block.page).replace('/', '_')}-{block.line:04d}.txt"
+        Path(transcripts).mkdir(parents=True, exist_ok=True)
+        (Path(transcripts) / name).write_text(
+            f"$ exit {done.returncode}\n{block.code}--- stdout\n{done.stdout}--- stderr\n"
+            f"{done.stderr}")
     if done.returncode != block.exit_code:
         raise DocsError(
             f"{block.where}: example exited with {done.returncode}, the docs say "
