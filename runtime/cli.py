@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         run_subcommand(cli, argv)
     except ConfigError as err:  # found once the objects exist (e.g. init_from's checkpoint)
         return _config_error(str(err))
-    print(cli.run_dir)
+    if cli.trainer.is_global_zero:  # the last line of stdout, once per launch
+        print(cli.run_dir)
     return 0
 
 
