@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from jsonargparse import ActionYesNo, ArgumentError
 from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -68,11 +69,13 @@ class _CheckPassed(Exception):
 
 
 class RunCLI(LightningCLI):
-    """LightningCLI without subcommand dispatch: ``main`` runs the subcommand itself."""
+    """LightningCLI without subcommand dispatch: ``run_command`` runs the subcommand itself."""
 
-    def __init__(self, subcommand: str, config_path: Path | None, args: list[str]) -> None:
+    def __init__(self, subcommand: str, config_path: Path | None, args: list[str],
+                 source: dict[str, Any] | None = None) -> None:
         self.subcommand_name = subcommand
         self.config_path = config_path
+        self.source = source  # a run config given as a dict (the Python API), not a file
         self.run_dir: Path | None = None
         self.resume_from: Path | None = None
         self.resume_step: int | None = None
@@ -116,7 +119,7 @@ class RunCLI(LightningCLI):
             raise ConfigError(self._explain(err, parser)) from None
 
     def _explain(self, err: ArgumentError, parser: Any) -> str:
-        config = load_yaml(self.config_path) if self.config_path else None
+        config = load_yaml(self.config_path) if self.config_path else self.source
         defaults = parser.get_defaults().as_dict()
         groups = {k: list(v) for k, v in defaults.items() if isinstance(v, dict)}
         groups[""] = list(defaults)
@@ -223,24 +226,38 @@ def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI:
+    """Run one ``mtl-run`` command line (``argv`` as typed after ``mtl-run``) and return the
+    finished CLI; bad input raises ``ConfigError``. The one path of ``main`` and of
+    :mod:`runtime.api`, whose run configs may be dicts: ``source`` then stands for RUN.yaml.
+    """
     quiet_lightning()
     subcommand, config_path, args = split_command_line(argv)
+    if source is not None:
+        try:
+            text = yaml.safe_dump(source, sort_keys=False)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"the run config holds a value that is not plain data "
+                              f"(numbers, strings, lists, dicts): {err}") from None
+        args = ["--config", text, *args]
     try:
-        cli = RunCLI(subcommand, config_path, args)
-    except _CheckPassed:
-        print(f"{config_path}: OK")
-        return 0
+        cli = RunCLI(subcommand, config_path, args, source=source)
     except ArgumentError as err:  # raised outside parse_arguments (e.g. a bad --help use)
-        return _config_error(str(err))
-    except ConfigError as err:
-        return _config_error(str(err))
+        raise ConfigError(str(err)) from None
     from runtime.runner import run_subcommand
 
+    run_subcommand(cli, argv)  # ConfigErrors found once the objects exist (e.g. init_from)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        run_subcommand(cli, argv)
-    except ConfigError as err:  # found once the objects exist (e.g. init_from's checkpoint)
+        cli = run_command(argv)
+    except _CheckPassed:
+        print(f"{split_command_line(argv)[1]}: OK")
+        return 0
+    except ConfigError as err:
         return _config_error(str(err))
     if cli.trainer.is_global_zero:  # the last line of stdout, once per launch
         print(cli.run_dir)
