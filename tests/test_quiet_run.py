@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from runtime_toy import toy_config
 
@@ -24,6 +25,7 @@ def mtl_run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+@pytest.mark.slow
 def test_a_run_and_its_resume_print_no_noise_and_log_to_tensorboard(tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(toy_config(max_epochs=1, trainer={
