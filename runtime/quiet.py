@@ -40,8 +40,13 @@ def quiet_lightning() -> None:
     """Install the filters (idempotent)."""
     for pattern in _DROPPED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    names = ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero",
-             "lightning.fabric.utilities.rank_zero", "lightning.fabric", "")
+    names = (
+        "lightning.pytorch",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric",
+        "",
+    )
     for name in names:
         logger = logging.getLogger(name)
         targets: list[Any] = [logger, *logger.handlers]
@@ -58,8 +63,11 @@ class ParameterSummary(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         total = sum(p.numel() for p in pl_module.parameters())
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
-        print(f"model: {type(getattr(pl_module, 'model', pl_module)).__name__}, "
-              f"{total:,} parameters ({trainable:,} trainable)", file=sys.stderr)
+        print(
+            f"model: {type(getattr(pl_module, 'model', pl_module)).__name__}, "
+            f"{total:,} parameters ({trainable:,} trainable)",
+            file=sys.stderr,
+        )
 
 
 def summary_kwargs(trainer_config: dict[str, Any]) -> tuple[dict[str, Any], list[Callback]]:

@@ -191,7 +191,8 @@ def run_example(block: Block, cwd: Path, env: dict[str, str]) -> None:
         Path(transcripts).mkdir(parents=True, exist_ok=True)
         (Path(transcripts) / name).write_text(
             f"$ exit {done.returncode}\n{block.code}--- stdout\n{done.stdout}--- stderr\n"
-            f"{done.stderr}")
+            f"{done.stderr}"
+        )
     if done.returncode != block.exit_code:
         raise DocsError(
             f"{block.where}: example exited with {done.returncode}, the docs say "

@@ -35,8 +35,9 @@ def documented_options() -> dict[str, set[str]]:
 
 
 def help_options(command: str) -> set[str]:
-    done = subprocess.run([str(BIN / command), "--help"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [str(BIN / command), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     text = done.stdout
     if "Options:" in text:  # click: only the option list, not the examples below it
@@ -59,4 +60,5 @@ def test_documented_options_match_help(command):
     shown = help_options(command)
     assert documented == shown, (
         f"docs/commands.md's table for {command} differs from `{command} --help`: "
-        f"undocumented {sorted(shown - documented)}, not options {sorted(documented - shown)}")
+        f"undocumented {sorted(shown - documented)}, not options {sorted(documented - shown)}"
+    )

@@ -13,14 +13,26 @@ import yaml
 from runtime_toy import toy_config
 
 TESTS = Path(__file__).resolve().parent
-NOISE = ("Tip:", "litlogger", "FLOPs", "sync_dist", "exists and is not empty",
-         "estimate number of stepping batches")
+NOISE = (
+    "Tip:",
+    "litlogger",
+    "FLOPs",
+    "sync_dist",
+    "exists and is not empty",
+    "estimate number of stepping batches",
+)
 
 
 def mtl_run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    done = subprocess.run([sys.executable, "-m", "runtime", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -28,11 +40,17 @@ def mtl_run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_a_run_and_its_resume_print_no_noise_and_log_to_tensorboard(tmp_path):
     config = tmp_path / "toy.yaml"
-    config.write_text(yaml.safe_dump(toy_config(max_epochs=1, trainer={
-        "enable_progress_bar": False, "enable_model_summary": None})))
+    config.write_text(
+        yaml.safe_dump(
+            toy_config(
+                max_epochs=1, trainer={"enable_progress_bar": False, "enable_model_summary": None}
+            )
+        )
+    )
     first = mtl_run(tmp_path, "toy.yaml", "--run.tensorboard=true")
-    resumed = mtl_run(tmp_path, "toy.yaml", "--resume", "--trainer.max_epochs=2",
-                      "--run.tensorboard=true")
+    resumed = mtl_run(
+        tmp_path, "toy.yaml", "--resume", "--trainer.max_epochs=2", "--run.tensorboard=true"
+    )
     for done in (first, resumed):
         printed = done.stdout + done.stderr
         assert not [n for n in NOISE if n in printed], printed
