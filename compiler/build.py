@@ -103,19 +103,23 @@ def compile_maker(
     sets: list[str] | tuple[str, ...] = (),
     output: str | Path | None = None,
     single: int | None = None,
+    subset: tuple[int, ...] | None = None,
 ) -> Compiled:
     """Compile a maker config (a file, or a parsed ``Source``) into a run config (nothing is
     written).
 
     ``single`` compiles the maker's dataset of that index alone: a single-task baseline
     with the same base, substitutions and overrides (see :func:`compile_single_tasks`).
+    ``subset`` does the same for several datasets (indices in maker order; sweeps' groups).
     """
     from .detect import choose_dialect
 
     maker = load_maker(maker_path if isinstance(maker_path, Source) else Path(maker_path))
     hooks = choose_dialect(maker, dialect)  # from the whole maker, as its multitask compile
     if single is not None:
-        maker = replace(maker, datasets=[maker.datasets[single]])
+        subset = (single,)
+    if subset is not None:
+        maker = replace(maker, datasets=[maker.datasets[i] for i in subset])
     names, keys = parse_sets(sets)
     values = hooks.substitution_values(maker, names)
     stages: list[Stage] = []
@@ -153,8 +157,8 @@ def compile_maker(
                 stages.append(Stage("local override", maker.source,
                                     ("local_overrides", *place.dataset_key), place.run_key))
     _check_unique(datasets)
-    if single is not None:
-        maker, global_ = _single_task_view(maker, global_, datasets[0], hooks)
+    if subset is not None:
+        maker, global_ = _subset_view(maker, global_, datasets, hooks)
 
     run = hooks.assemble(normalize(base.doc), datasets)
     heads_last = hooks.merge_heads_after_overrides
@@ -201,25 +205,27 @@ _PER_DATASET = tuple(("data", "init_args", k) for k in ("data_modules", "batch_s
                                                         "dataset_tasks"))
 
 
-def _single_task_view(maker: Maker, global_: Any, ds: DatasetParts,
-                      hooks: Dialect) -> tuple[Maker, Any]:
+def _subset_view(maker: Maker, global_: Any, chosen: list[DatasetParts],
+                 hooks: Dialect) -> tuple[Maker, Any]:
     """Drop label groups and global overrides that aim at tasks or datasets not present."""
-    tasks = set(ds.tasks)
+    tasks = {t for ds in chosen for t in ds.tasks}
+    names = {ds.name for ds in chosen}
     groups = [[t for t in g if t in tasks] for g in maker.same_label_groups]
     maker = replace(maker, same_label_groups=[g for g in groups if g])
-    merged = {hooks.merged_name(d[-1].get("class_path", "")) for d in ds.decoders.values()
-              if isinstance(d[-1], dict)}
+    merged = {hooks.merged_name(d[-1].get("class_path", "")) for ds in chosen
+              for d in ds.decoders.values() if isinstance(d[-1], dict)}
+    label = "single-task run" if len(chosen) == 1 else "run of"
     for path, allowed in [(p, tasks | merged) for p in _PER_TASK] + [
-        (p, {ds.name}) for p in _PER_DATASET
+        (p, names) for p in _PER_DATASET
     ]:
         block = get_path(global_, path)
         if not isinstance(block, dict):
             continue
         foreign = [k for k in block if k.lstrip("~").rstrip("+") not in allowed]
         if foreign:
-            hooks.warn(f"single-task run '{ds.name}': global_overrides for "
+            hooks.warn(f"{label} '{'+'.join(sorted(names))}': global_overrides for "
                        f"{', '.join(f'{format_key(path)}.{k}' for k in foreign)} dropped "
-                       "(not in this dataset)")
+                       f"(not in {'this dataset' if len(chosen) == 1 else 'these datasets'})")
             global_ = set_path(global_, path, {k: v for k, v in block.items()
                                                if k not in foreign})
     return maker, global_

@@ -41,6 +41,10 @@ def _fail(message: str) -> None:
 @click.option("--single-task", is_flag=True,
               help="Write one single-task run config per dataset into the folder -o DIR "
                    "(default: MAKER's folder/<stem>_single), as baselines for mtl-compare.")
+@click.option("--sweep", is_flag=True,
+              help="Expand the maker's sweep: section into a study folder -o DIR (default: "
+                   "studies/<stem>): one run config per combination and study.yaml, for "
+                   "mtl-study.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and warnings on stderr.")
 def main(
     maker: Path | None,
@@ -51,6 +55,7 @@ def main(
     to_stdout: bool,
     schema: bool,
     single_task: bool,
+    sweep: bool,
     quiet: bool,
 ) -> None:
     """Compile MAKER (a maker config) into one standalone run config.
@@ -61,6 +66,7 @@ def main(
       mtl-make-config maker_configs/quickstart.yaml -o runs/qs.yaml --set lr=0.01
       mtl-make-config maker_configs/quickstart.yaml --explain model.init_args.optimizer
       mtl-make-config maker_configs/quickstart.yaml --single-task -o runs/baselines
+      mtl-make-config maker_configs/study_digits.yaml --sweep -o studies/digits
     """
     if schema:
         import json
@@ -74,8 +80,15 @@ def main(
     if single_task and (explain or to_stdout):
         raise click.UsageError("--single-task writes files; it cannot be combined with "
                                "--explain or --print")
+    if sweep and (single_task or explain or to_stdout):
+        raise click.UsageError("--sweep writes a study folder; it cannot be combined with "
+                               "--single-task, --explain or --print")
     try:
-        if single_task:
+        if sweep:
+            from .sweep import run_sweep_command
+
+            run_sweep_command(maker, output, dialect, sets, quiet, _report)
+        elif single_task:
             _run_single(maker, output, dialect, sets, quiet)
         else:
             _run(maker, output, dialect, sets, explain, to_stdout, quiet)

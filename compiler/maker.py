@@ -13,6 +13,7 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 from .finetune import SCHEMA as FINETUNE_SCHEMA
 from .finetune import FinetuneFrom, load_finetune_from
+from .sweep import SCHEMA as SWEEP_SCHEMA
 from .yamlio import Source, load_source, resolve_path
 
 _PATH = {"type": "string", "minLength": 1}
@@ -64,6 +65,7 @@ FIELDS: dict[str, dict[str, Any]] = {
         },
     },
     "finetune_from": FINETUNE_SCHEMA,
+    "sweep": SWEEP_SCHEMA,
 }
 MERGE_OPTIONS = tuple(FIELDS["merge_options"]["properties"])
 

@@ -126,6 +126,11 @@ def _values(runs: list[RunFigures], task: str, metric: str) -> list[float]:
     return out
 
 
+def task_stats(runs: list[RunFigures], task: str, metric: str) -> dict[str, Any]:
+    """Mean, sample std and count of one task's metric over runs (seeds), as in compare."""
+    return _stats(_values(runs, task, metric))
+
+
 def compare(multitask: list[RunFigures], baseline: list[RunFigures]) -> dict[str, Any]:
     """Per-task figures of both sides, per-task gains and delta-m (all in percent)."""
     tasks = list(dict.fromkeys(t for run in multitask for t in run.summary))
@@ -144,8 +149,8 @@ def compare(multitask: list[RunFigures], baseline: list[RunFigures]) -> dict[str
         metrics: dict[str, Any] = {}
         run_gains = [0.0] * len(multitask)
         for metric in primary.metrics:
-            mt = _stats(_values(multitask, task, metric))
-            st = _stats(_values(baseline, task, metric))
+            mt = task_stats(multitask, task, metric)
+            st = task_stats(baseline, task, metric)
             if st["mean"] == 0:
                 raise ConfigError(f"task '{task}': the single-task baseline's {metric} is 0, so "
                                   "the relative gain is undefined")
