@@ -31,6 +31,7 @@ from pathlib import Path
 RUN_LANGS = ("bash", "sh", "console", "python")
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
 MARKER = re.compile(r"^\s*<!--\s*(.*?)\s*-->\s*$")
+SUBCOMMAND = re.compile(r"[a-z][a-z_-]*")  # a bare word right after the command name
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w.-]*")
 BLOCK_TIMEOUT_S = 600
 
@@ -225,8 +226,8 @@ def command_flags(code: str) -> list[tuple[str, str]]:
             name = Path(token.rstrip(")")).name
             if name.startswith("mtl-"):
                 command = [name]
-            elif command == ["mtl-run"] and token in ("fit", "validate", "test", "predict"):
-                command = ["mtl-run", token]
+            elif command and len(command) == 1 and SUBCOMMAND.fullmatch(token):
+                command = [*command, token]  # `mtl-run fit`, `mtl-study run`: its own --help
             elif token in ("|", "||", "&&", ";") or token.endswith(";"):
                 command = None
             elif command and token.startswith("--"):

@@ -20,6 +20,7 @@ COMMANDS = (
     "mtl-compare",
     "mtl-throughput",
     "mtl-ckpt-convert",
+    "mtl-study",
 )
 
 

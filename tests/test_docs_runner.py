@@ -138,12 +138,14 @@ def test_command_flags_follow_each_mtl_command():
         torchrun --nnodes=2 $(which mtl-run) fit run.yaml --trainer.devices=8 \\
           --run-dir runs/x  # --not-a-flag in a comment
         mtl-make-config m.yaml --set a=1 | grep x --count && mtl-eval runs/x --json=o.json
+        mtl-study run studies/x --max-parallel 2
         """)
     assert command_flags(code) == [
         ("mtl-run fit", "--trainer.devices"),
         ("mtl-run fit", "--run-dir"),
         ("mtl-make-config", "--set"),
         ("mtl-eval", "--json"),
+        ("mtl-study run", "--max-parallel"),
     ]
 
 
