@@ -7,10 +7,8 @@ every object from its ``class_path``/``init_args``; this module adds the run dir
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +26,13 @@ from compiler import exitcodes
 from compiler.errors import ConfigError as InputError
 from runtime.checkpoints import newest_loadable
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
-from runtime.csv_log import RunCSVLogger
+from runtime.csv_log import RunCSVLogger, tensorboard_logger
+from runtime.entry import (
+    default_run_dir,
+    existing_run_dir_message,
+    launched_as_rank_zero,
+    split_command_line,
+)
 from runtime.hardware import (
     DEVICE_HELP,
     CompileMode,
@@ -40,12 +44,11 @@ from runtime.hardware import (
     resolve_device,
     trainer_device,
 )
+from runtime.quiet import quiet_lightning, summary_kwargs
 from runtime.reporting import ValidationHistory
 from runtime.step_stats import NonFiniteLossError
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path", "device")
-_FLAGS = ("--resume", "--force", "--check", "--help", "-h", "--print_config")
 
 
 KeepCount = restricted_number_type("KeepCount", int, (">=", -1))
@@ -71,6 +74,8 @@ class RunOptions:
             float32 matrix products use TF32 on Ampere and newer GPUs). None keeps torch's.
         compile: ``torch.compile`` the model for training and evaluation (true, or a mode
             such as "reduce-overhead" or "max-autotune"); checkpoints load without it.
+        tensorboard: also log to TensorBoard in ``RUN_DIR/tensorboard/`` (needs the
+            ``[tensorboard]`` extra; view with ``tensorboard --logdir RUN_DIR/tensorboard``).
     """
 
     monitor: str = "val/score"
@@ -82,34 +87,7 @@ class RunOptions:
     num_threads: PositiveInt | None = None
     float32_matmul_precision: MatmulPrecision | None = None
     compile: bool | CompileMode = False
-
-
-def split_command_line(argv: list[str]) -> tuple[str, Path | None, list[str]]:
-    """(subcommand, positional config path, jsonargparse arguments with ``--config`` first)."""
-    args = list(argv)
-    subcommand = args.pop(0) if args and args[0] in SUBCOMMANDS else "fit"
-    for i, arg in enumerate(args):
-        previous = args[i - 1] if i else ""
-        takes_value = previous.startswith("-") and "=" not in previous and previous not in _FLAGS
-        if not arg.startswith("-") and not takes_value:
-            rest = args[:i] + args[i + 1:]
-            return subcommand, Path(arg), ["--config", arg, *rest]
-    return subcommand, None, args
-
-
-def default_run_dir(config_path: Path) -> Path:
-    """``runs/<config stem>/`` (without a ``.run`` suffix), or the run directory a ``config.yaml``
-    was saved in."""
-    if config_path.name == "config.yaml" and (config_path.parent / "run_info.json").exists():
-        return config_path.parent
-    stem = config_path.stem
-    return Path("runs") / (stem.removesuffix(".run") or stem)  # quickstart.run.yaml -> quickstart
-
-
-def launched_as_rank_zero() -> bool:
-    """Whether this process is rank 0 of its launch (Lightning, torchrun, SLURM set these)."""
-    return all(os.environ.get(var, "0") == "0"
-               for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+    tensorboard: bool = False
 
 
 class RunCLI(LightningCLI):
@@ -136,6 +114,7 @@ class RunCLI(LightningCLI):
                 "exit_on_error": False,
                 "allow_abbrev": False,  # --trainer.max_epoch must not mean max_epochs
                 "prog": f"mtl-run {subcommand}",
+                "usage": f"mtl-run {subcommand} RUN.yaml [options] [--key.path=VALUE ...]",
                 "description": "Run a compiled multitask run config: "
                 "mtl-run [fit|validate|test|predict] RUN.yaml [--key.path=value ...]",
             },
@@ -150,7 +129,7 @@ class RunCLI(LightningCLI):
             ("--check", "Build everything fit builds, set up the data and run one batch per "
                         "dataset through the model and loss; train nothing, write nothing."),
         ):
-            parser.add_argument(flag, action=ActionYesNo(yes_prefix="", no_prefix="--no_"),
+            parser.add_argument(flag, action=ActionYesNo(yes_prefix="", no_prefix="no_"),
                                 default=False, help=text)
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None,
@@ -219,21 +198,23 @@ class RunCLI(LightningCLI):
                     "refusing to delete it")
             shutil.rmtree(run_dir)
         elif exists:
-            raise ConfigError(
-                f"run directory {run_dir} already exists: pass --resume to continue it, "
-                "--force to delete it and start over, or --run-dir for another directory")
+            raise ConfigError(existing_run_dir_message(run_dir))
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         assert self.run_dir is not None
         kwargs["default_root_dir"] = str(self.run_dir)
         kwargs["logger"] = (
-            RunCSVLogger(self.run_dir, resume_step=self.resume_step)
+            [RunCSVLogger(self.run_dir, resume_step=self.resume_step),
+             *([tensorboard_logger(self.run_dir)] if self.config.run.tensorboard else [])]
             if self.subcommand_name == "fit" and not self.config.check else False
         )
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         if not isinstance(configured, list):
             configured = [configured]
-        kwargs["callbacks"] = [*configured, *self._run_callbacks()]
+        summary_args, summary_callbacks = summary_kwargs(self._get(self.config_init, "trainer",
+                                                                   default={}))
+        kwargs.update(summary_args)
+        kwargs["callbacks"] = [*configured, *self._run_callbacks(), *summary_callbacks]
         return super().instantiate_trainer(**kwargs)
 
     def _run_callbacks(self) -> list[Callback]:
@@ -293,7 +274,7 @@ def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI
     finished CLI; bad input raises ``ConfigError``. The one path of ``main`` and of
     :mod:`runtime.api`, whose run configs may be dicts: ``source`` then stands for RUN.yaml.
     """
-    _quiet_known_warnings()
+    quiet_lightning()
     subcommand, config_path, args = split_command_line(argv)
     if source is not None:
         try:
@@ -337,16 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     if cli.config.check:
         print(f"{split_command_line(argv)[1]}: OK")
         return 0
-    print(cli.run_dir)
+    if cli.trainer.is_global_zero:  # the last line of stdout, once per launch
+        print(cli.run_dir)
     return 0
-
-
-def _quiet_known_warnings() -> None:
-    """Warnings that say nothing to an mtl-run user (we pass args on purpose; the run
-    directory holds our own files before the CSV logger starts)."""
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
 def _config_error(message: str) -> int:

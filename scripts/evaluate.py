@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
 from scripts.common import atomic_output, bad_input_exits, device_option
 from scripts.metrics_table import task_table
@@ -84,9 +85,10 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 
 @click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    context_settings=CONTEXT_SETTINGS,
     epilog=EXAMPLES,
 )
+@version_option("mtl-eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--ckpt", default="best", show_default=True, metavar="last|best|PATH",
               help="Checkpoint of RUN_DIR to score.")
