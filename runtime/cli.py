@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from compiler import exitcodes
 from compiler.errors import ConfigError as InputError
 from runtime.checkpoints import newest_loadable
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
@@ -32,10 +33,22 @@ from runtime.entry import (
     launched_as_rank_zero,
     split_command_line,
 )
+from runtime.hardware import (
+    DEVICE_HELP,
+    CompileMode,
+    DeviceMemoryError,
+    MatmulPrecision,
+    apply_run_settings,
+    check_accelerator,
+    out_of_memory_message,
+    resolve_device,
+    trainer_device,
+)
 from runtime.quiet import quiet_lightning, summary_kwargs
 from runtime.reporting import ValidationHistory
+from runtime.step_stats import NonFiniteLossError
 
-_CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path")
+_CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path", "device")
 
 
 KeepCount = restricted_number_type("KeepCount", int, (">=", -1))
@@ -57,6 +70,10 @@ class RunOptions:
         early_stopping_patience: stop after this many validations without improvement.
         num_threads: torch intra-op CPU threads (``torch.set_num_threads``); 1 is much faster
             for small models on a busy or 2-core machine. None keeps torch's default.
+        float32_matmul_precision: ``torch.set_float32_matmul_precision`` ("high" lets
+            float32 matrix products use TF32 on Ampere and newer GPUs). None keeps torch's.
+        compile: ``torch.compile`` the model for training and evaluation (true, or a mode
+            such as "reduce-overhead" or "max-autotune"); checkpoints load without it.
         tensorboard: also log to TensorBoard in ``RUN_DIR/tensorboard/`` (needs the
             ``[tensorboard]`` extra; view with ``tensorboard --logdir RUN_DIR/tensorboard``).
     """
@@ -68,6 +85,8 @@ class RunOptions:
     keep_step_checkpoints: KeepCount = 2
     early_stopping_patience: NonNegativeInt | None = None
     num_threads: PositiveInt | None = None
+    float32_matmul_precision: MatmulPrecision | None = None
+    compile: bool | CompileMode = False
     tensorboard: bool = False
 
 
@@ -115,6 +134,10 @@ class RunCLI(LightningCLI):
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None,
             help="validate/test/predict: checkpoint to load (default: the run's best).")
+        parser.add_argument(
+            "--device", type=str | None, default=None,
+            help=f"Run on one device: {DEVICE_HELP.split(' (')[0]} or auto (sets "
+            "trainer.accelerator and trainer.devices); default: the config's trainer settings.")
         parser.add_class_arguments(RunOptions, "run")
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
@@ -142,10 +165,19 @@ class RunCLI(LightningCLI):
             raise ConfigError(f"{where}{problem}")
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir else (
             default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
+        self._choose_device()
         if self.subcommand_name == "fit" and not self.config.check:
             self._prepare_fit_dir()
-        if self.config.run.num_threads:
-            torch.set_num_threads(self.config.run.num_threads)
+        apply_run_settings(vars(self.config.run))
+
+    def _choose_device(self) -> None:
+        """``--device`` as trainer settings; a GPU the machine lacks is a config error."""
+        trainer = self.config.trainer
+        if self.config.device is not None:
+            for key, value in trainer_device(resolve_device(self.config.device)).items():
+                trainer[key] = value
+        where = f"{self.config_path}: " if self.config_path else ""
+        check_accelerator(trainer.accelerator, where)
 
     def _prepare_fit_dir(self) -> None:
         run_dir = self.run_dir
@@ -262,7 +294,12 @@ def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI
         return cli
     from runtime.runner import run_subcommand
 
-    run_subcommand(cli, argv)  # ConfigErrors found once the objects exist (e.g. init_from)
+    try:
+        run_subcommand(cli, argv)  # ConfigErrors found once the objects exist (e.g. init_from)
+    except torch.OutOfMemoryError:
+        sizes = getattr(cli.datamodule, "batch_sizes", None)
+        device = str(getattr(cli.model, "device", "the GPU"))
+        raise DeviceMemoryError(out_of_memory_message(device, sizes)) from None
     return cli
 
 
@@ -270,8 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cli = run_command(argv)
+    except DeviceMemoryError as err:
+        print(f"mtl-run: error: {err}", file=sys.stderr)
+        return exitcodes.BAD_INPUT
     except InputError as err:  # config, data, checkpoints: bad input from anywhere
         return _config_error(str(err))
+    except NonFiniteLossError as err:
+        print(f"mtl-run: error: {err}", file=sys.stderr)
+        return exitcodes.NON_FINITE_LOSS
     if cli.config.check:
         print(f"{split_command_line(argv)[1]}: OK")
         return 0

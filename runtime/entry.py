@@ -19,7 +19,7 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Switches that take no value (so the next argument is not theirs).
 _FLAGS = ("--resume", "--force", "--check", "--help", "-h", "--print_config")
 # Top-level options of the full parser (``mtl-run fit --help``); config keys go below them.
-RUN_OPTIONS = ("run_dir", "run-dir", "resume", "force", "check", "ckpt_path")
+RUN_OPTIONS = ("run_dir", "run-dir", "resume", "force", "check", "ckpt_path", "device")
 ROOT_OPTIONS = (
     *RUN_OPTIONS,
     "config",
@@ -53,6 +53,8 @@ run options:
   --force             delete an existing run directory and start over
   --check             validate the config against the classes; train nothing
   --ckpt_path PATH    validate/test/predict: the checkpoint (default: best, else last)
+  --device DEVICE     cpu, cuda, cuda:N or auto: run on that one device (sets
+                      trainer.accelerator and trainer.devices; default: the config's)
   --seed_everything N the run's seed
   --print_config      print the resolved config (every default filled in) and exit
   -h, --help          this help
@@ -141,7 +143,8 @@ def _check_options(args: list[str]) -> None:
             hint = did_you_mean(f"--{root}", [f"--{o}" for o in ROOT_OPTIONS])
             raise UsageError(
                 f"unknown option '--{root}'{hint}; run options are --run-dir, --resume, "
-                "--force, --check, --ckpt_path, --seed_everything, --print_config, and config "
+                "--force, --check, --ckpt_path, --device, --seed_everything, --print_config, "
+                "and config "
                 "keys are set as --trainer.KEY=VALUE, --model.KEY=VALUE, --data.KEY=VALUE or "
                 f"--run.KEY=VALUE (see `{PROG} fit --help`)"
             )

@@ -30,6 +30,10 @@ def classification_loss(
     The mean is weighted like ``F.cross_entropy``: by the class weight of each kept target.
     """
     valid = target != ignore_index
+    if class_weights is None and focal_gamma is None:  # the common case, in fewer kernels
+        total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum",
+                                label_smoothing=label_smoothing)
+        return total / valid.sum().clamp(min=1)
     safe_target = torch.where(valid, target, torch.zeros_like(target))
     weight = valid.to(logits.dtype)
     if class_weights is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -25,6 +26,7 @@ from runtime.ema import WeightEMA
 from runtime.init_from import ROUTING_KEY, TASKS_KEY, InitFrom, apply_init_from
 from runtime.metrics import ConfusionMatrixMetrics
 from runtime.model import MultiTaskModel
+from runtime.step_stats import CHECKPOINT_KEY, NonFinitePolicy, StepStats
 from runtime.tasks import Task, multitask_loss
 
 STAGES = ("val", "test")
@@ -73,7 +75,11 @@ class MultiTaskModule(LightningModule):
     trained run's weights (isolate fine-tune, see ``runtime.init_from``). Auxiliary losses of
     the model (mixture-of-experts load balancing) join the training loss and are logged as
     ``train/moe_aux_loss``. ``balancer`` (``runtime.balancing``) decides how the task losses
-    combine; without it a step minimises ``sum(loss_weight * loss)``.
+    combine; without it a step minimises ``sum(loss_weight * loss)``. Training losses are
+    summed on the device and logged once per log interval and epoch (``runtime.step_stats``);
+    ``non_finite_loss`` says what a NaN or infinite training loss does: ``stop`` (the
+    default, reported at the next log interval) or ``skip`` (that step's update is skipped;
+    costs one host sync per step).
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class MultiTaskModule(LightningModule):
         ema_decay: float | None = None,
         init_from: InitFrom | None = None,
         balancer: Balancer | None = None,
+        non_finite_loss: NonFinitePolicy = "stop",
     ) -> None:
         super().__init__()
         missing = sorted(set(model.task_names) - set(tasks))
@@ -119,34 +126,36 @@ class MultiTaskModule(LightningModule):
         self.balancer = balancer
         if balancer is not None:
             balancer.bind(model.task_names, model)
+        self.step_stats = StepStats(list(tasks), non_finite_loss)
 
     # ---- forward / steps -------------------------------------------------------------------
     def forward(self, inputs: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:
         return self.model(inputs, tasks)
 
-    def _step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
+    def _step(self, batch: Mapping[str, Any], stage: str) -> Tensor | None:
+        """The batch's total loss; ``None`` for a training step whose update is skipped."""
         targets: Mapping[str, Tensor] = batch["targets"]
         if not targets:
             raise ValueError(f"batch from dataset {batch.get('dataset')!r} has no targets")
         outputs = self.model(batch["inputs"], targets.keys())
         size = _batch_size(batch)
         total, losses = multitask_loss(self.tasks, outputs, targets)
-        for name, loss in losses.items():
-            self.log(f"{stage}/{name}/loss", loss, on_step=False, on_epoch=True, batch_size=size)
-            if stage in STAGES:
+        if stage != "train":
+            for name, loss in losses.items():
+                self.log(f"{stage}/{name}/loss", loss, on_step=False, on_epoch=True,
+                         batch_size=size)
                 self.metrics[stage][name].update(outputs[name].detach(), targets[name])
-        is_train = stage == "train"
-        aux = self.model.aux_losses() if is_train else {}
-        if aux and is_train:
-            aux_total = torch.stack(list(aux.values())).sum()
+            self.log(f"{stage}/loss", total, on_epoch=True, batch_size=size)
+            return total
+        aux = self.model.aux_losses()
+        aux_total = torch.stack(list(aux.values())).sum() if aux else None
+        if aux_total is not None:
             total = total + aux_total
-            self.log("train/moe_aux_loss", aux_total, on_step=True, on_epoch=True,
-                     batch_size=size)
-        self.log(f"{stage}/loss", total, on_step=is_train, on_epoch=True, prog_bar=False,
-                 batch_size=size)
+        if not self.step_stats.add(self.global_step, losses, total, aux_total, size):
+            return None
         return total
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
         if self.balancer is None and "parts" not in batch:
             return self._step(batch, "train")
         return balancing.training_step(self, batch)
@@ -184,6 +193,40 @@ class MultiTaskModule(LightningModule):
         if by_dataset and batch.get("dataset") in by_dataset:
             return list(by_dataset[batch["dataset"]])
         return self.model.task_names
+
+    # ---- training losses: logged per interval and epoch (runtime.step_stats) ---------------
+    def on_train_epoch_start(self) -> None:
+        if self.step_stats.epoch != self.current_epoch:  # kept when resumed mid-epoch
+            self.step_stats.reset(self.current_epoch)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Lightning's own decision, so these rows land on the steps it writes to the logger
+        if not self.trainer._logger_connector.should_update_logs:
+            return
+        self._check_losses()
+        skipped = self.step_stats.skip_report()
+        if skipped:
+            rank_zero_warn(skipped)
+        self.log_dict(self.step_stats.logged("interval"), on_step=True, on_epoch=False)
+        self.step_stats.reset_interval()
+
+    def on_train_epoch_end(self) -> None:
+        self._check_losses()
+        self.log_dict(self.step_stats.logged("epoch", self._sum_over_processes),
+                      on_step=False, on_epoch=True)
+
+    def _check_losses(self) -> None:
+        """Raise ``NonFiniteLossError`` for a NaN/inf training loss on any process."""
+        def reduce_min(code: Tensor) -> Tensor:
+            return self.trainer.strategy.reduce(code, reduce_op="min")
+
+        distributed = self.trainer.world_size > 1
+        self.step_stats.check(reduce_min if distributed else None)
+
+    def _sum_over_processes(self, values: Tensor) -> Tensor:
+        if self.trainer.world_size == 1:
+            return values
+        return self.trainer.strategy.reduce(values, reduce_op="sum")
 
     # ---- epoch-end metrics -----------------------------------------------------------------
     def _log_epoch_metrics(self, stage: str) -> None:
@@ -249,6 +292,8 @@ class MultiTaskModule(LightningModule):
             self.ema.swap()
 
     def on_validation_start(self) -> None:
+        if self._fitting():
+            self._check_losses()  # never validate (and select as best) non-finite weights
         self._ema_in()
 
     def on_validation_end(self) -> None:
@@ -273,6 +318,9 @@ class MultiTaskModule(LightningModule):
         checkpoint[_RNG_KEY] = rng_states()
         checkpoint[TASKS_KEY] = list(self.model.task_names)  # row order of per-task tables
         checkpoint[ROUTING_KEY] = dict(self.model.task_to_decoder)
+        if self._fitting():
+            self._check_losses()  # raises before a non-finite checkpoint is written
+            checkpoint[CHECKPOINT_KEY] = self.step_stats.state_dict()
         if self.ema is None or self.ema.shadow is None:
             return
         ema, training = self.ema.ema_and_training_weights()
@@ -284,6 +332,8 @@ class MultiTaskModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if _RNG_KEY in checkpoint and self._resuming_fit():
             self._pending_rng = checkpoint[_RNG_KEY]
+        if CHECKPOINT_KEY in checkpoint and self._resuming_fit():
+            self.step_stats.load_state_dict(checkpoint[CHECKPOINT_KEY])
         if self.ema is None or _EMA_KEY not in checkpoint:
             return
         state = checkpoint["state_dict"]
@@ -313,5 +363,8 @@ class MultiTaskModule(LightningModule):
             self._pending_rng = None
 
     def _resuming_fit(self) -> bool:
+        return self._fitting()
+
+    def _fitting(self) -> bool:
         trainer = self._trainer
         return trainer is not None and trainer.state.fn == "fit"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from runtime.balancing import describe as describe_balancer
+from runtime.hardware import compile_model
 from runtime.reporting import (
     ValidationHistory,
     absent_metrics,
@@ -21,6 +22,7 @@ from runtime.reporting import (
     write_json,
     write_predictions,
 )
+from runtime.step_stats import NonFiniteLossError
 
 if TYPE_CHECKING:
     from runtime.cli import RunCLI
@@ -73,6 +75,7 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
             print(f"task embeddings: {source['path']} ({source['model']}, "
                   f"dim {source['dimension']}, options {source['options']})", file=sys.stderr)
     write_json(run_dir / info_name, info)
+    compile_model(cli.model, cli.config.run.compile)
     {"fit": _fit, "validate": _evaluate, "test": _evaluate, "predict": _predict}[stage](cli)
 
 
@@ -83,8 +86,14 @@ def _tasks(cli: RunCLI) -> dict[str, Any]:
 def _fit(cli: RunCLI) -> None:
     trainer, run_dir = cli.trainer, cli.run_dir
     ckpt = str(cli.resume_from) if cli.resume_from else None
-    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
+    stopped: NonFiniteLossError | None = None
+    try:
+        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
+    except NonFiniteLossError as err:  # the summary of the best (finite) checkpoint, then out
+        stopped = err
     if not trainer.is_global_zero:
+        if stopped is not None:
+            raise stopped
         return
     history: ValidationHistory = _callback(trainer, ValidationHistory)
     tasks = _tasks(cli)
@@ -115,6 +124,8 @@ def _fit(cli: RunCLI) -> None:
     plot_task_weights(run_dir)
     write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
     _print_results("best validation", summary)
+    if stopped is not None:
+        raise stopped
 
 
 def _tasks_of_monitor(monitor: str, tasks: dict[str, Any]) -> list[str]:

@@ -3,14 +3,15 @@
 A *sample* is gathered per task from the run's own training loader (batch contract dicts,
 only that task's targets). Synthetic batches keep the sample's shapes and dtypes: floating
 inputs are drawn from N(0, 1), integer inputs and all targets are rows of the sample taken at
-random, so labels stay valid for the task's loss. Real batches are the sample's rows in order,
-repeated when the split is smaller than the batch.
+random, so labels stay valid for the task's loss. Real batches (``--real-data``) come from the
+run's own training DataLoader (:func:`loader_batches`), so their timing includes its workers,
+memory pinning and the copy to the device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
@@ -74,9 +75,29 @@ def gather_samples(datamodule: Any, tasks: list[str], needed: int) -> dict[str, 
                 "targets": _cat([b["targets"] for b in p])} for t, p in parts.items()}
 
 
-def real_batch(sample: Batch, size: int) -> Batch:
-    """The sample's first ``size`` rows, cycling when it has fewer."""
-    return take(sample, torch.arange(size) % rows(sample))
+@runtime_checkable
+class TaskLoaders(Protocol):
+    """A data module that can build its loading for one task at one batch size
+    (``runtime.data.MultiDatasetDataModule.for_task``)."""
+
+    def for_task(self, task: str, batch_size: int, device: str) -> Any: ...
+
+
+def loader_batches(datamodule: Any, task: str, batch_size: int, device: str) -> Iterator[Batch]:
+    """Endless training batches carrying ``task``, from the run's own DataLoader: narrowed to
+    the task's datasets at ``batch_size`` where the data module can (:class:`TaskLoaders`),
+    else its training loader as configured, keeping the batches that carry the task."""
+    if isinstance(datamodule, TaskLoaders):
+        datamodule = datamodule.for_task(task, batch_size, device)
+    batches = _loader_batches(datamodule)
+    while True:
+        found = False
+        for batch in batches:
+            if task in batch.get("targets", {}):
+                found = True
+                yield {**batch, "targets": {task: batch["targets"][task]}}
+        if not found:
+            raise ConfigError(f"the training data has no batch with targets for {task}")
 
 
 def synthetic_batch(sample: Batch, size: int, seed: int = 0) -> Batch:

@@ -6,7 +6,9 @@ optimizer state, compiled graphs or allocator peaks. On CPU each row runs in a f
 (see :func:`scripts.throughput.run_rows`) and its peak is that process's peak resident set
 size; on CUDA it is the caching allocator's peak, reset before the model is moved there.
 Timing: ``warmup`` untimed iterations, then ``iters`` iterations each timed on its own, with
-``torch.cuda.synchronize()`` before every clock read on CUDA.
+``torch.cuda.synchronize()`` before every clock read on CUDA. With ``real_data`` each
+iteration also takes the next batch from the run's own DataLoader and copies it to the device
+(``non_blocking`` from pinned memory on CUDA), so loading is part of the time.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 
 from runtime.config_errors import first_line
-from scripts.bench_inputs import Batch, real_batch, synthetic_batch
+from scripts.bench_inputs import Batch, loader_batches, synthetic_batch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -103,18 +105,27 @@ def run_optimizer(module: Any) -> torch.optim.Optimizer:
     return configured
 
 
-def _infer_step(module: Any, batch: Batch, task: str, spec: RowSpec,
+Batches = Batch | Callable[[], Batch]
+"""One batch used for every step, or where each step takes its next batch from."""
+
+
+def _next(batches: Batches) -> Batch:
+    return batches() if callable(batches) else batches
+
+
+def _infer_step(module: Any, batches: Batches, task: str, spec: RowSpec,
                 device: torch.device) -> Callable[[int], None]:
     module.eval()
 
     def step(_: int) -> None:
+        batch = _next(batches)
         with torch.inference_mode(), _autocast(device, spec.dtype):
             module(batch["inputs"], [task])
 
     return step
 
 
-def _train_step(module: Any, batch: Batch, task: str, spec: RowSpec,
+def _train_step(module: Any, batches: Batches, task: str, spec: RowSpec,
                 device: torch.device) -> Callable[[int], None]:
     """Forward + the task's own loss (``training_step``), backward, optimizer step. float16
     uses a GradScaler as Lightning's 16-mixed does; otherwise the module's ``optimizer_step``
@@ -124,6 +135,7 @@ def _train_step(module: Any, batch: Batch, task: str, spec: RowSpec,
     scaler = torch.amp.GradScaler(device.type) if spec.dtype == "float16" else None
 
     def step(i: int) -> None:
+        batch = _next(batches)
         with _autocast(device, spec.dtype), _quiet_logging():
             loss = module.training_step(batch, i)
         if scaler is not None:
@@ -169,20 +181,24 @@ def measure(spec: RowSpec, sample: Batch) -> dict[str, Any]:
         torch.set_num_threads(spec.threads)
     device = torch.device(spec.device)
     base_mb = _rss_mb()
-    module = load_run(spec.target, ckpt=spec.checkpoint, with_data=False).module
-    make = real_batch if spec.real_data else synthetic_batch
-    batch = make(sample, spec.batch_size)
+    loaded = load_run(spec.target, ckpt=spec.checkpoint, with_data=spec.real_data)
+    module = loaded.module
     if spec.compile:
         torch._dynamo.reset()  # rows in one process (CUDA) must not share compiled graphs
     if device.type == "cuda":
         _release(device)
         torch.cuda.reset_peak_memory_stats(device)
     module.to(device)
-    batch = move_data_to_device(batch, device)
+    batches: Batches
+    if spec.real_data:
+        source = loader_batches(loaded.datamodule, spec.task, spec.batch_size, spec.device)
+        batches = lambda: move_data_to_device(next(source), device)  # noqa: E731
+    else:
+        batches = move_data_to_device(synthetic_batch(sample, spec.batch_size), device)
     if spec.compile:
         module.model.compile()
     build = _train_step if spec.mode == "train" else _infer_step
-    times = time_steps(build(module, batch, spec.task, spec, device), spec.warmup, spec.iters,
+    times = time_steps(build(module, batches, spec.task, spec, device), spec.warmup, spec.iters,
                        device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20

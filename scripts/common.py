@@ -12,10 +12,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -75,3 +75,12 @@ def atomic_output(path: Path, directory: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device cpu|cuda|cuda:N``, spelled the same on every command (``runtime.hardware``
+    resolves it: the default is cuda when a GPU is available, else cpu)."""
+    from runtime.hardware import DEVICE_HELP
+
+    return click.option("--device", default=None, metavar="cpu|cuda|cuda:N",
+                        help=f"Device to run on: {DEVICE_HELP}.")(command)

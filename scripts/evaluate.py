@@ -1,9 +1,10 @@
 """``mtl-eval``: per-task metrics of a run directory (multitask, unmerged or single-task).
 
 The run is loaded with :func:`runtime.rundir.load_run` and scored by a Lightning
-``Trainer.validate``/``test`` on CPU, so the figures are the ones the runtime's task metrics
-log (``<split>/<task>/<metric>``); a merged model scores each task on its own label slice,
-exactly as in training, so a merged run and its unmerged parts give the same figures.
+``Trainer.validate``/``test`` on ``--device`` (default: cuda when available), so the figures
+are the ones the runtime's task metrics log (``<split>/<task>/<metric>``); a merged model
+scores each task on its own label slice, exactly as in training, so a merged run and its
+unmerged parts give the same figures.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
-from scripts.common import atomic_output, bad_input_exits
+from compiler.errors import ConfigError
+from scripts.common import atomic_output, bad_input_exits, device_option
 from scripts.metrics_table import task_table
 
 PROG = "mtl-eval"
@@ -28,6 +30,7 @@ Examples:
   mtl-eval runs/quickstart                          # best checkpoint, validation split
   mtl-eval runs/quickstart --ckpt last --split test --json test.json
   mtl-eval runs/quickstart/unmerged/parity          # an mtl-unmerge output
+  mtl-eval runs/quickstart --device cpu             # on CPU even when a GPU is there
 """
 
 
@@ -38,23 +41,39 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
-def evaluate(target: Path, ckpt: str = "best", split: str = "val") -> dict[str, dict[str, float]]:
+def evaluate(target: Path, ckpt: str = "best", split: str = "val",
+             device: str | None = None) -> dict[str, dict[str, float]]:
     """``{task: {metric: value}}`` of a run directory's checkpoint on one split."""
     import torch
     from lightning.pytorch import Trainer
 
+    from runtime.hardware import (
+        apply_run_settings,
+        compile_model,
+        out_of_memory_message,
+        resolve_device,
+        trainer_device,
+    )
     from runtime.reporting import per_task_report
     from runtime.rundir import load_run
 
     _quiet()
+    chosen = resolve_device(device)
     run = load_run(target, ckpt, with_data=True)
-    threads = (run.config.get("run") or {}).get("num_threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    click.echo(f"{PROG}: scoring {target} ({run.checkpoint_path}) on the {split} split", err=True)
-    trainer = Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", devices=1,
-                      enable_progress_bar=False, enable_model_summary=False)
-    getattr(trainer, SPLITS[split])(run.module, datamodule=run.datamodule, verbose=False)
+    settings = run.config.get("run") or {}
+    apply_run_settings(settings)
+    compile_model(run.module, settings.get("compile"))
+    precision = (run.config.get("trainer") or {}).get("precision")
+    click.echo(f"{PROG}: scoring {target} ({run.checkpoint_path}) on the {split} split, "
+               f"on {chosen}", err=True)
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, **trainer_device(chosen),
+                      **({"precision": precision} if precision else {}))
+    try:
+        getattr(trainer, SPLITS[split])(run.module, datamodule=run.datamodule, verbose=False)
+    except torch.OutOfMemoryError:
+        sizes = getattr(run.datamodule, "batch_sizes", None)
+        raise ConfigError(out_of_memory_message(str(chosen), sizes)) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     tasks = list(getattr(run.module, "tasks", {}))
     return {t: m for t, m in per_task_report(metrics, split, tasks).items() if m}
@@ -76,14 +95,16 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 @click.option("--split", type=click.Choice(list(SPLITS)), default="val", show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), metavar="PATH",
               help='Also write {"<task>": {"<metric>": value, ...}, ...} to PATH.')
-def main(run_dir: Path, ckpt: str, split: str, json_path: Path | None) -> None:
+@device_option
+def main(run_dir: Path, ckpt: str, split: str, json_path: Path | None,
+         device: str | None) -> None:
     """Per-task metrics of a run directory's checkpoint, as a table (and JSON with --json).
 
     Tasks are scored by the runtime's own task metrics; a task that no dataset of the split
     carries is left out.
     """
     with bad_input_exits(PROG):
-        report = evaluate(run_dir, ckpt, split)
+        report = evaluate(run_dir, ckpt, split, device)
         click.echo(task_table(report))
         if json_path is not None:
             write_report(json_path, report)

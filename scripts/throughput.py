@@ -2,8 +2,9 @@
 
 The model is built from the run config with the runtime's own loading code
 (:func:`runtime.rundir.load_run`; the run's checkpoint for a run directory, random weights for
-a config file) and fed batches shaped like its data modules' (synthetic by default, real rows
-with ``--real-data``). Each row is measured by :mod:`scripts.bench_row`: on CPU in a fresh
+a config file) and fed batches shaped like its data modules' (synthetic by default), or the
+run's own training DataLoader's batches (``--real-data``: loading and the copy to the device
+are then timed too). Each row is measured by :mod:`scripts.bench_row`: on CPU in a fresh
 process per row, so no row inherits another's peak memory; on CUDA in this process with the
 allocator's peak reset. Heavy imports happen inside functions so ``--help`` is fast.
 """
@@ -19,7 +20,7 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
-from scripts.common import atomic_output, bad_input_exits, note, refuse_existing
+from scripts.common import atomic_output, bad_input_exits, device_option, note, refuse_existing
 
 PROG = "mtl-throughput"
 MODES = ("infer", "train", "both")
@@ -35,7 +36,8 @@ Examples:
 
 \b
 Train rows time forward, the task's own loss, backward and the run's optimizer step
-(configure_optimizers; the LR scheduler is not stepped). Data loading is not timed.
+(configure_optimizers; the LR scheduler is not stepped). Data loading is timed only with
+--real-data, which takes each step's batch from the run's own DataLoader.
 """
 
 
@@ -54,22 +56,23 @@ def parse_batch_sizes(text: str) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
-def check_device(device: str, dtype: str, modes: list[str]) -> None:
-    """Refuse combinations this machine cannot run, before anything is built."""
+def check_device(device: str | None, dtype: str, modes: list[str]) -> str:
+    """The device to measure on (``cpu`` or ``cuda:N``); combinations this machine cannot
+    run are refused before anything is built."""
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"--device cuda: no CUDA device is available (torch {torch.__version__}, "
-            f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu"
-        )
+    from runtime.hardware import resolve_device
+
+    chosen = resolve_device(device)
+    device = "cpu" if chosen.type == "cpu" else str(chosen)
     if device == "cpu" and dtype == "float16" and "train" in modes:
         raise ConfigError(
             "--dtype float16 training is not supported on CPU (no fp16 gradient scaling "
             "there); use --dtype bfloat16, --mode infer, or --device cuda"
         )
-    if device == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+    if device != "cpu" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"--dtype bfloat16: {torch.cuda.get_device_name()} does not support it")
+    return device
 
 
 def choose_tasks(available: list[str], wanted: tuple[str, ...]) -> list[str]:
@@ -152,7 +155,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def benchmark(
     target: Path, ckpt: str | None, batch_sizes: list[int], modes: list[str], dtype: str,
-    device: str, compile_: bool, tasks: tuple[str, ...], warmup: int, iters: int,
+    device: str | None, compile_: bool, tasks: tuple[str, ...], warmup: int, iters: int,
     threads: int | None, real_data: bool,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
     """(header facts, rows) for a run directory or run config."""
@@ -160,7 +163,7 @@ def benchmark(
     from scripts.bench_inputs import gather_samples, shape_of
     from scripts.bench_row import RowSpec
 
-    check_device(device, dtype, modes)
+    device = check_device(device, dtype, modes)
     if device == "cpu":
         start_process_server()  # imports while the model and data load here
     if ckpt is None:
@@ -173,7 +176,7 @@ def benchmark(
                           "MultiTaskModel (no model.task_names); nothing to measure per task")
     chosen = choose_tasks(list(task_names), tasks)
     _note("reading input shapes from the run's training data")
-    samples = gather_samples(loaded.datamodule, chosen, max(batch_sizes) if real_data else 1)
+    samples = gather_samples(loaded.datamodule, chosen, 1)  # shapes; real rows: the loader
     threads = threads or (loaded.config.get("run") or {}).get("num_threads")
     params = list(module.parameters())
     facts = {
@@ -182,6 +185,7 @@ def benchmark(
         "total_params": sum(p.numel() for p in params),
         "trainable_params": sum(p.numel() for p in params if p.requires_grad),
         "inputs": "real" if real_data else "synthetic",
+        "device": device,
         "input_shapes": {t: shape_of(s) for t, s in samples.items()},
     }
     checkpoint = facts["checkpoint"]
@@ -211,8 +215,7 @@ def benchmark(
               help="infer (forward), train (forward, loss, backward, optimizer step) or both.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="Autocast dtype (float32: no autocast).")
-@click.option("--device", type=click.Choice(("cpu", "cuda")), default=None,
-              help="Device (default: cuda when available, else cpu).")
+@device_option
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first.")
 @click.option("--task", "tasks", multiple=True,
               help="Only this task (repeatable); default: each task, one row per task.")
@@ -223,7 +226,9 @@ def benchmark(
 @click.option("--ckpt", default=None,
               help="best, last (run directory), a checkpoint path, or none (random weights); "
               "default: best for a run directory, none for a run config.")
-@click.option("--real-data", is_flag=True, help="Feed real rows of the training split.")
+@click.option("--real-data", is_flag=True,
+              help="Take each step's batch from the run's own training DataLoader (workers, "
+              "pinning and the copy to the device are timed).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: the run's run.num_threads, else torch's).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
@@ -236,15 +241,11 @@ def main(target: Path, batch_sizes: str, mode: str, dtype: str, device: str | No
         sizes = parse_batch_sizes(batch_sizes)
         if json_path is not None:
             refuse_existing(json_path, force)
-        if device is None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         modes = ["infer", "train"] if mode == "both" else [mode]
         facts, rows = benchmark(target, ckpt, sizes, modes, dtype, device, compile_, tasks,
                                 warmup, iters, threads, real_data)
     click.echo(
-        f"{facts['target']} ({facts['checkpoint'] or 'random weights'}) on {device}; "
+        f"{facts['target']} ({facts['checkpoint'] or 'random weights'}) on {facts['device']}; "
         f"parameters: {facts['total_params']:,} total, {facts['trainable_params']:,} "
         f"trainable; inputs: {facts['inputs']}"
     )

@@ -3,7 +3,9 @@
 Each written ``OUT_DIR/<task>/`` is an ordinary run directory (``config.yaml``,
 ``checkpoints/last.ckpt`` and an identical ``best.ckpt``, ``run_info.json``), so
 ``mtl-run validate/test/predict``, ``mtl-eval`` and ``runtime.rundir.load_run`` use it as is.
-The weights are cut by :mod:`scripts.task_cut`; nothing but the run directory is read.
+The weights are cut by :mod:`scripts.task_cut`; nothing but the run directory is read. Before
+anything is written, each cut model is checked on ``--device`` against the merged model: on a
+few validation batches of the task, its outputs must equal the merged head's slice.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
 from compiler.tree import get_path
 from compiler.yamlio import dump
-from scripts.common import atomic_output, bad_input_exits, note, refuse_existing
+from scripts.common import atomic_output, bad_input_exits, device_option, note, refuse_existing
 
 PROG = "mtl-unmerge"
 
@@ -27,6 +29,7 @@ Examples:
   mtl-unmerge runs/quickstart                       # every merged task -> runs/quickstart/unmerged/
   mtl-unmerge runs/quickstart --task parity -o out/  # one task, written to out/parity/
   mtl-unmerge runs/quickstart --ckpt last --force    # from last.ckpt, replacing earlier output
+  mtl-unmerge runs/quickstart --device cpu           # run the output check on CPU
   mtl-eval runs/quickstart/unmerged/parity           # then score it like any run
 """
 
@@ -72,12 +75,51 @@ def _checkpoint(source: dict[str, Any], module: Any, state: dict,
     return checkpoint
 
 
+CHECK_BATCHES = 2
+
+
+def _check_batches(datamodule: Any, tasks: list[str]) -> dict[str, list[Any]]:
+    """Up to :data:`CHECK_BATCHES` validation batches per task (one pass, stops early)."""
+    datamodule.setup("validate")
+    loader = datamodule.val_dataloader()
+    found: dict[str, list[Any]] = {t: [] for t in tasks}
+    for batch in loader if not isinstance(loader, list) else []:
+        for task in batch.get("targets", {}):
+            if task in found and len(found[task]) < CHECK_BATCHES:
+                found[task].append(batch)
+        if all(len(b) == CHECK_BATCHES for b in found.values()):
+            break
+    return found
+
+
+def check_cut(merged: Any, single: Any, task: str, batches: list[Any], device: Any) -> None:
+    """The cut model's outputs for ``task`` equal the merged model's on ``batches``."""
+    import torch
+    from lightning.pytorch.utilities import move_data_to_device
+
+    merged.to(device).eval()
+    single.to(device).eval()
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = move_data_to_device(batch["inputs"], device)
+            want = merged.model(inputs, [task])[task]
+            got = single.model(inputs, [task])[task]
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+                raise click.ClickException(
+                    f"internal error: the cut model of task '{task}' does not reproduce the "
+                    "merged model's outputs on its validation batches; nothing was written. "
+                    "Please report this with the run's config.yaml.")
+    merged.cpu()
+    single.cpu()
+
+
 def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | None,
-            force: bool, argv: list[str]) -> list[Path]:
+            force: bool, argv: list[str], device: str | None = None) -> list[Path]:
     """Write one single-task run directory per chosen task; returns them."""
     import torch
 
     from runtime.config_errors import load_yaml
+    from runtime.hardware import resolve_device
     from runtime.reporting import header_comments, run_info, write_json
     from runtime.rundir import (
         CHECKPOINTS,
@@ -101,6 +143,7 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
     for target in targets.values():
         refuse_existing(target, force)
     ckpt_path = resolve_checkpoint(run_dir, ckpt)
+    chosen_device = resolve_device(device)
 
     _note(f"loading {run_dir} with {ckpt_path}")
     run = load_run(run_dir, str(ckpt_path), with_data=True)
@@ -113,6 +156,7 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
     old_state = run.module.state_dict()
     cuts = task_cuts(merged_model, dataset_tasks)
     header = header_comments(config_path)["header"]
+    checks = _check_batches(run.datamodule, chosen)
 
     prepared = []
     for task in chosen:
@@ -121,12 +165,16 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
         module, _ = build_objects(cut_config, True, f"the single-task config of '{task}'")
         state = cut_state_dict(old_state, merged_model, module, cut)
         module.load_state_dict(state)
+        check_cut(run.module, module, task, checks[task], chosen_device)
         origin = {"run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt_path.resolve()),
                   "task": task, "decoder": cut.decoder, "offset": cut.offset,
                   "num_outputs": cut.num_outputs, "decoder_outputs": cut.decoder_outputs,
                   "datasets": cut.datasets}
         prepared.append((cut, cut_config, _checkpoint(source, module, state, origin), origin))
 
+    checked = sum(len(b) for b in checks.values())
+    _note(f"checked the cut models against the merged one on {checked} validation batch(es) "
+          f"on {chosen_device}")
     written = []
     for cut, cut_config, checkpoint, origin in prepared:
         target = targets[cut.task]
@@ -161,8 +209,9 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
 @click.option("-o", "--out-dir", type=click.Path(path_type=Path),
               help="Where the <task>/ run directories go (default: RUN_DIR/unmerged/).")
 @click.option("--force", is_flag=True, help="Replace existing <task>/ output directories.")
+@device_option
 def main(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | None,
-         force: bool) -> None:
+         force: bool, device: str | None) -> None:
     """Write each task of a run with merged heads as a standalone single-task run directory.
 
     Each OUT_DIR/<task>/ gets config.yaml (only that task: its decoder named after it, its
@@ -172,7 +221,7 @@ def main(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | None,
     merged model's, renormalized over the task's labels.
     """
     with bad_input_exits(PROG):
-        unmerge(run_dir, tasks, ckpt, out_dir, force, sys.argv[1:])
+        unmerge(run_dir, tasks, ckpt, out_dir, force, sys.argv[1:], device)
 
 
 if __name__ == "__main__":

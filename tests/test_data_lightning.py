@@ -53,11 +53,15 @@ def test_resumed_run_continues_at_the_exact_next_batch(tmp_path, num_workers: in
 
 @pytest.mark.skipif(os.environ.get("MTL_SKIP_DDP") == "1", reason="MTL_SKIP_DDP=1")
 def test_ddp_two_ranks_see_every_sample_exactly_once(tmp_path) -> None:
-    """Two CPU processes (gloo), refill off: train/val/predict each cover every sample once."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    """Two CPU processes (gloo), refill off: train/val/predict each cover every sample once.
+    The worker finds the repository through PYTHONPATH too (a checkout run without an install,
+    as benchmarks/gpu_check.sh does), and hides GPUs: the test means CPU."""
+    path = [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p),
+           "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
         [sys.executable, str(TESTS / "data_ddp_worker.py"), str(tmp_path), "random_cycle"],
-        timeout=90, env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=240, env=env, cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

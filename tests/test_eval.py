@@ -19,7 +19,9 @@ TASKS = [t for tasks in LAYOUT.values() for t in tasks]
 
 
 def evaluate(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+    """mtl-eval on CPU, as the runs were trained (GPU runs: tests/test_gpu.py)."""
+    return CliRunner().invoke(main, [*(str(a) for a in args), "--device", "cpu"],
+                              catch_exceptions=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""mtl-throughput on CPU: rows and JSON, per-row peak memory in fresh processes, timing
-statistics, the run's own loss and optimizer in train mode, inputs, and exit-2 refusals."""
+"""mtl-throughput on CPU (``--device cpu``, so the tests mean CPU on a GPU machine too): rows
+and JSON, per-row peak memory in fresh processes, timing statistics, the run's own loss and
+optimizer in train mode, inputs (real ones through the run's DataLoader), exit-2 refusals."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from runtime_toy import ToyDataModule, toy_config
 from toy_run_dir import train_toy_run
 
 from runtime.rundir import load_run
-from scripts.bench_inputs import gather_samples, real_batch, synthetic_batch
+from scripts.bench_inputs import gather_samples, loader_batches, synthetic_batch
 from scripts.bench_row import (
     RowSpec,
     _train_step,
@@ -39,10 +40,14 @@ def bench(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def bench_cpu(*args: object):
+    return bench(*args, "--device", "cpu")
+
+
 def test_rows_table_and_json_for_a_run_directory(run_dir, tmp_path):
     out = tmp_path / "bench.json"
-    result = bench(run_dir, "--batch-sizes", "2,8", "--mode", "both", "--task", "ta",
-                   "--iters", "3", "--warmup", "1", "--json", out)
+    result = bench_cpu(run_dir, "--batch-sizes", "2,8", "--mode", "both", "--task", "ta",
+                       "--iters", "3", "--warmup", "1", "--json", out)
     assert result.exit_code == 0, result.output
     assert "best.ckpt" in result.output and "samples/s" in result.output
     rows = json.loads(out.read_text())
@@ -58,14 +63,14 @@ def test_rows_table_and_json_for_a_run_directory(run_dir, tmp_path):
         assert row["peak_mem_mb"] >= row["base_mem_mb"] > 0
         assert row["total_params"] == row["trainable_params"] == params
         assert row["input_shape"] == [8] and row["inputs"] == "synthetic"
-    assert bench(run_dir, "--json", out, "--task", "ta").exit_code == 2  # exists, no --force
+    assert bench_cpu(run_dir, "--json", out, "--task", "ta").exit_code == 2  # no --force
 
 
 def test_each_row_measures_its_own_peak_memory(run_dir, tmp_path):
     """A large batch first, then a small one: the small row must not inherit the peak."""
     out = tmp_path / "rows.json"
-    result = bench(run_dir, "--batch-sizes", "400000,1", "--mode", "train", "--task", "tb",
-                   "--iters", "1", "--warmup", "0", "--json", out)
+    result = bench_cpu(run_dir, "--batch-sizes", "400000,1", "--mode", "train", "--task", "tb",
+                       "--iters", "1", "--warmup", "0", "--json", out)
     assert result.exit_code == 0, result.output
     big, small = json.loads(out.read_text())
     assert big["peak_mem_mb"] - big["base_mem_mb"] > 40  # inputs alone are 12.8 MB
@@ -75,8 +80,8 @@ def test_each_row_measures_its_own_peak_memory(run_dir, tmp_path):
 def test_config_file_uses_random_weights_and_real_data(tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(toy_config()))
-    result = bench(config, "--batch-sizes", "200", "--mode", "infer", "--real-data",
-                   "--iters", "2", "--warmup", "0", "--dtype", "bfloat16", "--threads", "1")
+    result = bench_cpu(config, "--batch-sizes", "200", "--mode", "infer", "--real-data",
+                       "--iters", "2", "--warmup", "0", "--dtype", "bfloat16", "--threads", "1")
     assert result.exit_code == 0, result.output
     assert "random weights" in result.output and "inputs: real" in result.output
     line = next(ln for ln in result.output.splitlines() if ln.startswith("infer  tb"))
@@ -84,8 +89,8 @@ def test_config_file_uses_random_weights_and_real_data(tmp_path):
 
 
 def test_config_file_with_an_explicit_checkpoint(run_dir):
-    result = bench(run_dir.parent / "run.yaml", "--ckpt", run_dir / "checkpoints/last.ckpt",
-                   "--task", "ta", "--batch-sizes", "4", "--mode", "infer", "--iters", "1")
+    result = bench_cpu(run_dir.parent / "run.yaml", "--ckpt", run_dir / "checkpoints/last.ckpt",
+                       "--task", "ta", "--batch-sizes", "4", "--mode", "infer", "--iters", "1")
     assert result.exit_code == 0, result.output
     assert "last.ckpt) on cpu" in result.output
 
@@ -125,8 +130,10 @@ def test_inputs_follow_the_data_modules_shapes_and_label_values():
     samples = gather_samples(dm, ["ta", "tc"], needed=200)
     assert set(samples["tc"]["targets"]) == {"tc"}  # only the row's task
     assert len(samples["ta"]["inputs"]) == 144  # the whole training split: fewer than needed
-    real = real_batch(samples["ta"], 300)
-    assert torch.equal(real["inputs"][144:288], samples["ta"]["inputs"])  # cycled in order
+    real = loader_batches(dm, "ta", 48, "cpu")  # its own loader as configured, endlessly
+    seen = [next(real) for _ in range(10)]  # 144 rows: 9 batches of 16 a pass, then again
+    assert all(set(b["targets"]) == {"ta"} and len(b["inputs"]) == 16 for b in seen)
+    assert torch.equal(seen[9]["inputs"], seen[0]["inputs"])
     fake = synthetic_batch(samples["tc"], 64)
     assert fake["inputs"].shape == (64, 8) and fake["inputs"].dtype == torch.float32
     assert not torch.isin(fake["inputs"], samples["tc"]["inputs"]).any()  # drawn, not copied
@@ -135,13 +142,15 @@ def test_inputs_follow_the_data_modules_shapes_and_label_values():
 
 
 def test_refusals_exit_2_before_any_row(run_dir):
-    assert_bad_input(bench(run_dir, "--dtype", "float16", "--mode", "train"),
+    assert_bad_input(bench_cpu(run_dir, "--dtype", "float16", "--mode", "train"),
                      "float16 training is not supported on CPU")
-    assert_bad_input(bench(run_dir, "--dtype", "float16", "--mode", "both"), "--dtype bfloat16")
+    assert_bad_input(bench_cpu(run_dir, "--dtype", "float16", "--mode", "both"),
+                     "--dtype bfloat16")
     if not torch.cuda.is_available():
         assert_bad_input(bench(run_dir, "--device", "cuda"), "no CUDA device")
     assert_bad_input(bench(run_dir, "--task", "tx"), "no such task", "its tasks: ta, tb")
     assert_bad_input(bench(run_dir, "--batch-sizes", "4,0"), "--batch-sizes")
+    assert_bad_input(bench(run_dir, "--device", "tpu"), "--device tpu")
     assert_bad_input(bench(run_dir, "--mode", "serve"), "'serve' is not one of")
     assert_bad_input(bench(run_dir / "nope"), "no such run directory")
     assert_bad_input(bench(run_dir, "--ckpt", "last.ckpt"), "last.ckpt does not exist")
@@ -159,3 +168,14 @@ def test_a_failing_row_is_reported_not_raised(tmp_path):
     lines = table([row]).splitlines()
     assert lines[1].split()[:4] == ["infer", "ta", "4", "float32"]
     assert lines[1].endswith(row["error"]) and "-" in lines[1].split()
+
+
+def test_real_data_comes_through_the_runs_own_loader_at_the_row_batch_size():
+    from data_recording_model import synthetic_datamodule
+
+    data = synthetic_datamodule(num_workers=1)
+    batches = loader_batches(data, "b", 7, "cpu")  # only dataset b, 7 rows, one worker
+    first = [next(batches) for _ in range(3)]
+    assert {b["dataset"] for b in first} == {"b"}
+    assert [len(b["inputs"]) for b in first] == [7, 7, 7]
+    assert all(set(b["targets"]) == {"b"} for b in first)

@@ -9,6 +9,7 @@ modules to it, checks the configuration and keeps the training position for chec
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -88,7 +89,13 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         temperature: T of the temperature mode: dataset weight = size ** (1 / T).
         sample_limit: samples per epoch per dataset (an int for all, or per dataset name),
             counted over all ranks together; training only, a fresh random subset each epoch.
-        num_workers, pin_memory: DataLoader settings.
+        num_workers: DataLoader worker processes. None (the default) picks: 0 when training
+            on CPU (batches are single gathers from in-memory tensors: workers would only add
+            copying), else ``min(4, CPU cores per GPU - 1)`` so the next batches are built
+            while the GPU computes. Workers stay alive between epochs.
+        pin_memory: copy batches to page-locked memory so the copy to the GPU runs without
+            blocking (Lightning copies with ``non_blocking=True``). None (the default): on
+            when the trainer runs on CUDA.
         seed: the sampling plan is a function of (seed, epoch) only.
     """
 
@@ -101,8 +108,8 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         refill: bool = True,
         temperature: float = 2.0,
         sample_limit: dict[str, int] | int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -245,17 +252,55 @@ class MultiDatasetDataModule(pl.LightningDataModule):
             self.names, datasets, [self.dataset_tasks[n] for n in self.names]
         )
         loader_cls = _ResumableLoader if split == "train" else DataLoader
+        workers = self.loader_workers()
         loader = loader_cls(
             assembler,
             sampler=sampler,
             batch_size=None,
             collate_fn=_as_is,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            num_workers=workers,
+            pin_memory=self.pins_memory(),
+            persistent_workers=workers > 0,
         )
         if split == "train":
             loader.owner = self
         return loader
+
+    #: where batches go when no trainer says so (``for_task``'s ``device``)
+    _device_hint: str | None = None
+
+    def _on_cuda(self) -> bool:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.strategy.root_device.type == "cuda"
+        return (self._device_hint or "").startswith("cuda")
+
+    def loader_workers(self) -> int:
+        """``num_workers``, or the default for where training runs (see the class doc)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        if not self._on_cuda():
+            return 0
+        per_device = (os.cpu_count() or 1) // max(1, torch.cuda.device_count())
+        return max(0, min(4, per_device - 1))
+
+    def pins_memory(self) -> bool:
+        """``pin_memory``, or on when the trainer runs on CUDA."""
+        return self._on_cuda() if self.pin_memory is None else self.pin_memory
+
+    def for_task(self, task: str, batch_size: int, device: str) -> MultiDatasetDataModule:
+        """The same loading (workers, pinning, sampling, seed) for batches bound for
+        ``device``, over only the datasets whose batches carry ``task``, each at
+        ``batch_size`` and with only that task's targets: what ``mtl-throughput --real-data``
+        times."""
+        names = [n for n in self.names if task in self.dataset_tasks[n]]
+        narrowed = MultiDatasetDataModule(
+            {n: self.data_modules[n] for n in names}, dict.fromkeys(names, batch_size),
+            {n: [task] for n in names}, sample_mode=self.sample_mode, refill=self.refill,
+            temperature=self.temperature, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, seed=self.seed)
+        narrowed._device_hint = device
+        return narrowed
 
     def make_sampler(self, split: str, rank: int, world_size: int) -> MultiDatasetBatchSampler:
         """The batch sampler of a split for one rank (public so tools and tests can plan)."""
