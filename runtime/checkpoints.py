@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from compiler.errors import ConfigError
+from compiler.files import atomic_file
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -29,3 +34,78 @@ def newest_loadable(directory: Path) -> tuple[Path, int] | None:
             continue
         return path, step
     return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer through the toolkit's one atomic writer: a temporary
+    file in the checkpoint's own directory, fsynced, then renamed over the target, so a kill
+    or a full disk never leaves a truncated ``last.ckpt``/``best.ckpt`` and the previous one
+    stays until the new one is complete (Lightning's own writer copies across file systems)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        with atomic_file(Path(path)) as handle:
+            torch.save(checkpoint, handle)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps its file names across resumes: no ``-v1`` versions, and a
+    run directory moved or copied elsewhere takes its best/last bookkeeping along (Lightning
+    drops it when the directory path changed, then writes ``best-v1.ckpt``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(enable_version_counter=False, **kwargs)
+
+    @property
+    def state_key(self) -> str:
+        # the name plain ModelCheckpoints used, so older run directories resume too
+        return f"ModelCheckpoint{self.state_key_fields()!r}"
+
+    def state_key_fields(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "mode": self.mode,
+                "every_n_train_steps": self._every_n_train_steps,
+                "every_n_epochs": self._every_n_epochs,
+                "train_time_interval": self._train_time_interval}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            state_dict = relocated(state_dict, old, self.dirpath)
+        super().load_state_dict(state_dict)
+
+
+def relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """A ModelCheckpoint state whose file paths under ``old`` now point under ``new``."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and value and Path(value).parent == Path(old):
+            return str(Path(new) / Path(value).name)
+        return value
+
+    out = {k: move(v) for k, v in state.items()}
+    out["dirpath"] = new
+    if isinstance(state.get("best_k_models"), dict):
+        out["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
+    return out
+
+
+def check_resume_fits(path: Path, module: torch.nn.Module) -> None:
+    """Refuse a checkpoint whose weights do not fit ``module`` (missing or unexpected keys,
+    other shapes), before anything of the run directory is rewritten."""
+    try:
+        state = load_checkpoint(path).get("state_dict", {})
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input here
+        raise ConfigError(f"--resume: {path} is not a loadable checkpoint ({exc})") from None
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k}: checkpoint {list(found[k])} vs config {list(s)}"
+                 for k, s in expected.items() if k in found and found[k] != s]
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} in all)"
+                                           if len(problems) > 4 else "")
+        raise ConfigError(
+            f"--resume: the checkpoint {path} does not fit the model of this config ({shown}); "
+            "resume with the config the run was started with, or start a new run "
+            "(--run-dir elsewhere, or --force)")

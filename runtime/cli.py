@@ -8,7 +8,6 @@ every object from its ``class_path``/``init_args``; this module adds the run dir
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -18,13 +17,18 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ActionYesNo, ArgumentError
 from lightning.pytorch import Callback, LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
-from runtime.checkpoints import newest_loadable
+from compiler.files import check_output
+from runtime.checkpoints import AtomicCheckpointIO, RunCheckpoint
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
 from runtime.csv_log import RunCSVLogger
+from runtime.exits import RUN, guarded
 from runtime.reporting import ValidationHistory
+from runtime.rundir import prepare_fit_dir
+from runtime.stop import GracefulStop
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path")
@@ -149,33 +153,16 @@ class RunCLI(LightningCLI):
             raise _CheckPassed
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir else (
             default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
+        RUN.run_dir = self.run_dir
         if self.subcommand_name == "fit":
-            self._prepare_fit_dir()
-        if self.config.run.num_threads:
-            torch.set_num_threads(self.config.run.num_threads)
-
-    def _prepare_fit_dir(self) -> None:
-        run_dir = self.run_dir
-        assert run_dir is not None
-        exists = run_dir.exists() and any(run_dir.iterdir())
-        if not self.config.resume and not launched_as_rank_zero():
-            return  # a DDP worker: rank 0 already checked and prepared the directory
-        if self.config.resume:
-            found = newest_loadable(run_dir / "checkpoints") if exists else None
+            found = prepare_fit_dir(self.run_dir, self.config.resume, self.config.force,
+                                    launched_as_rank_zero())
             if found is not None:
                 self.resume_from, self.resume_step = found
-            else:
-                raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}/checkpoints")
-        elif exists and self.config.force:
-            if not (run_dir / "run_info.json").exists():
-                raise ConfigError(
-                    f"--force: {run_dir} is not an mtl-run run directory (no run_info.json); "
-                    "refusing to delete it")
-            shutil.rmtree(run_dir)
-        elif exists:
-            raise ConfigError(
-                f"run directory {run_dir} already exists: pass --resume to continue it, "
-                "--force to delete it and start over, or --run-dir for another directory")
+        else:
+            check_output(self.run_dir, "dir", flag="--run-dir")
+        if self.config.run.num_threads:
+            torch.set_num_threads(self.config.run.num_threads)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         assert self.run_dir is not None
@@ -188,6 +175,11 @@ class RunCLI(LightningCLI):
         if not isinstance(configured, list):
             configured = [configured]
         kwargs["callbacks"] = [*configured, *self._run_callbacks()]
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())  # checkpoints are written atomically
+        kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
     def _run_callbacks(self) -> list[Callback]:
@@ -195,16 +187,18 @@ class RunCLI(LightningCLI):
         ckpt_dir = str(self.run_dir / "checkpoints")
         callbacks: list[Callback] = [
             ValidationHistory(),
-            ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=opts.monitor,
+            RunCheckpoint(dirpath=ckpt_dir, filename="best", monitor=opts.monitor,
                             mode=opts.mode, save_last=True, auto_insert_metric_name=False),
         ]
         if opts.per_task_monitors:
             callbacks += task_checkpoints(self.model, ckpt_dir)
         if opts.checkpoint_every_n_steps:
-            callbacks.append(ModelCheckpoint(
+            callbacks.append(RunCheckpoint(
                 dirpath=ckpt_dir, filename="step-{step}", monitor="step", mode="max",
                 every_n_train_steps=opts.checkpoint_every_n_steps,
                 save_top_k=opts.keep_step_checkpoints, auto_insert_metric_name=False))
+        if self.subcommand_name == "fit":
+            callbacks.append(GracefulStop(self.run_dir / "checkpoints" / "last.ckpt"))
         if opts.early_stopping_patience is not None:
             callbacks.append(EarlyStopping(monitor=opts.monitor, mode=opts.mode,
                                            patience=opts.early_stopping_patience))
@@ -237,15 +231,21 @@ def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
     for name, task in tasks.items():
         metric = f"val/{name}/{task.primary_metric}"
         mode = "min" if task.primary_metric in task.lower_is_better else "max"
-        out.append(ModelCheckpoint(dirpath=ckpt_dir, filename=f"best-{name}", monitor=metric,
+        out.append(RunCheckpoint(dirpath=ckpt_dir, filename=f"best-{name}", monitor=metric,
                                    mode=mode, auto_insert_metric_name=False))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``mtl-run``; how it ends maps to the exit-code table (``compiler.exitcodes``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return guarded(lambda: _main(argv), argv)
+
+
+def _main(argv: list[str]) -> int:
     _quiet_known_warnings()
     subcommand, config_path, args = split_command_line(argv)
+    RUN.subcommand = subcommand
     try:
         cli = RunCLI(subcommand, config_path, args)
     except _CheckPassed:
@@ -253,14 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ArgumentError as err:  # raised outside parse_arguments (e.g. a bad --help use)
         return _config_error(str(err))
-    except ConfigError as err:
-        return _config_error(str(err))
     from runtime.runner import run_subcommand
 
-    try:
-        run_subcommand(cli, argv)
-    except ConfigError as err:  # found once the objects exist (e.g. init_from's checkpoint)
-        return _config_error(str(err))
+    run_subcommand(cli, argv)  # ConfigErrors (bad input, failed writes) exit 2 in guarded()
     print(cli.run_dir)
     return 0
 

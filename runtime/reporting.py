@@ -4,6 +4,7 @@ confusion-matrix PNGs, per-task predictions and run_info.json."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import platform
@@ -16,8 +17,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from compiler.files import atomic_write
 from runtime.tasks import Task
 
 _HASH_LINE = re.compile(r"^#\s*sha256\s+([0-9a-fA-F]{64})\s+(.+?)\s*$")
@@ -75,7 +77,7 @@ def per_task_report(metrics: dict[str, float], stage: str, tasks: list[str]) -> 
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path,
@@ -103,8 +105,10 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
                 ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, buffer.getvalue())
 
 
 def write_confusion_matrices(run_dir: Path, confusion: dict[str, list[list[int]]],
@@ -132,7 +136,7 @@ def write_predictions(run_dir: Path, batches: list[Any], tasks: dict[str, Task])
     for task, outputs in collected.items():
         tensors = {k: torch.cat(v).contiguous() for k, v in outputs.items()}
         path = out_dir / f"{task}.safetensors"
-        save_file(tensors, str(path))
+        atomic_write(path, save(tensors))
         paths.append(path)
         if all(t.dim() <= 2 for t in tensors.values()):
             paths.append(_write_csv(out_dir / f"{task}.csv", tensors, tasks[task]))
@@ -153,11 +157,12 @@ def _write_csv(path: Path, tensors: dict[str, torch.Tensor], task: Task) -> Path
             columns += [f"{key}_{label}" for label in labels]
             values.append(tensor)
     table = torch.cat([v.double() for v in values], dim=1).tolist()
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in table:
-            writer.writerow([int(x) if float(x).is_integer() else round(x, 6) for x in row])
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(columns)
+    for row in table:
+        writer.writerow([int(x) if float(x).is_integer() else round(x, 6) for x in row])
+    atomic_write(path, handle.getvalue())
     return path
 
 

@@ -9,12 +9,16 @@ re-implement model loading. Objects are built by jsonargparse from ``class_path`
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
 
+from compiler.files import check_output, remove_stale_temps_in
 from runtime.checkpoints import load_checkpoint
 from runtime.config_errors import ConfigError, explain_argument_error, first_line, load_yaml
 
@@ -123,3 +127,106 @@ def load_run(
                 if k in checkpoint}
     module.eval()
     return LoadedRun(config_path, config, module, datamodule, checkpoint_path, run_dir, info)
+
+
+LOCK_NAME = ".lock"
+#: Open lock files of this process (an flock lives as long as its file stays open; the OS
+#: drops it when the process dies, however it dies).
+_HELD_LOCKS: dict[Path, int] = {}
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take this process's exclusive OS lock on ``run_dir`` (``flock`` on ``run_dir/.lock``):
+    a second ``mtl-run fit``/``--resume`` on the same directory is refused while this one
+    lives. Only the launching process takes it (DDP workers do not)."""
+    import fcntl
+
+    key = run_dir.resolve()
+    if key in _HELD_LOCKS:
+        return
+    path = run_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise ConfigError(f"cannot use run directory {run_dir}: {exc.strerror} "
+                          f"(it must be writable)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"run directory {run_dir} is in use by another mtl-run process (pid {holder}); "
+            "wait for it to end (or stop it) before running or resuming it again") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_LOCKS[key] = fd
+
+
+def has_trained(run_dir: Path) -> bool:
+    """Whether a fit in ``run_dir`` saved any checkpoint (one that never did can be reused)."""
+    folder = run_dir / CHECKPOINTS
+    return folder.is_dir() and any(folder.glob("*.ckpt"))
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete what a run directory holds (its lock file aside)."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def prepare_fit_dir(run_dir: Path, resume: bool, force: bool, launcher: bool
+                    ) -> tuple[Path, int] | None:
+    """Check and lock the run directory of a fit; the checkpoint (and its step) to resume.
+
+    Everything is checked before anything is written: a regular file or an unwritable
+    folder, a directory in use (the lock), a trained run without ``--resume``/``--force``,
+    a foreign folder, a resume without checkpoint or with a corrupt ``metrics.csv``. A
+    directory whose earlier fit never saved a checkpoint is reused without ``--force``.
+    Stale temporaries of killed checkpoint writes are removed. DDP workers (``launcher``
+    False) only look up the checkpoint; the launcher already checked and locked.
+    """
+    from runtime.checkpoints import newest_loadable
+    from runtime.csv_log import METRICS_NAME, kept_rows
+
+    check_output(run_dir, "dir", flag="--run-dir")
+    if not launcher:
+        return newest_loadable(run_dir / CHECKPOINTS) if resume else None
+    if resume:
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume: no checkpoint to resume: {run_dir} does not exist")
+        lock_run_dir(run_dir)
+        remove_stale_temps_in(run_dir / CHECKPOINTS, any_owner=True)
+        remove_stale_temps_in(run_dir, any_owner=True)
+        found = newest_loadable(run_dir / CHECKPOINTS)
+        if found is None:
+            raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}/{CHECKPOINTS}")
+        metrics = run_dir / METRICS_NAME
+        if metrics.is_file():
+            kept_rows(metrics, found[1])  # refuse a corrupt metrics.csv before writing
+        return found
+    entries = [e for e in run_dir.iterdir() if e.name != LOCK_NAME] if run_dir.is_dir() else []
+    ours = (run_dir / "run_info.json").exists() or (run_dir / LOCK_NAME).exists()
+    if entries and not ours and force:
+        raise ConfigError(f"--force: {run_dir} is not an mtl-run run directory (no run_info.json)"
+                          "; refusing to delete it")
+    if entries and (has_trained(run_dir) or not ours) and not force:
+        raise ConfigError(
+            f"run directory {run_dir} already exists: pass --resume to continue it, "
+            "--force to delete it and start over, or --run-dir for another directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    lock_run_dir(run_dir)
+    if entries:
+        if not force:
+            print(f"mtl-run: reusing {run_dir}: its earlier fit never saved a checkpoint",
+                  file=sys.stderr)
+        clear_run_dir(run_dir)
+    return None

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from compiler.files import atomic_write
+from runtime.checkpoints import check_resume_fits
 from runtime.reporting import (
     ValidationHistory,
     header_comments,
@@ -27,6 +31,19 @@ def _callback(trainer: Any, kind: type) -> Any:
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
+class WriteOnTrainStart(Callback):
+    """Runs ``write`` on rank 0 once training starts (after the checkpoint being resumed was
+    restored), so a fit that fails before, or a resume that does not fit, leaves the run
+    directory's ``config.yaml`` and ``run_info.json`` as they were."""
+
+    def __init__(self, write: Callable[[], Any]) -> None:
+        self.write = write
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.write()
+
+
 def save_config(cli: RunCLI, path: Path) -> None:
     """The config as executed: every default filled in, CLI-only switches left out."""
     from runtime.cli import _CLI_ONLY
@@ -37,7 +54,7 @@ def save_config(cli: RunCLI, path: Path) -> None:
     config.pop("config", None)
     header = header_comments(cli.config_path)["header"] if cli.config_path else []
     body = cli.parser.dump(config, skip_none=False, skip_check=True)
-    path.write_text("".join(f"{line}\n" for line in header) + body)
+    atomic_write(path, "".join(f"{line}\n" for line in header) + body)
 
 
 def task_embedding_sources(model: Any) -> list[dict[str, Any]]:
@@ -53,9 +70,9 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     prepare = getattr(cli.model, "prepare_fit", None)  # e.g. init_from: before anything is written
     if stage == "fit" and callable(prepare):
         prepare(resuming=cli.resume_from is not None)
+    if cli.resume_from is not None:
+        check_resume_fits(cli.resume_from, cli.model)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if stage == "fit":
-        save_config(cli, run_dir / "config.yaml")
     info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
     config_path = cli.config_path or run_dir / "config.yaml"
     info = run_info(argv, stage, config_path, cli.config.seed_everything)
@@ -65,7 +82,11 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
         for source in embeddings:
             print(f"task embeddings: {source['path']} ({source['model']}, "
                   f"dim {source['dimension']}, options {source['options']})", file=sys.stderr)
-    write_json(run_dir / info_name, info)
+    if stage == "fit":  # written once training starts: a fit that fails before changes nothing
+        cli.trainer.callbacks.append(WriteOnTrainStart(lambda: (
+            save_config(cli, run_dir / "config.yaml"), write_json(run_dir / info_name, info))))
+    else:
+        write_json(run_dir / info_name, info)
     {"fit": _fit, "validate": _evaluate, "test": _evaluate, "predict": _predict}[stage](cli)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from scripts.common import atomic_output, bad_input_exits
+from compiler.files import atomic_write, check_output
+from scripts.common import bad_input_exits
 from scripts.metrics_table import task_table
 
 PROG = "mtl-eval"
@@ -60,8 +61,7 @@ def evaluate(target: Path, ckpt: str = "best", split: str = "val") -> dict[str, 
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(path, json.dumps(report, indent=2) + "\n")
 
 
 @click.command(
@@ -81,6 +81,8 @@ def main(run_dir: Path, ckpt: str, split: str, json_path: Path | None) -> None:
     carries is left out.
     """
     with bad_input_exits(PROG):
+        if json_path is not None:
+            check_output(json_path, flag="--json")
         report = evaluate(run_dir, ckpt, split)
         click.echo(task_table(report))
         if json_path is not None:

@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from compiler.errors import ConfigError, did_you_mean
-from scripts.common import atomic_output, bad_input_exits, note, refuse_existing
+from compiler.files import atomic_write, check_output
+from scripts.common import bad_input_exits, note
 
 PROG = "mtl-throughput"
 MODES = ("infer", "train", "both")
@@ -232,7 +233,7 @@ def main(target: Path, batch_sizes: str, mode: str, dtype: str, device: str | No
     with bad_input_exits(PROG):
         sizes = parse_batch_sizes(batch_sizes)
         if json_path is not None:
-            refuse_existing(json_path, force)
+            check_output(json_path, flag="--json", replace=force)
         if device is None:
             import torch
 
@@ -247,8 +248,8 @@ def main(target: Path, batch_sizes: str, mode: str, dtype: str, device: str | No
     )
     click.echo(table(rows))
     if json_path is not None:
-        with atomic_output(json_path) as tmp:
-            tmp.write_text(json.dumps(rows, indent=2) + "\n")
+        with bad_input_exits(PROG):
+            atomic_write(json_path, json.dumps(rows, indent=2) + "\n")
         _note(f"wrote {json_path}")
     if any(row["error"] for row in rows):
         raise SystemExit(1)
