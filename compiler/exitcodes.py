@@ -41,8 +41,11 @@ def report_bug(prog: str) -> int:
     import traceback
 
     traceback.print_exc()
-    print(f"{prog}: internal error: this is a bug in mtl-toolkit; please report it with the "
-          "traceback above and the command line", file=sys.stderr)
+    print(
+        f"{prog}: internal error: this is a bug in mtl-toolkit; please report it with the "
+        "traceback above and the command line",
+        file=sys.stderr,
+    )
     return INTERNAL_ERROR
 
 

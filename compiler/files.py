@@ -282,10 +282,13 @@ def check_output(
         raise ConfigError(f"{what} is an existing file, not a directory; give a directory path")
     if (path.exists() or path.is_symlink()) and not replace:
         raise ConfigError(f"{what} already exists; pass --force to replace it")
-    parent = _nearest_existing(path.parent)
-    if not parent.is_dir():
-        raise ConfigError(f"{what}: {parent} is a file, so nothing can be written under it")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"{what}: the folder {parent} is not writable (read-only or no permission)"
-        )
+    folders = {_nearest_existing(path.parent)}
+    if kind == "dir":  # written into, too
+        folders.add(_nearest_existing(path))
+    for folder in sorted(folders):
+        if not folder.is_dir():
+            raise ConfigError(f"{what}: {folder} is a file, so nothing can be written under it")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"{what}: the folder {folder} is not writable (read-only or no permission)"
+            )

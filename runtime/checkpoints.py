@@ -55,6 +55,29 @@ class RunCheckpoint(ModelCheckpoint):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(enable_version_counter=False, **kwargs)
+        self._last_step_saved = -1
+
+    def _save_last_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_step_saved = trainer.global_step
+
+    def _keep_last_current(self, trainer: Any, skip: bool) -> None:
+        """Lightning 2.6 rewrites ``last.ckpt`` only when the monitored score improved; a
+        killed run would then resume from an old epoch. Write it at every epoch's end."""
+        if self.save_last and not skip and self._last_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        skip = (self._should_skip_saving_checkpoint(trainer)
+                or self._should_save_on_train_epoch_end(trainer))
+        super().on_validation_end(trainer, pl_module)
+        self._keep_last_current(trainer, skip)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        skip = (self._should_skip_saving_checkpoint(trainer)
+                or not self._should_save_on_train_epoch_end(trainer))
+        super().on_train_epoch_end(trainer, pl_module)
+        self._keep_last_current(trainer, skip)
 
     @property
     def state_key(self) -> str:

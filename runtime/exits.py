@@ -24,6 +24,7 @@ from typing import Any
 from compiler import exitcodes
 from compiler.errors import ConfigError
 from compiler.files import WriteError
+from runtime.run_lock import release_locks
 
 PROG = "mtl-run"
 
@@ -114,11 +115,15 @@ def guarded(body: Callable[[], int], argv: list[str]) -> int:
             raise
         RUN.in_fit = False
         if RUN.saved is not None:
-            _say(f"terminated (SIGTERM): saved a resumable checkpoint {RUN.saved}; "
-                 f"resume with: {resume_command(argv, RUN.run_dir)}")
+            _say(
+                f"terminated (SIGTERM): saved a resumable checkpoint {RUN.saved}; "
+                f"resume with: {resume_command(argv, RUN.run_dir)}"
+            )
         else:
             before = " before any training step" if RUN.subcommand == "fit" else ""
             _say(f"terminated (SIGTERM){before}{_resume_hint(argv)}")
         return exitcodes.TERMINATED
     except Exception:  # noqa: BLE001 - anything else is a bug: say so, with the traceback
         return exitcodes.report_bug(PROG)
+    finally:
+        release_locks()

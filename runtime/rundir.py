@@ -9,7 +9,6 @@ re-implement model loading. Objects are built by jsonargparse from ``class_path`
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from compiler.files import check_output, remove_stale_temps_in
 from runtime.checkpoints import load_checkpoint
 from runtime.config_errors import ConfigError, explain_argument_error, first_line, load_yaml
+from runtime.run_lock import LOCK_NAME, lock_run_dir
 
 CONFIG_NAME = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -127,40 +127,6 @@ def load_run(
                 if k in checkpoint}
     module.eval()
     return LoadedRun(config_path, config, module, datamodule, checkpoint_path, run_dir, info)
-
-
-LOCK_NAME = ".lock"
-#: Open lock files of this process (an flock lives as long as its file stays open; the OS
-#: drops it when the process dies, however it dies).
-_HELD_LOCKS: dict[Path, int] = {}
-
-
-def lock_run_dir(run_dir: Path) -> None:
-    """Take this process's exclusive OS lock on ``run_dir`` (``flock`` on ``run_dir/.lock``):
-    a second ``mtl-run fit``/``--resume`` on the same directory is refused while this one
-    lives. Only the launching process takes it (DDP workers do not)."""
-    import fcntl
-
-    key = run_dir.resolve()
-    if key in _HELD_LOCKS:
-        return
-    path = run_dir / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise ConfigError(f"cannot use run directory {run_dir}: {exc.strerror} "
-                          f"(it must be writable)") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ConfigError(
-            f"run directory {run_dir} is in use by another mtl-run process (pid {holder}); "
-            "wait for it to end (or stop it) before running or resuming it again") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _HELD_LOCKS[key] = fd
 
 
 def has_trained(run_dir: Path) -> bool:

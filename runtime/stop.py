@@ -24,12 +24,14 @@ class GracefulStop(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         RUN.in_fit = False
 
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule,
-                     exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
         RUN.in_fit = False
         if isinstance(exception, KeyboardInterrupt):
             RUN.interrupted = True
-        elif (isinstance(exception, SIGTERMException) and trainer.training
-              and trainer.global_step > 0):
+        elif (
+            isinstance(exception, SIGTERMException) and trainer.training and trainer.global_step > 0
+        ):
             trainer.save_checkpoint(self.checkpoint)
             RUN.saved = self.checkpoint

@@ -2,7 +2,8 @@
 the K-th write of the checkpoint file NAME (tests of kills and full disks, in a subprocess).
 
 MODE: ``kill-in-write`` (SIGKILL after part of the file is written), ``kill-after`` (SIGKILL
-right after the file is complete), ``enospc`` / ``eio`` (the write fails with that error).
+right after the file is complete), ``sigterm-after`` / ``sigint-after`` (that signal right
+after the file is complete), ``enospc`` / ``eio`` (the write fails with that error).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ import torch
 from runtime import checkpoints
 from runtime.cli import main
 
+FAILED_WRITES = ("kill-in-write", "enospc", "eio")
+AFTER_WRITE = {
+    "kill-after": signal.SIGKILL,
+    "sigterm-after": signal.SIGTERM,
+    "sigint-after": signal.SIGINT,
+}
 mode, where, *args = sys.argv[1:]
 name, nth = where.split("#")
 seen = {"count": 0, "armed": False}
@@ -40,10 +47,10 @@ def faulty_write(self, checkpoint, path, storage_options=None):
     if Path(path).name == name:
         seen["count"] += 1
     target = Path(path).name == name and seen["count"] == int(nth)
-    seen["armed"] = target and mode != "kill-after"
+    seen["armed"] = target and mode in FAILED_WRITES
     _write(self, checkpoint, path, storage_options)
-    if target and mode == "kill-after":
-        os.kill(os.getpid(), signal.SIGKILL)
+    if target and mode in AFTER_WRITE:
+        os.kill(os.getpid(), AFTER_WRITE[mode])
 
 
 torch.save = faulty_save

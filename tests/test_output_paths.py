@@ -59,8 +59,7 @@ FILE_FLAGS = [
 
 
 @pytest.mark.parametrize(("command", "before", "flag", "extra"), FILE_FLAGS)
-def test_a_directory_where_a_file_goes_is_refused(tmp_path, victim, command, before, flag,
-                                                  extra):
+def test_a_directory_where_a_file_goes_is_refused(tmp_path, victim, command, before, flag, extra):
     args = [str(tmp_path / a) if a.isupper() or "." in a else a for a in before]
     result = invoke(command, *args, flag, victim, *extra)
     assert_refused(result, str(victim))
@@ -75,8 +74,7 @@ def merged_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("force", [[], ["--force"]])
-def test_ckpt_convert_refuses_a_file_where_its_output_folder_goes(merged_run, victim_file,
-                                                                  force):
+def test_ckpt_convert_refuses_a_file_where_its_output_folder_goes(merged_run, victim_file, force):
     result = invoke(ckpt_convert, merged_run, "--to", "torch", "-o", victim_file, *force)
     assert_refused(result, str(victim_file))
     assert victim_file.read_text() == "keep"
