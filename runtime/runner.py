@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from compiler.files import atomic_write
+from compiler.files import atomic_write, check_output
 from runtime.checkpoints import check_resume_fits
 from runtime.reporting import (
     ValidationHistory,
@@ -25,6 +25,16 @@ from runtime.reporting import (
 
 if TYPE_CHECKING:
     from runtime.cli import RunCLI
+
+
+#: What each subcommand writes into the run directory (besides its ``*_info.json``).
+STAGE_OUTPUTS: dict[str, list[tuple[str, Literal["file", "dir"]]]] = {
+    "fit": [("config.yaml", "file"), ("summary.json", "file"), ("metrics.csv", "file"),
+            ("checkpoints", "dir")],
+    "validate": [("validate_metrics.json", "file")],
+    "test": [("test_metrics.json", "file")],
+    "predict": [("predictions", "dir")],
+}
 
 
 def _callback(trainer: Any, kind: type) -> Any:
@@ -72,8 +82,10 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
         prepare(resuming=cli.resume_from is not None)
     if cli.resume_from is not None:
         check_resume_fits(cli.resume_from, cli.model)
-    run_dir.mkdir(parents=True, exist_ok=True)
     info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
+    for name, kind in STAGE_OUTPUTS[stage] + [(info_name, "file")]:
+        check_output(run_dir / name, kind)  # before any work: no folder where a file goes
+    run_dir.mkdir(parents=True, exist_ok=True)
     config_path = cli.config_path or run_dir / "config.yaml"
     info = run_info(argv, stage, config_path, cli.config.seed_everything)
     embeddings = task_embedding_sources(cli.model)

@@ -121,3 +121,46 @@ def test_mtl_make_config_refuses_a_directory_as_its_output(tmp_path, victim):
     result = invoke(make_config, tmp_path / "maker.yaml", "-o", victim)
     assert result.exit_code == 2, result.output
     assert (victim / "keep.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "output"),
+    [
+        ("validate", "validate_metrics.json"),
+        ("test", "test_metrics.json"),
+        ("predict", "predictions"),
+    ],
+)
+def test_mtl_run_refuses_a_wrong_kind_of_output_inside_the_run_dir(
+    tmp_path, capsys, subcommand, output
+):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(toy_config()))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    blocker = run_dir / output
+    blocker.mkdir() if output.endswith(".json") else blocker.write_text("keep")
+    code = mtl_run([subcommand, str(config), "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(blocker) in err and "Traceback" not in err
+    assert blocker.exists() and not (run_dir / f"{subcommand}_info.json").exists()
+
+
+def test_unmerge_refuses_a_read_only_run_directory(merged_run, monkeypatch):
+    """(Read-only as ``os.access`` reports it, also where tests run as root.)"""
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda p, mode, **kw: (
+            False
+            if mode & os.W_OK and Path(p).resolve() == merged_run.resolve()
+            else real_access(p, mode, **kw)
+        ),
+    )
+    result = invoke(unmerge, merged_run)
+    assert_refused(result, str(merged_run))
+    assert "not writable" in result.output and not (merged_run / "unmerged").exists()

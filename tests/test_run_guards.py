@@ -177,7 +177,9 @@ def test_an_unwritable_run_directory_is_refused(trained, capsys, monkeypatch):
         os,
         "access",
         lambda p, mode, **kw: (
-            False if Path(p).resolve() == trained.resolve() else real_access(p, mode, **kw)
+            False
+            if mode & os.W_OK and Path(p).resolve() == trained.resolve()
+            else real_access(p, mode, **kw)
         ),
     )
     before = snapshot(trained)
