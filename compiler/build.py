@@ -97,21 +97,22 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> tuple[dict[str, Any], dict
 
 
 def compile_maker(
-    maker_path: str | Path,
+    maker_path: str | Path | Source,
     *,
     dialect: str | None = None,
     sets: list[str] | tuple[str, ...] = (),
     output: str | Path | None = None,
     single: int | None = None,
 ) -> Compiled:
-    """Compile a maker config into a run config (nothing is written).
+    """Compile a maker config (a file, or a parsed ``Source``) into a run config (nothing is
+    written).
 
     ``single`` compiles the maker's dataset of that index alone: a single-task baseline
     with the same base, substitutions and overrides (see :func:`compile_single_tasks`).
     """
     from .detect import choose_dialect
 
-    maker = load_maker(Path(maker_path))
+    maker = load_maker(maker_path if isinstance(maker_path, Source) else Path(maker_path))
     hooks = choose_dialect(maker, dialect)  # from the whole maker, as its multitask compile
     if single is not None:
         maker = replace(maker, datasets=[maker.datasets[single]])

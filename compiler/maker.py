@@ -113,9 +113,13 @@ def _expect(src: Source, key: tuple, value: Any, kind: type, what: str) -> None:
         raise src.error(key, f"must be {what}, got {_type_name(value)}")
 
 
-def load_maker(path: Path) -> Maker:
-    """Load and check a maker config; every problem is a located ``ConfigError``."""
-    src = load_source(path, "maker config")
+def load_maker(path: Path | Source) -> Maker:
+    """Load and check a maker config; every problem is a located ``ConfigError``.
+
+    A ``Source`` is a maker already parsed (the Python API's maker dicts): its paths resolve
+    against the folder of its ``path``."""
+    src = path if isinstance(path, Source) else load_source(path, "maker config")
+    path = src.path
     doc = src.doc
     if not isinstance(doc, dict):
         raise ConfigError(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from jsonargparse import ActionYesNo, ArgumentError
 from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import EarlyStopping
@@ -27,6 +28,7 @@ from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
 from runtime.csv_log import RunCSVLogger
 from runtime.exits import RUN, guarded
 from runtime.reporting import ValidationHistory
+from runtime.run_lock import release_locks
 from runtime.rundir import prepare_fit_dir
 from runtime.stop import GracefulStop
 
@@ -94,11 +96,13 @@ def launched_as_rank_zero() -> bool:
 
 
 class RunCLI(LightningCLI):
-    """LightningCLI without subcommand dispatch: ``main`` runs the subcommand itself."""
+    """LightningCLI without subcommand dispatch: ``run_command`` runs the subcommand itself."""
 
-    def __init__(self, subcommand: str, config_path: Path | None, args: list[str]) -> None:
+    def __init__(self, subcommand: str, config_path: Path | None, args: list[str],
+                 source: dict[str, Any] | None = None) -> None:
         self.subcommand_name = subcommand
         self.config_path = config_path
+        self.source = source  # a run config given as a dict (the Python API), not a file
         self.run_dir: Path | None = None
         self.resume_from: Path | None = None
         self.resume_step: int | None = None
@@ -141,7 +145,7 @@ class RunCLI(LightningCLI):
             raise ConfigError(self._explain(err, parser)) from None
 
     def _explain(self, err: ArgumentError, parser: Any) -> str:
-        config = load_yaml(self.config_path) if self.config_path else None
+        config = load_yaml(self.config_path) if self.config_path else self.source
         defaults = parser.get_defaults().as_dict()
         groups = {k: list(v) for k, v in defaults.items() if isinstance(v, dict)}
         groups[""] = list(defaults)
@@ -236,6 +240,35 @@ def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
     return out
 
 
+def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI:
+    """Run one ``mtl-run`` command line (``argv`` as typed after ``mtl-run``) and return the
+    finished CLI; bad input raises ``ConfigError``. The one path of ``main`` and of
+    :mod:`runtime.api`, whose run configs may be dicts: ``source`` then stands for RUN.yaml.
+    The run directory's lock is held until it returns.
+    """
+    _quiet_known_warnings()
+    subcommand, config_path, args = split_command_line(argv)
+    RUN.subcommand = subcommand
+    if source is not None:
+        try:
+            text = yaml.safe_dump(source, sort_keys=False)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"the run config holds a value that is not plain data "
+                              f"(numbers, strings, lists, dicts): {err}") from None
+        args = ["--config", text, *args]
+    try:
+        try:
+            cli = RunCLI(subcommand, config_path, args, source=source)
+        except ArgumentError as err:  # raised outside parse_arguments (e.g. a bad --help use)
+            raise ConfigError(str(err)) from None
+        from runtime.runner import run_subcommand
+
+        run_subcommand(cli, argv)  # ConfigErrors found once the objects exist (e.g. init_from)
+    finally:
+        release_locks()
+    return cli
+
+
 def main(argv: list[str] | None = None) -> int:
     """``mtl-run``; how it ends maps to the exit-code table (``compiler.exitcodes``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -243,19 +276,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    _quiet_known_warnings()
-    subcommand, config_path, args = split_command_line(argv)
-    RUN.subcommand = subcommand
     try:
-        cli = RunCLI(subcommand, config_path, args)
+        cli = run_command(argv)  # ConfigErrors (bad input, failed writes) exit 2 in guarded()
     except _CheckPassed:
-        print(f"{config_path}: OK")
+        print(f"{split_command_line(argv)[1]}: OK")
         return 0
-    except ArgumentError as err:  # raised outside parse_arguments (e.g. a bad --help use)
-        return _config_error(str(err))
-    from runtime.runner import run_subcommand
-
-    run_subcommand(cli, argv)  # ConfigErrors (bad input, failed writes) exit 2 in guarded()
     print(cli.run_dir)
     return 0
 
@@ -266,11 +291,6 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
     warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-
-
-def _config_error(message: str) -> int:
-    print(f"mtl-run: config error: {message}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from typing import Any
 from compiler import exitcodes
 from compiler.errors import ConfigError
 from compiler.files import WriteError
-from runtime.run_lock import release_locks
 
 PROG = "mtl-run"
 
@@ -125,5 +124,3 @@ def guarded(body: Callable[[], int], argv: list[str]) -> int:
         return exitcodes.TERMINATED
     except Exception:  # noqa: BLE001 - anything else is a bug: say so, with the traceback
         return exitcodes.report_bug(PROG)
-    finally:
-        release_locks()

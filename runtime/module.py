@@ -23,7 +23,7 @@ from runtime.ema import WeightEMA
 from runtime.init_from import ROUTING_KEY, TASKS_KEY, InitFrom, apply_init_from
 from runtime.metrics import ConfusionMatrixMetrics
 from runtime.model import MultiTaskModel
-from runtime.tasks import Task
+from runtime.tasks import Task, multitask_loss
 
 STAGES = ("val", "test")
 SCORE = "val/score"
@@ -119,20 +119,15 @@ class MultiTaskModule(LightningModule):
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
         targets: Mapping[str, Tensor] = batch["targets"]
+        if not targets:
+            raise ValueError(f"batch from dataset {batch.get('dataset')!r} has no targets")
         outputs = self.model(batch["inputs"], targets.keys())
         size = _batch_size(batch)
-        total: Tensor | None = None
-        for name, target in targets.items():
-            task: Task = self.tasks[name]
-            out = outputs[name]
-            loss = task.loss(out, target)
-            weighted = loss * task.loss_weight
-            total = weighted if total is None else total + weighted
+        total, losses = multitask_loss(self.tasks, outputs, targets)
+        for name, loss in losses.items():
             self.log(f"{stage}/{name}/loss", loss, on_step=False, on_epoch=True, batch_size=size)
             if stage in STAGES:
-                self.metrics[stage][name].update(out.detach(), target)
-        if total is None:
-            raise ValueError(f"batch from dataset {batch.get('dataset')!r} has no targets")
+                self.metrics[stage][name].update(outputs[name].detach(), targets[name])
         is_train = stage == "train"
         aux = self.model.aux_losses() if is_train else {}
         if aux and is_train:
@@ -155,12 +150,16 @@ class MultiTaskModule(LightningModule):
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
         """Per-task predictions for the tasks of the batch's dataset."""
-        tasks = self._predict_tasks(batch)
-        outputs = self.model(batch["inputs"], tasks)
         return {
             "dataset": batch.get("dataset"),
-            "outputs": {t: self.tasks[t].predict(outputs[t]) for t in tasks},
+            "outputs": self.predictions(batch["inputs"], self._predict_tasks(batch)),
         }
+
+    def predictions(self, inputs: Tensor, tasks: list[str]) -> dict[str, dict[str, Tensor]]:
+        """``{task: task.predict(output)}`` (labels, probabilities, values) for ``inputs``:
+        what ``mtl-run predict`` writes and ``runtime.api`` returns."""
+        outputs = self.model(inputs, tasks)
+        return {t: self.tasks[t].predict(outputs[t]) for t in tasks}
 
     def _predict_tasks(self, batch: Mapping[str, Any]) -> list[str]:
         if batch.get("targets"):

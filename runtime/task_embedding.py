@@ -54,7 +54,7 @@ class TaskEmbedding(nn.Module):
         self.task_names = list(task_names)
         if self.path is not None:
             from compiler.errors import ConfigError as AnyConfigError
-            from scripts.embeds_file import load_task_embeddings
+            from runtime.embeds_file import load_task_embeddings
 
             try:
                 table, meta = load_task_embeddings(Path(self.path), self.task_names)

@@ -8,6 +8,7 @@ Outputs carry the class/label/output dimension at dim 1: ``[B, C]`` for vector t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -196,3 +197,21 @@ class RegressionTask(Task):
 
     def predict(self, outputs: Tensor) -> dict[str, Tensor]:
         return {"value": outputs.float()}
+
+
+def multitask_loss(
+    tasks: Mapping[str, Task], outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The multitask training loss: ``sum(task.loss_weight * task.loss(output, target))`` over
+    the tasks in ``targets`` (a batch carries the tasks of its dataset), and each task's
+    unweighted loss. What ``MultiTaskModule`` optimizes, usable in a plain PyTorch loop.
+    """
+    if not targets:
+        raise ValueError("no targets: a batch needs the labels of at least one task")
+    losses = {name: tasks[name].loss(outputs[name], target) for name, target in targets.items()}
+    total: Tensor | None = None
+    for name, loss in losses.items():
+        weighted = loss * tasks[name].loss_weight
+        total = weighted if total is None else total + weighted
+    assert total is not None
+    return total, losses

