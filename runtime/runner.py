@@ -87,18 +87,23 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
         check_output(run_dir / name, kind)  # before any work: no folder where a file goes
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = cli.config_path or run_dir / "config.yaml"
-    info = run_info(argv, stage, config_path, cli.config.seed_everything)
     embeddings = task_embedding_sources(cli.model)
-    if embeddings:
-        info["task_embeddings"] = embeddings
-        for source in embeddings:
-            print(f"task embeddings: {source['path']} ({source['model']}, "
-                  f"dim {source['dimension']}, options {source['options']})", file=sys.stderr)
-    if stage == "fit":  # written once training starts: a fit that fails before changes nothing
-        cli.trainer.callbacks.append(WriteOnTrainStart(lambda: (
-            save_config(cli, run_dir / "config.yaml"), write_json(run_dir / info_name, info))))
-    else:
+    for source in embeddings:
+        print(f"task embeddings: {source['path']} ({source['model']}, "
+              f"dim {source['dimension']}, options {source['options']})", file=sys.stderr)
+
+    def record() -> None:
+        if stage == "fit":
+            save_config(cli, run_dir / "config.yaml")
+        info = run_info(argv, stage, config_path, cli.config.seed_everything)
+        if embeddings:
+            info["task_embeddings"] = embeddings
         write_json(run_dir / info_name, info)
+
+    if stage == "fit":  # written once training starts: a fit that fails before changes nothing
+        cli.trainer.callbacks.append(WriteOnTrainStart(record))
+    else:
+        record()
     {"fit": _fit, "validate": _evaluate, "test": _evaluate, "predict": _predict}[stage](cli)
 
 
