@@ -1,4 +1,5 @@
-"""Finding and loading checkpoints (always ``weights_only=True``)."""
+"""Finding, loading (always ``weights_only=True``) and writing checkpoints: atomically, under
+names that never change, and only into a model they fit."""
 
 from __future__ import annotations
 
@@ -82,9 +83,9 @@ class RunCheckpoint(ModelCheckpoint):
     @property
     def state_key(self) -> str:
         # the name plain ModelCheckpoints used, so older run directories resume too
-        return f"ModelCheckpoint{self.state_key_fields()!r}"
+        return f"ModelCheckpoint{self._state_key_fields()!r}"
 
-    def state_key_fields(self) -> dict[str, Any]:
+    def _state_key_fields(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "mode": self.mode,
                 "every_n_train_steps": self._every_n_train_steps,
                 "every_n_epochs": self._every_n_epochs,

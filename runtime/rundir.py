@@ -146,9 +146,20 @@ def clear_run_dir(run_dir: Path) -> None:
             entry.unlink()
 
 
+def create_run_dir(run_dir: Path, lock: bool) -> None:
+    """Create the run directory (once the run's objects are built) and, for a fit's
+    launching process, take its lock before anything is written into it."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    if lock:
+        lock_run_dir(run_dir)
+
+
 def prepare_fit_dir(run_dir: Path, resume: bool, force: bool, launcher: bool
                     ) -> tuple[Path, int] | None:
-    """Check and lock the run directory of a fit; the checkpoint (and its step) to resume.
+    """Check (and lock, if it exists) the run directory of a fit; the checkpoint to resume.
 
     Everything is checked before anything is written: a regular file or an unwritable
     folder, a directory in use (the lock), a trained run without ``--resume``/``--force``,
@@ -185,10 +196,8 @@ def prepare_fit_dir(run_dir: Path, resume: bool, force: bool, launcher: bool
         raise ConfigError(
             f"run directory {run_dir} already exists: pass --resume to continue it, "
             "--force to delete it and start over, or --run-dir for another directory")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    if not run_dir.is_dir():
+        return None  # created (and locked) once everything is built: see create_run_dir
     lock_run_dir(run_dir)
     if entries:
         if not force:

@@ -22,6 +22,7 @@ from runtime.reporting import (
     write_json,
     write_predictions,
 )
+from runtime.rundir import create_run_dir
 
 if TYPE_CHECKING:
     from runtime.cli import RunCLI
@@ -85,7 +86,9 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
     for name, kind in STAGE_OUTPUTS[stage] + [(info_name, "file")]:
         check_output(run_dir / name, kind)  # before any work: no folder where a file goes
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from runtime.cli import launched_as_rank_zero
+
+    create_run_dir(run_dir, lock=stage == "fit" and launched_as_rank_zero())
     config_path = cli.config_path or run_dir / "config.yaml"
     embeddings = task_embedding_sources(cli.model)
     for source in embeddings:
