@@ -16,6 +16,7 @@ from runtime_toy import toy_config
 from torch import nn
 
 from runtime.config_errors import ConfigError
+from runtime.embeds_file import encode
 from runtime.encoders import MLPEncoder, TransformerEncoder
 from runtime.heads import ClassificationHead
 from runtime.lora import StaticLoRA, TaskLoRA
@@ -25,7 +26,6 @@ from runtime.rundir import build_objects
 from runtime.stages import FineTuneStages, Stage
 from runtime.task_embedding import TaskEmbedding
 from runtime.trunk import TaskTrunk
-from runtime.embeds_file import encode
 
 TASKS = ["ta", "tb"]
 

