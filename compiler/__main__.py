@@ -1,5 +1,5 @@
 """``python -m compiler`` is ``mtl-make-config``."""
 
-from .cli import main
+from .launch import main
 
 main()

@@ -15,7 +15,7 @@ from .errors import ConfigError, format_key
 from .maker import Maker
 from .merge import deep_merge
 from .tree import get_path
-from .yamlio import Source, parse, read_source
+from .yamlio import Source, max_file_size, parse, read_source
 
 MODEL_ARGS = ("model", "init_args", "model", "init_args")
 DECODERS = (*MODEL_ARGS, "decoders")
@@ -63,6 +63,8 @@ class Dialect:
     reason: str = ""
     #: Merge heads after ``global_overrides`` (upstream rslearn order) instead of before.
     merge_heads_after_overrides: ClassVar[bool] = False
+    #: How input files read numbers (:mod:`compiler.yamlload`): YAML 1.2 for native makers.
+    schema: ClassVar[str] = "1.2"
     #: Substitution problems gathered over all files, reported together.
     problems: list = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -71,7 +73,18 @@ class Dialect:
 
     # -- inputs --------------------------------------------------------------------------
     def substitution_values(self, maker: Maker, sets: dict[str, Any]) -> dict[str, Any]:
-        return {**maker.substitutions, **sets}
+        """The maker's substitutions and ``--set NAME=VALUE``, each resolved (a value may use
+        other substitutions; a cycle is refused)."""
+        from .substitute import resolve_values
+
+        def where(name: str) -> tuple[Any, int | None]:
+            if name in sets:
+                return "--set", None
+            return maker.path, maker.source.line_of(("substitutions", name))
+
+        values, problems = resolve_values({**maker.substitutions, **sets}, where)
+        self.problems += problems
+        return values
 
     def read(self, path: Path, what: str) -> Source:
         """Read an input file (unparsed), reusing the copy detection read, if any."""
@@ -83,15 +96,18 @@ class Dialect:
         from .substitute import Substituter, located_problems, substitute_source
 
         src = self.read(path, what)
-        src.doc = src.raw = parse(src.text, path)
+        src.schema = self.schema
+        src.doc = src.raw = parse(src.text, path, self.schema)
         sub = Substituter(values)
         src.doc = substitute_source(src.doc, src.text, sub)
         if sub.unresolved or sub.failed:
             self.problems += [(path, *p) for p in located_problems(src.text, sub)]
+        sub.check_size(f"the {what} after substitution", len(src.text), path)
         return src
 
     def overrides(self, maker: Maker, name: str, values: dict[str, Any]) -> dict:
         """The maker's local or global overrides, substituted (native) or verbatim."""
+        from .bounds import check_bounds, size_error
         from .substitute import Substituter, located_problems
 
         raw = getattr(maker, name)
@@ -102,6 +118,11 @@ class Dialect:
             self.problems += [
                 (maker.path, *p) for p in located_problems(text, sub)
             ]
+        size = check_bounds(out, f"{name} after substitution", file=maker.path)
+        if name == "local_overrides" and size * len(maker.datasets) > max_file_size():
+            raise size_error(f"local_overrides, merged into each of {len(maker.datasets)} "
+                             "datasets,", size * len(maker.datasets), maker.path,
+                             maker.source.line_of((name,)))
         return out
 
     # -- datasets ------------------------------------------------------------------------
@@ -133,13 +154,23 @@ class Dialect:
                 DECODERS,
             )
         for task, decoder in decoders.items():
+            if not isinstance(task, str) or not task:
+                raise parts.error(f"task name {task!r} must be a non-empty string",
+                                  (*DECODERS, task))
             if not isinstance(decoder, list) or not decoder:
                 raise parts.error(
                     f"decoder of task '{task}' must be a non-empty list of modules",
                     (*DECODERS, task),
                 )
+            for i, layer in enumerate(decoder):
+                if isinstance(layer, dict) and "class_path" in layer and (
+                        not isinstance(layer["class_path"], str) or not layer["class_path"]):
+                    raise parts.error(
+                        f"class_path of decoder layer {i} of task '{task}' must be a class "
+                        f"name (string), got {layer['class_path']!r}",
+                        (*DECODERS, task, i, "class_path"))
         parts.decoders = decoders
-        parts.tasks = [str(t) for t in decoders]
+        parts.tasks = list(decoders)
         self._ignored_model_keys(config, parts)
         task_defs = get_path(config, ("model", "init_args", "tasks"), {}) or {}
         if not isinstance(task_defs, dict):
@@ -225,8 +256,7 @@ class Dialect:
     def output_layer(self, task: str, decoder: list) -> int:
         """Index of the decoder layer whose ``num_outputs`` is the task's label count."""
         for i in range(len(decoder) - 1, -1, -1):
-            layer = decoder[i]
-            if isinstance(layer, dict) and "num_outputs" in (layer.get("init_args") or {}):
+            if "num_outputs" in layer_args(task, decoder, i):
                 return i
         raise ConfigError(
             f"decoder of task '{task}' has no output layer: no layer has init_args.num_outputs",
@@ -234,14 +264,15 @@ class Dialect:
         )
 
     def num_outputs(self, task: str, decoder: list) -> Any:
-        return decoder[self.output_layer(task, decoder)]["init_args"]["num_outputs"]
+        i = self.output_layer(task, decoder)
+        return layer_args(task, decoder, i)["num_outputs"]
 
     def with_num_outputs(self, task: str, decoder: list, count: int) -> list:
         """A copy of the decoder whose output layer has ``count`` outputs."""
         i = self.output_layer(task, decoder)
-        layer = decoder[i]
         out = list(decoder)
-        out[i] = {**layer, "init_args": {**layer["init_args"], "num_outputs": count}}
+        out[i] = {**decoder[i], "init_args": {**layer_args(task, decoder, i),
+                                              "num_outputs": count}}
         return out
 
     def differing_key(self, task: str, decoder: list, other: list) -> str | None:
@@ -282,7 +313,15 @@ class Dialect:
         return blocks
 
     def check_groups(self, groups: list[list[str]], tasks: list[str], maker: Maker) -> list:
-        """Validate ``same_label_groups`` against the maker's tasks; return the groups to use."""
+        """Validate ``same_label_groups`` before merging heads; return the groups to use."""
+        self.validate_groups(groups, tasks, maker)
+        return groups
+
+    def validate_groups(self, groups: list[list[str]], tasks: list[str], maker: Maker) -> None:
+        """``same_label_groups`` must name tasks of the maker, each in one group only.
+
+        Checked on every compile, also when heads are not merged.
+        """
         seen: dict[str, int] = {}
         for i, group in enumerate(groups):
             for j, task in enumerate(group):
@@ -295,7 +334,6 @@ class Dialect:
                     raise maker.source.error(
                         key, f"task '{task}' is in two label groups ({seen[task]} and {i})")
                 seen[task] = i
-        return groups
 
     def merged_name(self, class_path: str) -> str:
         return class_path.rsplit(".", 1)[-1]
@@ -317,6 +355,23 @@ class Dialect:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+
+def layer_args(task: str, decoder: list, index: int) -> dict:
+    """The ``init_args`` mapping of one decoder layer ({} when absent); a layer that is not a
+    mapping, or ``init_args`` that are not one, is a ``ConfigError`` at that key path."""
+    layer = decoder[index]
+    key = (*DECODERS, task, index)
+    if not isinstance(layer, dict):
+        raise ConfigError(f"decoder layer {index} of task '{task}' must be a mapping "
+                          f"(class_path, init_args), got {type(layer).__name__}", key=key)
+    args = layer.get("init_args")
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"init_args of decoder layer {index} of task '{task}' must be a "
+                          f"mapping, got {type(args).__name__}", key=(*key, "init_args"))
+    return args
 
 
 def _fill(run: dict, path: tuple, value: dict) -> dict:

@@ -12,7 +12,11 @@ from pathlib import Path
 
 def format_key(path: tuple | list) -> str:
     """Dotted form of a key path (``model.init_args.lr``; list indices as numbers)."""
-    return ".".join(str(p) for p in path) if path else "<root>"
+    if not path:
+        return "<root>"
+    if len(path) > 12:  # deep nesting: the ends say where
+        return ".".join([*map(str, path[:5]), "...", *map(str, path[-5:])])
+    return ".".join(str(p) for p in path)
 
 
 class ConfigError(Exception):

@@ -70,7 +70,7 @@ def _stage_line(compiled: Compiled, stage: Stage, key: tuple) -> str | None:
 
 def explain_key(compiled: Compiled, text: str) -> str:
     """Human-readable provenance of one key path of the run config."""
-    key = parse_key(text)
+    key = parse_key(text, "--explain")
     value = get_path(compiled.run, key, _MISSING)
     if value is _MISSING:
         raise ConfigError(f"--explain: '{text}' is not a key of the compiled run config")

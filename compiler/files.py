@@ -131,10 +131,12 @@ def _temp_path(path: Path, suffix: str = "") -> Path:
     raise FileExistsError(f"cannot find a free temporary name beside {path}")
 
 
-def _create_temp(path: Path) -> tuple[int, Path]:
-    """A new hidden temporary file beside ``path``, created with mode 0666 & ~umask."""
+def create_temp(path: Path) -> tuple[int, Path]:
+    """A new hidden temporary file beside ``path``, created with mode 0666 & ~umask (its name
+    shortened so that a target whose name is near the file-system limit still gets one)."""
+    stem = os.fsencode(path.name)[:64].decode("utf-8", "ignore") or "out"
     for attempt in range(1000):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{attempt}.tmp")
+        tmp = path.with_name(f".{stem}.{os.getpid()}.{attempt}.tmp")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:
@@ -174,7 +176,7 @@ def atomic_file(path: Path, binary: bool = True) -> Iterator[IO]:
         raise ConfigError(f"{path} is a directory; refusing to replace it with a file")
     _prepare_parent(path)
     try:
-        fd, tmp = _create_temp(path)
+        fd, tmp = create_temp(path)
     except OSError as exc:
         raise write_error(path, exc) from None
     try:

@@ -62,10 +62,11 @@ def load_finetune_from(src: Source, value: Any) -> FinetuneFrom:
             raise src.error((*_WHERE, key),
                         f"unknown finetune_from key '{key}'; allowed: {', '.join(KEYS)}")
     run_dir = value.get("run_dir")
-    if not isinstance(run_dir, str) or not run_dir:
-        raise src.error((*_WHERE, "run_dir"), "finetune_from needs run_dir: a run directory")
+    if not isinstance(run_dir, str) or not run_dir or "\0" in run_dir:
+        raise src.error((*_WHERE, "run_dir"), "finetune_from needs run_dir: a run directory "
+                                              "(a path without NUL bytes)")
     checkpoint = value.get("checkpoint", "best")
-    if not isinstance(checkpoint, str) or not checkpoint:
+    if not isinstance(checkpoint, str) or not checkpoint or "\0" in checkpoint:
         raise src.error((*_WHERE, "checkpoint"), "must be best, last or a checkpoint path")
     task_init = value.get("task_init") or {}
     if not isinstance(task_init, dict) or not all(

@@ -13,7 +13,9 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 from .finetune import SCHEMA as FINETUNE_SCHEMA
 from .finetune import FinetuneFrom, load_finetune_from
-from .yamlio import Source, load_source, resolve_path
+from .sweep import SCHEMA as SWEEP_SCHEMA
+from .yamlio import Source, parse, read_source, resolve_path
+from .yamlload import unknown_top_level_key
 
 _PATH = {"type": "string", "minLength": 1}
 _BOOL = {"type": "boolean"}
@@ -64,6 +66,7 @@ FIELDS: dict[str, dict[str, Any]] = {
         },
     },
     "finetune_from": FINETUNE_SCHEMA,
+    "sweep": SWEEP_SCHEMA,
 }
 MERGE_OPTIONS = tuple(FIELDS["merge_options"]["properties"])
 
@@ -111,14 +114,37 @@ def _type_name(value: Any) -> str:
 def _expect(src: Source, key: tuple, value: Any, kind: type, what: str) -> None:
     if not isinstance(value, kind) or (kind is str and not value):
         raise src.error(key, f"must be {what}, got {_type_name(value)}")
+    if kind is str and "\0" in value:
+        raise src.error(key, f"must be {what} without NUL bytes")
 
 
-def load_maker(path: Path | Source) -> Maker:
+#: Makers larger than this have their top-level keys checked before they are built.
+_PRESCAN_SIZE = 1 << 20
+
+
+def _unknown(key: Any) -> str:
+    return (f"unknown maker key '{key}'{did_you_mean(str(key), list(FIELDS))}; "
+            f"allowed: {', '.join(FIELDS)}")
+
+
+def load_maker(path: Path | Source, schema: str = "1.2") -> Maker:
     """Load and check a maker config; every problem is a located ``ConfigError``.
 
-    A ``Source`` is a maker already parsed (the Python API's maker dicts): its paths resolve
-    against the folder of its ``path``."""
-    src = path if isinstance(path, Source) else load_source(path, "maker config")
+    ``schema`` is how a maker file's numbers are read (YAML 1.2; "1.1" for the rslearn
+    dialect). A ``Source`` is a maker already parsed (the Python API's maker dicts): its paths
+    resolve against the folder of its ``path``.
+    """
+    if isinstance(path, Source):
+        src = path
+    else:
+        src = read_source(path, "maker config")
+        if len(src.text) > _PRESCAN_SIZE:  # refuse a wrong key before building a large file
+            found = unknown_top_level_key(src.text, FIELDS)
+            if found is not None:
+                key, line = found
+                raise ConfigError(_unknown(key), file=path, line=line, key=(key,))
+        src.schema = schema
+        src.doc = src.raw = parse(src.text, path, schema)
     path = src.path
     doc = src.doc
     if not isinstance(doc, dict):
@@ -129,10 +155,7 @@ def load_maker(path: Path | Source) -> Maker:
         )
     for key in doc:
         if key not in FIELDS:
-            raise src.error((key,),
-                f"unknown maker key '{key}'{did_you_mean(str(key), list(FIELDS))}; "
-                f"allowed: {', '.join(FIELDS)}",
-            )
+            raise src.error((key,), _unknown(key))
     if "base_path" in doc and "base_cfg" in doc:
         raise src.error(("base_cfg",), "give either 'base_path' or its alias 'base_cfg', not both")
     base_key = "base_path" if "base_path" in doc else "base_cfg"
@@ -187,6 +210,8 @@ def _load_merge_options(src: Source, options: Any, maker: Maker) -> None:
             _expect(src, where, groups, list, "a list of task-name lists")
             for i, group in enumerate(groups):
                 _expect(src, (*where, i), group, list, "a list of task names")
+                if not group:
+                    raise src.error((*where, i), "a label group must name at least one task")
                 for j, task in enumerate(group):
                     _expect(src, (*where, i, j), task, str, "a task name")
             maker.same_label_groups = groups

@@ -62,11 +62,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .dialect import DATA_ARGS, DECODERS, MODEL_ARGS, DatasetParts, Dialect, Placement
+from .dialect import (
+    DATA_ARGS,
+    DECODERS,
+    MODEL_ARGS,
+    DatasetParts,
+    Dialect,
+    Placement,
+    layer_args,
+)
 from .errors import ConfigError, format_key
 from .maker import Maker
 from .tree import get_path, set_path
-from .yamlio import Source, load_source, parse, resolve_path
+from .yamlio import Source, load_source, max_file_size, parse, resolve_path
 
 #: Upstream's placeholders, in the order it replaces them: (placeholder, substitution name,
 #: divisor numerator or None).
@@ -109,7 +117,13 @@ def substitute_text(text: str, values: dict[str, Any]) -> tuple[str, list[tuple[
                 problems.append((placeholder, f"{name} is 0 (division by zero)"))
                 continue
             value = numerator // value
-        text = text.replace(placeholder, str(value))
+        value = str(value)
+        grown = len(text) + text.count(placeholder) * (len(value) - len(placeholder))
+        if grown > max_file_size():  # checked before the text is built
+            problems.append((placeholder, f"{name} used here would make the file over the size "
+                                          f"cap of {max_file_size():,} bytes (--max-file-size)"))
+            continue
+        text = text.replace(placeholder, value)
     return text, problems
 
 
@@ -124,6 +138,8 @@ class RslearnDialect(Dialect):
 
     name: str = "rslearn"
     merge_heads_after_overrides: ClassVar[bool] = True
+    #: Numbers are read as PyYAML reads them (YAML 1.1), as upstream does.
+    schema: ClassVar[str] = "1.1"
     _base: Source | None = field(default=None, repr=False)
     _info: Source | None = field(default=None, repr=False)
     _owners: dict[str, DatasetParts] = field(default_factory=dict, repr=False)
@@ -135,8 +151,12 @@ class RslearnDialect(Dialect):
         text, problems = substitute_text(src.text, values)
         for placeholder, reason in problems:
             self.problems.append((path, placeholder, _line_of(src.text, placeholder), reason))
+        if len(text) > max_file_size():
+            raise ConfigError(f"the {what} after substitution is over the size cap of "
+                              f"{max_file_size():,} bytes (--max-file-size)", file=path)
         src.text = text
-        src.doc = src.raw = parse(text, path)
+        src.schema = self.schema
+        src.doc = src.raw = parse(text, path, self.schema)
         if what == "base config":
             self._base = src
         return src
@@ -248,10 +268,9 @@ class RslearnDialect(Dialect):
         return self._entry(task)["num_outputs"]
 
     def with_num_outputs(self, task: str, decoder: list, count: int) -> list:
-        layer = decoder[0]
-        init = layer.get("init_args") or {}
+        init = layer_args(task, decoder, 0)
         key = self._entry(task)["num_outputs_key"]
-        return [{**layer, "init_args": {**init, key: count}}, *decoder[1:]]
+        return [{**decoder[0], "init_args": {**init, key: count}}, *decoder[1:]]
 
     def check_head(self, class_path: str, tasks: list[str]) -> None:
         keys = {t: self._entry(t)["num_outputs_key"] for t in tasks}
@@ -292,12 +311,15 @@ class RslearnDialect(Dialect):
         return blocks
 
     def check_groups(self, groups: list[list[str]], tasks: list[str], maker: Maker) -> list:
-        """Group members the maker does not include are ignored; a task in two groups is not.
-
-        Called first when heads merge, so the dataset-info file is loaded here: problems with
-        the file itself are reported at the base config that names it.
-        """
+        """Called first when heads merge, so the dataset-info file is loaded here: problems
+        with the file itself are reported at the base config that names it."""
         self._info_source()
+        self.validate_groups(groups, tasks, maker)
+        return groups
+
+    def validate_groups(self, groups: list[list[str]], tasks: list[str], maker: Maker) -> None:
+        """Group members the maker does not include are ignored (as upstream); a task in two
+        groups is not."""
         seen: dict[str, int] = {}
         known = set(tasks)
         for i, group in enumerate(groups):
@@ -309,7 +331,6 @@ class RslearnDialect(Dialect):
                     raise maker.source.error(
                         key, f"task '{task}' is in two label groups ({seen[task]} and {i})")
                 seen[task] = i
-        return groups
 
     def offset_entry(self, task: str, offset: int, count: int) -> dict[str, Any]:
         return {"offset": offset, "outputs_key": self._entry(task)["outputs_key"],
@@ -351,11 +372,11 @@ class RslearnDialect(Dialect):
                 f"names none: add '{INFO_KEY}: PATH' (relative to the base config)",
                 file=base.path,
             )
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"'{INFO_KEY}' must be a path (string)", **where)
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise ConfigError(f"'{INFO_KEY}' must be a path (string, without NUL)", **where)
         path = resolve_path(base.path.parent, name)
         try:
-            src = load_source(path, "dataset-info file")
+            src = load_source(path, "dataset-info file", self.schema)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (named by '{INFO_KEY}')", **where) from None
         if not isinstance(src.doc, dict):

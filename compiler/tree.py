@@ -26,33 +26,63 @@ def get_path(tree: Any, path: tuple, default: Any = None) -> Any:
     return node
 
 
-def set_path(tree: Any, path: tuple, value: Any, create: bool = True) -> Any:
-    """A copy of ``tree`` with ``value`` at ``path``; missing mappings are created."""
+class PathError(ConfigError, KeyError):
+    """A key path runs into a value that cannot hold it (its ``key`` says where)."""
+
+    def __str__(self) -> str:
+        return ConfigError.__str__(self)
+
+
+def set_path(tree: Any, path: tuple, value: Any, create: bool = True,
+             _at: tuple = ()) -> Any:
+    """A copy of ``tree`` with ``value`` at ``path``; missing mappings are created.
+
+    A value on the way that is neither a mapping nor (for an index) a list raises
+    :class:`PathError` located at that value's key path.
+    """
     if not path:
         return value
     key, rest = path[0], path[1:]
     if isinstance(tree, list):
         if not isinstance(key, int) or not -len(tree) <= key < len(tree):
-            raise KeyError(key)
+            raise PathError(f"a list of {len(tree)} items has no item {key!r}", key=_at)
         out = list(tree)
-        out[key] = set_path(tree[key], rest, value, create)
+        out[key] = set_path(tree[key], rest, value, create, (*_at, key))
         return out
     if tree is None and create:
         tree = {}
     if not isinstance(tree, dict):
-        raise KeyError(key)
+        raise PathError(f"must be a mapping (to hold '{key}'), got {_kind(tree)}", key=_at)
     if key not in tree and not create:
-        raise KeyError(key)
+        raise PathError(f"has no key '{key}'", key=_at)
     out = dict(tree)
-    out[key] = set_path(tree.get(key), rest, value, create)
+    out[key] = set_path(tree.get(key), rest, value, create, (*_at, key))
     return out
 
 
-def parse_key(text: str) -> tuple:
-    """``a.b.0.c`` -> ('a', 'b', 0, 'c'); numeric parts become list indices."""
-    if not text or any(not part for part in text.split(".")):
-        raise ConfigError(f"'{text}' is not a dotted key path like model.init_args.lr")
-    return tuple(int(p) if p.lstrip("-").isdigit() else p for p in text.split("."))
+def _kind(value: Any) -> str:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{type(value).__name__} {shown}"
+
+
+def parse_key(text: str, what: str = "key") -> tuple:
+    """``a.b.0.c`` -> ('a', 'b', 0, 'c'); numeric parts become list indices.
+
+    ``what`` names where the key came from (``--explain``, ``--set``) in the error.
+    """
+    from .yamlload import MAX_DEPTH
+
+    parts = text.split(".")
+    if not text.strip():
+        raise ConfigError(f"{what}: the key is empty; give a dotted key path like "
+                          "model.init_args.lr")
+    if any(not part for part in parts):
+        raise ConfigError(f"{what} '{text}': not a dotted key path like model.init_args.lr "
+                          "(an empty part between dots)")
+    if len(parts) > MAX_DEPTH:
+        raise ConfigError(f"{what}: the key path has more than {MAX_DEPTH} parts")
+    return tuple(int(p) if p.lstrip("-").isdigit() and len(p) < 10 else p for p in parts)
 
 
 def set_dotted(tree: Any, path: tuple, value: Any) -> Any:

@@ -1,36 +1,67 @@
-"""Safe, fast YAML reading and writing with errors that point at file and line.
+"""Reading input files and writing run configs: bounded, located, atomic.
 
-Loading always goes through a *safe* loader (libyaml's C one when available): tags that would
-construct Python objects are refused. Line numbers are only worked out when needed (an error
-or ``--explain``), by composing the node tree again, so the common path is just libyaml.
+Input files must be regular files no larger than the size cap (:func:`max_file_size`,
+64 MiB unless ``--max-file-size`` / ``MTL_MAX_FILE_SIZE`` raise it), UTF-8 text without NUL
+bytes. YAML is read by :mod:`compiler.yamlload` (plain data only, located errors) and written
+by :mod:`compiler.yamlemit`. Line numbers are worked out only when needed (an error or
+``--explain``), by walking the file's YAML events again, so the common path stays fast.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
-from .files import atomic_write
+from .files import atomic_write, create_temp, write_error
+from .yamlemit import emit
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+try:  # CPython's own SHA-256: hashlib would load OpenSSL first, a few ms of every start-up
+    from _sha256 import sha256
+except ImportError:  # pragma: no cover - other Pythons (3.12+ name it _sha2)
+    from hashlib import sha256
+from .yamlload import key_lines, load
 
-#: Most nodes a document may expand to through aliases (guards against "billion laughs").
-MAX_EXPANDED_NODES = 2_000_000
+#: Default cap on the size of each input file and of the compiled output.
+DEFAULT_MAX_FILE_SIZE = 64 * 1024 * 1024
+MAX_FILE_SIZE_ENV = "MTL_MAX_FILE_SIZE"
+_max_file_size: ContextVar[int] = ContextVar("max_file_size", default=DEFAULT_MAX_FILE_SIZE)
 
 
-class _Dumper(_BaseDumper):  # type: ignore[misc, valid-type]
-    """Safe dumper that writes shared sub-trees out in full instead of as YAML aliases."""
+def max_file_size() -> int:
+    """The size cap in bytes for each input file and for the output."""
+    return _max_file_size.get()
 
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+
+@contextmanager
+def file_size_cap(limit: int) -> Iterator[None]:
+    """Use ``limit`` bytes as the size cap inside the ``with`` block."""
+    token = _max_file_size.set(limit)
+    try:
+        yield
+    finally:
+        _max_file_size.reset(token)
+
+
+def parse_size(text: str) -> int:
+    """``67108864``, ``64M``, ``64MiB``, ``1G``, ``512k`` -> bytes (binary units)."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(raw[-1:], 1)
+    digits = raw[:-1] if scale > 1 else raw
+    if not digits.isdigit() or len(digits) > 15 or int(digits) < 1:
+        raise ValueError(f"{text!r} is not a size (a positive number of bytes, or like 64M, 1G)")
+    return int(digits) * scale
+
+
+def shown(path: Path | str) -> str:
+    """A path as text safe to print or write (undecodable bytes shown as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -43,15 +74,21 @@ class Source:
     doc: Any = None
     #: The document as parsed, before placeholders were substituted (for ``--explain``).
     raw: Any = None
+    #: How numbers were read: "1.2" (native) or "1.1" (rslearn, as PyYAML).
+    schema: str = "1.2"
     _lines: dict[tuple, int] | None = field(default=None, repr=False)
+
+    def _key_lines(self) -> dict[tuple, int]:
+        if self._lines is None:
+            self._lines = key_lines(self.text, self.schema)
+        return self._lines
 
     def line_of(self, key: tuple) -> int | None:
         """1-based line where the key path ``key`` is written in this file, if it is."""
-        if self._lines is None:
-            self._lines = key_lines(self.text)
+        lines = self._key_lines()
         while key:
-            if key in self._lines:
-                return self._lines[key]
+            if key in lines:
+                return lines[key]
             key = key[:-1]
         return None
 
@@ -61,9 +98,7 @@ class Source:
 
     def has(self, key: tuple) -> bool:
         """Whether the key path is written (exactly) in this file."""
-        if self._lines is None:
-            self._lines = key_lines(self.text)
-        return key in self._lines
+        return key in self._key_lines()
 
 
 def resolve_path(folder: Path, name: str) -> Path:
@@ -72,15 +107,37 @@ def resolve_path(folder: Path, name: str) -> Path:
 
 
 def read_source(path: Path, what: str = "file") -> Source:
-    """Read a text file, refusing missing files, folders and binary content clearly."""
+    """Read a text file: a regular file within the size cap, UTF-8, without NUL bytes.
+
+    Devices (``/dev/zero``), FIFOs, sockets and folders are refused before anything is read;
+    a FIFO is opened non-blocking, so it cannot hang the compile.
+    """
+    limit = max_file_size()
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError(f"{what} not found", file=path) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} is a directory, not a YAML file", file=path) from None
+    except ValueError:  # a NUL in the path
+        raise ConfigError(f"{what} path contains a NUL byte", file=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what}: {exc.strerror}", file=path) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{what} is a directory, not a YAML file", file=path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} is not a regular file (a device, FIFO or socket)",
+                              file=path)
+        if info.st_size > limit:
+            raise ConfigError(_too_big(what, info.st_size, limit), file=path)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror}", file=path) from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:  # grew while read
+        raise ConfigError(_too_big(what, len(raw), limit), file=path)
     if b"\0" in raw:
         raise ConfigError(f"{what} is not a text file (it contains NUL bytes)", file=path)
     try:
@@ -89,141 +146,59 @@ def read_source(path: Path, what: str = "file") -> Source:
         raise ConfigError(
             f"{what} is not UTF-8 text (bad byte at offset {exc.start})", file=path
         ) from None
-    return Source(path=path, text=text, sha256=hashlib.sha256(raw).hexdigest())
+    return Source(path=path, text=text, sha256=sha256(raw).hexdigest())
 
 
-def parse(text: str, path: Path) -> Any:
-    """Parse YAML text safely; syntax errors and unsafe tags become ``ConfigError``."""
-    try:
-        doc = yaml.load(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        reason = exc.problem or str(exc)
-        if exc.context:
-            reason = f"{exc.context}: {reason}"
-        if "could not determine a constructor" in reason:
-            reason = "YAML tags that construct objects are not allowed (" + reason + ")"
-        raise ConfigError(f"invalid YAML: {reason}", file=path, line=line) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=path) from None
-    except RecursionError:
-        raise ConfigError("invalid YAML: nested too deeply", file=path) from None
-    if "&" in text and "*" in text:
-        check_expansion(doc, path)
-    return doc
+def _too_big(what: str, size: int, limit: int) -> str:
+    return (f"{what} is {size:,} bytes, over the size cap of {limit:,} bytes (raise it with "
+            f"--max-file-size or {MAX_FILE_SIZE_ENV})")
 
 
-def load_source(path: Path, what: str = "file") -> Source:
+def parse(text: str, path: Path, schema: str = "1.2") -> Any:
+    """Parse YAML text as plain data; every problem becomes a located ``ConfigError``."""
+    return load(text, path, schema)
+
+
+def load_source(path: Path, what: str = "file", schema: str = "1.2") -> Source:
     """Read and parse one YAML file."""
     src = read_source(path, what)
-    src.doc = src.raw = parse(src.text, path)
+    src.schema = schema
+    src.doc = src.raw = parse(src.text, path, schema)
     return src
-
-
-def check_expansion(doc: Any, path: Path) -> None:
-    """Refuse documents whose aliases expand to an enormous (or cyclic) tree."""
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(node: Any) -> int:
-        if not isinstance(node, (dict, list)):
-            return 1
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in active:
-            raise ConfigError("YAML aliases form a cycle (a node contains itself)", file=path)
-        active.add(key)
-        children = node.values() if isinstance(node, dict) else node
-        total = 1
-        for child in children:
-            total += size(child)
-            if total > MAX_EXPANDED_NODES:
-                raise ConfigError(
-                    f"YAML aliases expand to more than {MAX_EXPANDED_NODES:,} nodes "
-                    "(an alias bomb?)",
-                    file=path,
-                )
-        active.discard(key)
-        sizes[key] = total
-        return total
-
-    size(doc)
-
-
-_STR_TAG = "tag:yaml.org,2002:str"
-_KEYS = yaml.constructor.SafeConstructor()
-
-
-def _walk_nodes(node: yaml.Node, prefix: tuple) -> Iterator[tuple[tuple, yaml.Node, yaml.Node]]:
-    """Yield (key path, key node or value node, value node) for every entry of a node tree."""
-    if isinstance(node, yaml.MappingNode):
-        for knode, vnode in node.value:
-            if not isinstance(knode, yaml.ScalarNode):
-                continue
-            key = knode.value if knode.tag == _STR_TAG else _KEYS.construct_object(knode)
-            path = prefix + (key,)
-            yield path, knode, vnode
-            yield from _walk_nodes(vnode, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, vnode in enumerate(node.value):
-            path = prefix + (i,)
-            yield path, vnode, vnode
-            yield from _walk_nodes(vnode, path)
-
-
-def _compose(text: str) -> yaml.Node | None:
-    try:
-        return yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError:
-        return None
-
-
-def key_lines(text: str) -> dict[tuple, int]:
-    """Map every key path written in a YAML text to the 1-based line of its key."""
-    root = _compose(text)
-    if root is None:
-        return {}
-    lines: dict[tuple, int] = {}
-    for path, knode, _ in _walk_nodes(root, ()):
-        lines.setdefault(path, knode.start_mark.line + 1)
-    return lines
-
-
-def scalar_lines(text: str, wanted: Callable[[str], bool]) -> list[tuple[int, str]]:
-    """(line, value) of every scalar in a YAML text whose value satisfies ``wanted``."""
-    root = _compose(text)
-    if root is None:
-        return []
-    found = []
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, yaml.ScalarNode):
-            if wanted(node.value):
-                found.append((node.start_mark.line + 1, node.value))
-        elif isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                stack.extend((k, v))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-    return sorted(found)
 
 
 def dump(doc: Any) -> str:
     """Serialize a document deterministically: insertion key order, block style, no aliases."""
-    return yaml.dump(
-        doc,
-        Dumper=_Dumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-        width=4096,
-    )
+    return emit(doc)
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never a half-written one
     (through the toolkit's one atomic writer, :func:`compiler.files.atomic_write`)."""
     atomic_write(path, text)
+
+
+def write_all_atomic(files: list[tuple[Path, str]]) -> None:
+    """Write several files: every one is written in full (and fsynced) to a temporary file
+    beside its target first, and only then are they all renamed into place (a failure leaves
+    none); temporaries come from :func:`compiler.files.create_temp`."""
+    temps: list[Path] = []
+    try:
+        for path, text in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = create_temp(path)
+            temps.append(tmp)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for (path, _), tmp in zip(files, temps, strict=True):
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise write_error(Path(exc.filename or files[0][0]), exc) from None
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise

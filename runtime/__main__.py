@@ -1,5 +1,7 @@
 """``python -m runtime`` is ``mtl-run`` (DDP workers are re-launched the same way)."""
 
+import sys
+
 from runtime.cli import main
 
-main()
+sys.exit(main())

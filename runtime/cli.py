@@ -17,10 +17,12 @@ from typing import Any, Literal
 import torch
 import yaml
 from jsonargparse import ActionYesNo, ArgumentError
+from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
 from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from compiler.files import check_output
 from runtime.checkpoints import AtomicCheckpointIO, RunCheckpoint
@@ -35,6 +37,10 @@ from runtime.stop import GracefulStop
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path")
 _FLAGS = ("--resume", "--force", "--check", "--help", "-h", "--print_config")
+
+
+KeepCount = restricted_number_type("KeepCount", int, (">=", -1))
+"""How many files to keep: a count, or -1 for all (checked when the config is parsed)."""
 
 
 @dataclass
@@ -57,14 +63,10 @@ class RunOptions:
     monitor: str = "val/score"
     mode: Literal["max", "min"] = "max"
     per_task_monitors: bool = False
-    checkpoint_every_n_steps: int | None = None
-    keep_step_checkpoints: int = 2
-    early_stopping_patience: int | None = None
-    num_threads: int | None = None
-
-
-class _CheckPassed(Exception):
-    """Raised after parsing in ``--check`` mode so nothing gets built."""
+    checkpoint_every_n_steps: PositiveInt | None = None
+    keep_step_checkpoints: KeepCount = 2
+    early_stopping_patience: NonNegativeInt | None = None
+    num_threads: PositiveInt | None = None
 
 
 def split_command_line(argv: list[str]) -> tuple[str, Path | None, list[str]]:
@@ -117,6 +119,7 @@ class RunCLI(LightningCLI):
             args=args,
             parser_kwargs={
                 "exit_on_error": False,
+                "allow_abbrev": False,  # --trainer.max_epoch must not mean max_epochs
                 "prog": f"mtl-run {subcommand}",
                 "description": "Run a compiled multitask run config: "
                 "mtl-run [fit|validate|test|predict] RUN.yaml [--key.path=value ...]",
@@ -129,7 +132,8 @@ class RunCLI(LightningCLI):
         for flag, text in (
             ("--resume", "Continue the run in --run_dir from its newest checkpoint."),
             ("--force", "Delete an existing run directory and start over."),
-            ("--check", "Only validate the config against the classes; build nothing."),
+            ("--check", "Build everything fit builds, set up the data and run one batch per "
+                        "dataset through the model and loss; train nothing, write nothing."),
         ):
             parser.add_argument(flag, action=ActionYesNo(yes_prefix="", no_prefix="--no_"),
                                 default=False, help=text)
@@ -153,12 +157,20 @@ class RunCLI(LightningCLI):
         return f"{where}{explain_argument_error(err, config, groups)}"
 
     def before_instantiate_classes(self) -> None:
-        if self.config.check:
-            raise _CheckPassed
+        from runtime.balancing import check_run_config
+        from runtime.preflight import check_trainer_values
+
+        where = f"{self.config_path}: " if self.config_path else ""
+        check_trainer_values(self.config.trainer.as_dict(), where)
+        problem = check_run_config(self.config)
+        if problem:
+            raise ConfigError(f"{where}{problem}")
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir else (
             default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
         RUN.run_dir = self.run_dir
-        if self.subcommand_name == "fit":
+        if self.config.check:
+            pass  # --check writes nothing and looks at no run directory
+        elif self.subcommand_name == "fit":
             found = prepare_fit_dir(self.run_dir, self.config.resume, self.config.force,
                                     launched_as_rank_zero())
             if found is not None:
@@ -173,7 +185,7 @@ class RunCLI(LightningCLI):
         kwargs["default_root_dir"] = str(self.run_dir)
         kwargs["logger"] = (
             RunCSVLogger(self.run_dir, resume_step=self.resume_step)
-            if self.subcommand_name == "fit" else False
+            if self.subcommand_name == "fit" and not self.config.check else False
         )
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         if not isinstance(configured, list):
@@ -211,7 +223,7 @@ class RunCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, KeyError, MisconfigurationException) as err:
             where = f"{self.config_path}: " if self.config_path else ""
             raise ConfigError(f"{where}could not build the objects of the config: "
                               f"{constructor_error(err)}") from err
@@ -261,6 +273,11 @@ def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI
             cli = RunCLI(subcommand, config_path, args, source=source)
         except ArgumentError as err:  # raised outside parse_arguments (e.g. a bad --help use)
             raise ConfigError(str(err)) from None
+        if cli.config.check:  # everything fit builds and checks, then stop (runtime.preflight)
+            from runtime.preflight import check_before_run
+
+            check_before_run(cli)
+            return cli
         from runtime.runner import run_subcommand
 
         run_subcommand(cli, argv)  # ConfigErrors found once the objects exist (e.g. init_from)
@@ -276,9 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    try:
-        cli = run_command(argv)  # ConfigErrors (bad input, failed writes) exit 2 in guarded()
-    except _CheckPassed:
+    cli = run_command(argv)  # ConfigErrors (bad input, failed writes) exit 2 in guarded()
+    if cli.config.check:
         print(f"{split_command_line(argv)[1]}: OK")
         return 0
     print(cli.run_dir)

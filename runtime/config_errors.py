@@ -9,7 +9,6 @@ included) and, for an unknown name, lists the close matches among the accepted o
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import pydoc
 import re
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from compiler.errors import ConfigError as CompilerConfigError
+from compiler.errors import did_you_mean
 
 _KEY = re.compile(r'Parser key "([^"]+)":')
 _CLASS = re.compile(r"Problem with given class_path '([^']+)':")
@@ -28,6 +28,8 @@ _GROUP = re.compile(r"Group '([^']+)' does not accept option '([^']+)'")
 _NO_ATTR = re.compile(r"module '([^']+)' has no attribute '([^']+)'")
 _NO_MODULE = re.compile(r"No module named '([^']+)'")
 _REQUIRED = re.compile(r"the following arguments are required: (.+)")
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: -*([^\s=]+)")
+_GOT_CLASS = re.compile(r"Got value: Namespace\(class_path='([^']+)'")
 _NOISE = (
     "Does not validate against any of the Union subtypes",
     "Subtypes:",
@@ -133,6 +135,16 @@ def _import(class_path: str) -> Any:
     return pydoc.locate(class_path)
 
 
+def _full_class(class_path: str) -> str:
+    """A short class name the way jsonargparse resolves it for optimizers and schedulers."""
+    if "." in class_path:
+        return class_path
+    for module in ("torch.optim", "torch.optim.lr_scheduler"):
+        if _import(f"{module}.{class_path}") is not None:
+            return f"{module}.{class_path}"
+    return class_path
+
+
 def _accepted(class_path: str | None) -> list[str]:
     """Argument names a class accepts (its ``__init__`` parameters, then its bases')."""
     cls = _import(class_path) if class_path else None
@@ -172,11 +184,13 @@ def load_yaml(path: Path) -> Any:
         return None
 
 
-def did_you_mean(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-    if not close:
-        return ""
-    return " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+def _nested_class(node: Any, reason: str) -> str | None:
+    """The class a leaf option was given to: the ``class_path`` of the config node the key
+    chain ended on (a nested class such as an optimizer), or the one jsonargparse echoes."""
+    if isinstance(node, dict) and isinstance(node.get("class_path"), str):
+        return node["class_path"]
+    match = _GOT_CLASS.search(reason)
+    return match.group(1) if match else None
 
 
 def explain_argument_error(err: Exception, config: Any = None,
@@ -201,13 +215,26 @@ def explain_argument_error(err: Exception, config: Any = None,
         hint = did_you_mean(m.group(2), (top_level or {}).get(m.group(1), []))
     elif leaf is not None:
         name = leaf.group(1).split(".")[0]
-        if locator.cls is not None:
+        nested = _nested_class(locator.node, reason)
+        if nested is not None and nested != locator.cls:
+            path += ["init_args", name]
+            hint = did_you_mean(name, _accepted(_full_class(nested)))
+            reason = f"{nested} does not accept the argument '{name}'"
+            locator.cls = None
+        elif locator.cls is not None:
             path += ["init_args", name]
             hint = did_you_mean(name, _accepted(locator.cls))
         else:
             path += [name]
             hint = did_you_mean(name, list((top_level or {}).get("", [])))
         reason = f"{reason} by {locator.cls}" if locator.cls else reason
+    elif (m := _UNRECOGNIZED.search(reason)) is not None:
+        group, _, name = m.group(1).rpartition(".")
+        path += m.group(1).split(".")
+        hint = did_you_mean(name, (top_level or {}).get(group, []))
+        known = group in (top_level or {}) or not group
+        reason = (f"'{name}' is not an option of '{group}'" if group and known
+                  else f"unknown option --{m.group(1)}")
     elif (m := _NO_ATTR.search(reason)) is not None:
         path += ["class_path"]
         hint = did_you_mean(m.group(2), _module_members(m.group(1)))
@@ -221,4 +248,4 @@ def explain_argument_error(err: Exception, config: Any = None,
     elif m is not None:
         reason = f"{reason} (usage: mtl-run [fit|validate|test|predict] RUN.yaml [overrides])"
     where = _join(path) if path else "(top level)"
-    return f"at {where}: {reason}.{hint}".replace("..", ".")
+    return f"at {where}: {reason.rstrip('.')}{hint}."

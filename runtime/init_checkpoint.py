@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from runtime.config_errors import first_line
+from runtime.state_mismatch import describe_mismatch, listing
 
 DCP_METADATA = ".metadata"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_SHOWN = 4
 #: DCP warns that it assumes a single process; with ``no_dist=True`` that is the intent
 SINGLE_PROCESS_WARNING = r".*assuming the intent is to (save|load) in a single process"
 
@@ -82,21 +82,12 @@ def _torch_state(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _listing(names: set[str]) -> str:
-    shown = sorted(names)[:_SHOWN]
-    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
-    return ", ".join(shown) + more
-
-
 def _shape_error(path: Path, prefix: str, wanted: dict[str, tuple[int, ...]],
                  available: dict[str, tuple[int, ...]]) -> ValueError:
-    wrong = sorted(n for n, shape in wanted.items() if available[prefix + n] != shape)
-    name = wrong[0]
-    return ValueError(
-        f"init checkpoint {path}: {len(wrong)} tensors have the wrong shape, e.g. "
-        f"{prefix + name} is {list(available[prefix + name])} but the module expects "
-        f"{list(wanted[name])}"
-    )
+    held = {prefix + n: available[prefix + n] for n in wanted}
+    problem = describe_mismatch({prefix + n: s for n, s in wanted.items()}, held, "the file",
+                                "the module")
+    return ValueError(f"init checkpoint {path} does not fit the module: {problem}")
 
 
 def _prefix_counts(wanted: set[str], available: set[str]) -> Counter[str]:
@@ -136,7 +127,7 @@ def match_prefix(
     held = under(best)
     missing, unexpected = set(wanted) - held, held - set(wanted)
     where = f" under prefix {best!r}" if best else ""
-    problems = [f"{what} {len(names)} tensors ({_listing(names)})"
+    problems = [f"{what} {len(names)} tensors ({listing(names)})"
                 for what, names in (("missing", missing), ("unexpected", unexpected)) if names]
     raise ValueError(
         f"init checkpoint {path} does not fit the module{where}: {', '.join(problems)}"

@@ -51,6 +51,9 @@ class ConfusionMatrixMetrics(Metric):
         return self.counts[: n * n].view(n, n)
 
     def compute(self) -> dict[str, Tensor]:
+        """The metrics; empty when no target was counted (all missing): absent, not 0."""
+        if not bool(self.confusion_matrix.sum() > 0):
+            return {}
         cm = self.confusion_matrix.double()
         tp = cm.diagonal()
         fp = cm.sum(0) - tp
@@ -95,7 +98,10 @@ class MultiLabelMetrics(Metric):
         self.tn += (valid & ~pred & ~true).sum(0)
 
     def compute(self) -> dict[str, Tensor]:
+        """The metrics; empty when no entry was counted (all missing): absent, not 0."""
         tp, fp, fn, tn = (s.double() for s in (self.tp, self.fp, self.fn, self.tn))
+        if not bool((tp + fp + fn + tn).sum() > 0):
+            return {}
         f1 = _f1(tp, fp, fn)
         out = {
             "accuracy": (tp + tn).sum() / (tp + fp + fn + tn).sum().clamp(min=1),
@@ -127,6 +133,9 @@ class RegressionMetrics(Metric):
         self.count += valid.sum()
 
     def compute(self) -> dict[str, Tensor]:
+        """MAE and RMSE; empty when no target was counted (all missing): absent, not 0."""
+        if not bool(self.count > 0):
+            return {}
         count = self.count.clamp(min=1)
         return {
             "mae": (self.abs_sum / count).float(),

@@ -71,6 +71,7 @@ class MultiTaskModel(nn.Module):
                     f"got {sorted(block)}"
                 )
             self.task_slices[task] = (int(block["offset"]), int(block["num_outputs"]))
+            self._check_slice(task)
         self.task_embedding = task_embedding
         self.task_lora = task_lora
         self.static_lora = static_lora
@@ -80,6 +81,21 @@ class MultiTaskModel(nn.Module):
             getattr(m, "task_conditioned", False) for m in self.encoder)
         self._aux_named = [(n, m) for n, m in self.named_modules()
                            if callable(getattr(m, "aux_loss", None))]
+
+    def _check_slice(self, task: str) -> None:
+        """A task's label slice must lie inside its decoder's outputs (else the first step
+        fails on a narrow() deep in training)."""
+        offset, width = self.task_slices[task]
+        decoder = self.task_to_decoder[task]
+        total = getattr(self.decoders[decoder][-1], "num_outputs", None)
+        where = f"model.init_args.model.init_args.task_label_offsets.{task}"
+        if offset < 0 or width < 1:
+            raise ValueError(f"{where}: offset must be >= 0 and num_outputs >= 1, got offset "
+                             f"{offset}, num_outputs {width}")
+        if isinstance(total, int) and offset + width > total:
+            raise ValueError(
+                f"{where}: outputs {offset}:{offset + width} do not fit decoder '{decoder}', "
+                f"whose head (decoders.{decoder}[-1]) has num_outputs {total}")
 
     def _bind_task_conditioning(self) -> None:
         """Give the task-conditioned parts the task list and the embedding size."""

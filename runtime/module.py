@@ -19,6 +19,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from runtime import balancing
+from runtime.balancing import Balancer
 from runtime.ema import WeightEMA
 from runtime.init_from import ROUTING_KEY, TASKS_KEY, InitFrom, apply_init_from
 from runtime.metrics import ConfusionMatrixMetrics
@@ -70,7 +72,8 @@ class MultiTaskModule(LightningModule):
     checkpoint so ``--resume`` continues exactly). ``init_from`` starts a fresh fit from a
     trained run's weights (isolate fine-tune, see ``runtime.init_from``). Auxiliary losses of
     the model (mixture-of-experts load balancing) join the training loss and are logged as
-    ``train/moe_aux_loss``.
+    ``train/moe_aux_loss``. ``balancer`` (``runtime.balancing``) decides how the task losses
+    combine; without it a step minimises ``sum(loss_weight * loss)``.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class MultiTaskModule(LightningModule):
         scheduler_interval: Literal["step", "epoch"] = "step",
         ema_decay: float | None = None,
         init_from: InitFrom | None = None,
+        balancer: Balancer | None = None,
     ) -> None:
         super().__init__()
         missing = sorted(set(model.task_names) - set(tasks))
@@ -95,8 +99,8 @@ class MultiTaskModule(LightningModule):
             width = model.task_num_outputs(name)
             if width is not None and width != task.num_outputs:
                 raise ValueError(
-                    f"task {name!r}: its head gives {width} outputs but the task definition "
-                    f"has {task.num_outputs} (check num_outputs / class names)"
+                    f"model.init_args.tasks.{name}: its head gives {width} outputs but the task "
+                    f"definition has {task.num_outputs} (check num_outputs / class names)"
                 )
         self.model = model
         self.tasks = nn.ModuleDict(tasks)
@@ -112,6 +116,9 @@ class MultiTaskModule(LightningModule):
         self._pending_rng: dict[str, Any] | None = None
         self.init_from = init_from
         self._init_applied = False
+        self.balancer = balancer
+        if balancer is not None:
+            balancer.bind(model.task_names, model)
 
     # ---- forward / steps -------------------------------------------------------------------
     def forward(self, inputs: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:
@@ -140,7 +147,12 @@ class MultiTaskModule(LightningModule):
         return total
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        if self.balancer is None and "parts" not in batch:
+            return self._step(batch, "train")
+        return balancing.training_step(self, batch)
+
+    def configure_callbacks(self) -> list[Any]:
+        return [] if self.balancer is None else [balancing.BalancingHooks()]
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
         self._step(batch, "val")
@@ -177,6 +189,9 @@ class MultiTaskModule(LightningModule):
             if metric.update_count == 0:
                 continue  # no batch of this task in this epoch
             values = metric.compute()
+            if not values:  # no labelled target this epoch: the metrics are absent, not 0
+                metric.reset()
+                continue
             logged.update({f"{stage}/{name}/{k}": v for k, v in values.items()})
             scores.append(self.tasks[name].score(values))
             if isinstance(metric, ConfusionMatrixMetrics):

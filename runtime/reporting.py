@@ -76,8 +76,28 @@ def per_task_report(metrics: dict[str, float], stage: str, tasks: list[str]) -> 
     return {t: task_metrics(metrics, stage, t) for t in tasks}
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with NaN/inf floats as None (JSON has no NaN: ``NaN`` would make the file
+    unreadable to strict parsers)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def absent_metrics(task: Task) -> dict[str, None]:
+    """A task's headline metrics marked absent (None, written as null), for a task that had
+    no labelled sample to score: never reported as 0."""
+    names = (task.primary_metric, *task.comparison_metrics)
+    return dict.fromkeys(names)
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write(path, json.dumps(json_safe(data), indent=2, sort_keys=False,
+                                  allow_nan=False) + "\n")
 
 
 def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path,
@@ -109,6 +129,41 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     atomic_write(path, buffer.getvalue())
+
+
+def plot_task_weights(run_dir: Path) -> Path | None:
+    """``task_weights.png``: each task's balancer weight (``train/weight/<task>`` in
+    metrics.csv) over training steps; None when the run logged no weights."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key and key.startswith("train/weight/") and value:
+                    steps, values = series.setdefault(key.removeprefix("train/weight/"), ([], []))
+                    steps.append(float(row["step"]))
+                    values.append(float(value))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task, (steps, values) in series.items():
+        ax.plot(steps, values, label=task)
+    ax.set_xlabel("step")
+    ax.set_ylabel("task weight")
+    ax.set_title("balancer weights (train/weight/<task>)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "task_weights.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def write_confusion_matrices(run_dir: Path, confusion: dict[str, list[list[int]]],

@@ -20,7 +20,9 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from compiler.files import check_output, remove_stale_temps_in
 from runtime.checkpoints import load_checkpoint
 from runtime.config_errors import ConfigError, explain_argument_error, first_line, load_yaml
+from runtime.data.validate import expect_tasks
 from runtime.run_lock import LOCK_NAME, lock_run_dir
+from runtime.state_mismatch import describe_mismatch, shapes_of
 
 CONFIG_NAME = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -73,9 +75,18 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         checkpoint = load_checkpoint(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input here
         raise ConfigError(f"{path}: not a loadable checkpoint ({first_line(exc)})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return checkpoint
+
+
+def check_fits(path: Path, checkpoint: dict[str, Any], module: Any, model_name: str) -> None:
+    """Refuse a checkpoint whose weights do not fit ``module`` exactly, naming the first few
+    missing, unexpected and wrongly shaped tensors (before anything loads or is written)."""
+    problem = describe_mismatch(shapes_of(module.state_dict()),
+                                shapes_of(checkpoint["state_dict"]), "the checkpoint", model_name)
+    if problem is not None:
+        raise ConfigError(f"{path} does not fit {model_name}: {problem}")
 
 
 def build_objects(
@@ -97,7 +108,9 @@ def build_objects(
     except Exception as exc:  # noqa: BLE001 - jsonargparse and constructors: bad config
         reason = explain_argument_error(exc, config)  # the key path and the real reason
         raise ConfigError(f"{where}: cannot build the model/data: {reason}") from None
-    return objects.model, objects.get("data") if with_data else None
+    datamodule = objects.get("data") if with_data else None
+    expect_tasks(datamodule, getattr(objects.model, "tasks", {}))  # labels checked on setup
+    return objects.model, datamodule
 
 
 def load_run(
@@ -117,12 +130,8 @@ def load_run(
     if ckpt is not None:
         checkpoint_path = resolve_checkpoint(run_dir, ckpt)
         checkpoint = read_checkpoint(checkpoint_path)
-        try:
-            module.load_state_dict(checkpoint["state_dict"])
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"{checkpoint_path} does not fit the model of {config_path}: {first_line(exc)}"
-            ) from None
+        check_fits(checkpoint_path, checkpoint, module, f"the model of {config_path}")
+        module.load_state_dict(checkpoint["state_dict"])
         info = {k: checkpoint[k] for k in ("epoch", "global_step", "pytorch-lightning_version")
                 if k in checkpoint}
     module.eval()

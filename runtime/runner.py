@@ -11,11 +11,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from compiler.files import atomic_write, check_output
+from runtime.balancing import describe as describe_balancer
 from runtime.checkpoints import check_resume_fits
 from runtime.reporting import (
     ValidationHistory,
+    absent_metrics,
     header_comments,
     per_task_report,
+    plot_task_weights,
     run_info,
     task_metrics,
     write_confusion_matrices,
@@ -75,9 +78,12 @@ def task_embedding_sources(model: Any) -> list[dict[str, Any]]:
 
 
 def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
+    from runtime.preflight import check_before_run
+
     run_dir = cli.run_dir
     assert run_dir is not None
     stage = cli.subcommand_name
+    check_before_run(cli, None if stage == "fit" else checkpoint_for_evaluation(cli))
     prepare = getattr(cli.model, "prepare_fit", None)  # e.g. init_from: before anything is written
     if stage == "fit" and callable(prepare):
         prepare(resuming=cli.resume_from is not None)
@@ -99,6 +105,7 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
         if stage == "fit":
             save_config(cli, run_dir / "config.yaml")
         info = run_info(argv, stage, config_path, cli.config.seed_everything)
+        info["balancer"] = describe_balancer(cli.config)
         if embeddings:
             info["task_embeddings"] = embeddings
         write_json(run_dir / info_name, info)
@@ -138,7 +145,15 @@ def _fit(cli: RunCLI) -> None:
                 summary[name] = {**metrics, "epoch": entry["epoch"], "step": entry["step"]}
             if name in entry["confusion"]:
                 confusion[name] = entry["confusion"][name]
+    unscored = [name for name in tasks if name not in summary]
+    for name in unscored:
+        summary[name] = absent_metrics(tasks[name])
+    if unscored:
+        print(f"mtl-run: warning: no validation metrics for {', '.join(unscored)} (no labelled "
+              "validation samples, or no validation ran): summary.json marks them null",
+              file=sys.stderr)
     write_json(run_dir / "summary.json", summary)
+    plot_task_weights(run_dir)
     write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
     _print_results("best validation", summary)
 
@@ -151,15 +166,23 @@ def _tasks_of_monitor(monitor: str, tasks: dict[str, Any]) -> list[str]:
     return list(tasks)
 
 
-def _checkpoint_for_evaluation(cli: RunCLI) -> str | None:
+def checkpoint_for_evaluation(cli: RunCLI) -> str | None:
+    """``--ckpt_path``, else the run's best (or last) checkpoint, else None."""
     if cli.config.ckpt_path:
         return cli.config.ckpt_path
     for name in ("best.ckpt", "last.ckpt"):
         path = cli.run_dir / "checkpoints" / name
         if path.exists():
             return str(path)
-    print(f"mtl-run: no checkpoint in {cli.run_dir}/checkpoints: using freshly built weights")
     return None
+
+
+def _checkpoint_for_evaluation(cli: RunCLI) -> str | None:
+    ckpt = checkpoint_for_evaluation(cli)
+    if ckpt is None:
+        print(f"mtl-run: no checkpoint in {cli.run_dir}/checkpoints: using freshly built "
+              "weights")
+    return ckpt
 
 
 def _evaluate(cli: RunCLI) -> None:
@@ -173,7 +196,8 @@ def _evaluate(cli: RunCLI) -> None:
     prefix = "val" if stage == "validate" else "test"
     tasks = _tasks(cli)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    report = {t: m for t, m in per_task_report(metrics, prefix, list(tasks)).items() if m}
+    report = {t: m or absent_metrics(tasks[t])
+              for t, m in per_task_report(metrics, prefix, list(tasks)).items()}
     write_json(run_dir / f"{stage}_metrics.json", report)
     confusion = getattr(cli.model, "confusion_matrices", {}).get(prefix, {})
     write_confusion_matrices(run_dir, {t: cm.tolist() for t, cm in confusion.items()}, tasks,
@@ -195,7 +219,7 @@ def _print_results(title: str, report: dict[str, dict[str, float]]) -> None:
     print(f"\nPer-task results ({title}):")
     for task, metrics in report.items():
         shown = ", ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={'n/a' if v is None else v}"
             for k, v in metrics.items() if not k.startswith("f1_")
         )
         print(f"  {task}: {shown}")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from runtime.data.validate import TargetSpec
 from runtime.losses import classification_loss, multilabel_loss, regression_loss
 from runtime.metrics import ConfusionMatrixMetrics, MultiLabelMetrics, RegressionMetrics
 
@@ -63,6 +64,10 @@ class Task(nn.Module):
     def predict(self, outputs: Tensor) -> dict[str, Tensor]:
         """Human-facing predictions (probabilities, labels, values) for ``predict``."""
         raise NotImplementedError
+
+    def target_spec(self) -> TargetSpec | None:
+        """What targets this task takes, checked when data loads (None: not checked)."""
+        return None
 
     def score(self, values: dict[str, Tensor]) -> Tensor:
         """This task's contribution to ``val/score``: its primary metric, higher is better."""
@@ -113,6 +118,9 @@ class ClassificationTask(Task):
             focal_gamma=self.focal_gamma if self.loss_kind == "focal" else None,
         )
 
+    def target_spec(self) -> TargetSpec:
+        return TargetSpec("class", self.num_outputs)
+
     def make_metrics(self) -> Metric:
         return ConfusionMatrixMetrics(self.class_names, ignore_index=IGNORE_INDEX)
 
@@ -158,6 +166,9 @@ class MultiLabelTask(Task):
             outputs, target, ignore_index=IGNORE_INDEX, pos_weight=self.pos_weight
         )
 
+    def target_spec(self) -> TargetSpec:
+        return TargetSpec("multilabel", self.num_outputs)
+
     def make_metrics(self) -> Metric:
         return MultiLabelMetrics(self.label_names, self.threshold, ignore_index=IGNORE_INDEX)
 
@@ -191,6 +202,9 @@ class RegressionTask(Task):
 
     def loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         return regression_loss(outputs, target, kind=self.loss_kind, huber_delta=self.huber_delta)
+
+    def target_spec(self) -> TargetSpec:
+        return TargetSpec("regression", self.num_outputs)
 
     def make_metrics(self) -> Metric:
         return RegressionMetrics()

@@ -56,6 +56,28 @@ class RunFigures:
     run_dir: Path
     summary: dict[str, dict[str, float]]
     primary: dict[str, Primary]
+    #: how the run balanced its tasks (``balancer_label`` of run_info.json's record)
+    balancer: str = "sum"
+
+
+def balancer_label(record: Any) -> str:
+    """A short name for the balancer block run_info.json recorded: ``sum`` (none),
+    ``Uncertainty``, ``Aggregate(UPGrad)``."""
+    if not isinstance(record, dict):
+        return "sum"
+    name = str(record.get("class_path", "?")).rpartition(".")[2]
+    inner = ((record.get("init_args") or {}).get("aggregator") or {})
+    inner_path = inner.get("class_path") if isinstance(inner, dict) else None
+    return f"{name}({str(inner_path).rpartition('.')[2]})" if inner_path else name
+
+
+def _balancer(run_dir: Path) -> str:
+    """The balancer a run recorded in run_info.json (``sum`` when none or not recorded)."""
+    try:
+        info = json.loads((run_dir / "run_info.json").read_text())
+    except (OSError, ValueError):
+        return "sum"
+    return balancer_label(info.get("balancer") if isinstance(info, dict) else None)
 
 
 def _task_class(name: str, spec: Any, where: Path) -> type:
@@ -102,10 +124,12 @@ def read_run(run_dir: Path) -> RunFigures:
         raise ConfigError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
         raise ConfigError(f"{path}: expected {{task: {{metric: value}}}}")
+    # a task without validation labels has its metrics written as null (absent): not scored
+    summary = {t: m for t, m in summary.items() if any(v is not None for v in m.values())}
     config = load_yaml(config_path)
     tasks = ((config or {}).get("model") or {}).get("init_args", {}).get("tasks") or {}
     primary = {t: primary_metrics(t, tasks.get(t), config_path) for t in summary}
-    return RunFigures(run_dir, summary, primary)
+    return RunFigures(run_dir, summary, primary, _balancer(run_dir))
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -126,6 +150,11 @@ def _values(runs: list[RunFigures], task: str, metric: str) -> list[float]:
     return out
 
 
+def task_stats(runs: list[RunFigures], task: str, metric: str) -> dict[str, Any]:
+    """Mean, sample std and count of one task's metric over runs (seeds), as in compare."""
+    return _stats(_values(runs, task, metric))
+
+
 def compare(multitask: list[RunFigures], baseline: list[RunFigures]) -> dict[str, Any]:
     """Per-task figures of both sides, per-task gains and delta-m (all in percent)."""
     tasks = list(dict.fromkeys(t for run in multitask for t in run.summary))
@@ -144,8 +173,8 @@ def compare(multitask: list[RunFigures], baseline: list[RunFigures]) -> dict[str
         metrics: dict[str, Any] = {}
         run_gains = [0.0] * len(multitask)
         for metric in primary.metrics:
-            mt = _stats(_values(multitask, task, metric))
-            st = _stats(_values(baseline, task, metric))
+            mt = task_stats(multitask, task, metric)
+            st = task_stats(baseline, task, metric)
             if st["mean"] == 0:
                 raise ConfigError(f"task '{task}': the single-task baseline's {metric} is 0, so "
                                   "the relative gain is undefined")
@@ -165,6 +194,7 @@ def compare(multitask: list[RunFigures], baseline: list[RunFigures]) -> dict[str
         "delta_m_pct": _stats([statistics.fmean(gains) for gains in per_run]),
         "tasks": result,
         "skipped": skipped,
+        "balancers": list(dict.fromkeys(r.balancer for r in multitask)),
         "multitask_runs": [str(r.run_dir) for r in multitask],
         "baseline_runs": [str(r.run_dir) for r in baseline],
     }
@@ -185,7 +215,8 @@ def render(report: dict[str, Any]) -> str:
             rows.append([task if i == 0 else "", metric + arrow, _cell(m["multitask"]),
                          _cell(m["single_task"]), f"{m['delta_pct']:+.2f}"])
         rows.append(["", "task gain", "", "", f"{entry['delta_pct']:+.2f}"])
-    lines = [format_table(["task", "metric", "multitask", "single-task", "delta %"], rows,
+    lines = [f"multitask balancer: {', '.join(report.get('balancers') or ['sum'])}",
+             format_table(["task", "metric", "multitask", "single-task", "delta %"], rows,
                           left=2)]
     dm = report["delta_m_pct"]
     spread = f" ± {dm['std']:.2f}" if dm["std"] is not None else ""

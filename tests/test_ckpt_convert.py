@@ -107,7 +107,7 @@ def test_model_export_keeps_every_task_output(run_dir, tmp_path):
 def test_init_checkpoint_errors_name_the_file_and_the_mismatch(run_dir, tmp_path):
     out = tmp_path / "enc"
     assert convert(run_dir, "--to", "safetensors", "-o", out).exit_code == 0
-    shape = r"2 tensors have the wrong shape.*0\.net\.0\.bias is \[16\] but the module expects \[32"
+    shape = r"2 tensor\(s\) of another shape.*0\.net\.0\.bias is \[16\] in the file but \[32\]"
     with pytest.raises(ValueError, match=shape):
         MLPEncoder(8, [32], init_checkpoint=str(out))
     with pytest.raises(ValueError, match=r"missing 2 tensors \(net\.1\.bias, net\.1\.weight\)"):
@@ -122,7 +122,7 @@ def test_init_checkpoint_errors_name_the_file_and_the_mismatch(run_dir, tmp_path
     bad["model"]["init_args"]["model"]["init_args"]["encoder"][0]["init_args"].update(
         hidden_sizes=[32], init_checkpoint=str(out))
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(ConfigError, match=f"{out}.*wrong shape"):
+    with pytest.raises(ConfigError, match=f"{out}.*another shape"):
         load_run(tmp_path / "bad.yaml", ckpt=None, with_data=False)
 
 

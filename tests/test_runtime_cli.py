@@ -136,11 +136,11 @@ def test_check_reports_key_path_and_did_you_mean_with_exit_2(workdir, capsys, ed
     assert code == 2
     assert f"at {where}:" in err and "Traceback" not in err
     if suggestion:
-        assert f"Did you mean '{suggestion}'" in err
+        assert f"(did you mean '{suggestion}'?)" in err
     assert not (workdir / "runs").exists()
 
 
-def test_check_passes_a_good_config_and_builds_nothing(workdir, capsys):
+def test_check_passes_a_good_config_and_writes_nothing(workdir, capsys):
     write(workdir / "toy.yaml", toy_config())
     code, out, _ = run(capsys, "--check", "toy.yaml", "--trainer.max_epochs=1")
     assert code == 0 and "OK" in out and not (workdir / "runs").exists()

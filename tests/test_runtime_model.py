@@ -88,7 +88,7 @@ def test_per_task_metrics_use_local_labels_of_a_merged_head():
 
 def test_module_rejects_task_head_width_mismatch():
     model = merged_model()
-    with pytest.raises(ValueError, match="'b'.*2 outputs.*3"):
+    with pytest.raises(ValueError, match=r"tasks\.b.*2 outputs.*3"):
         MultiTaskModule(model, {"a": ClassificationTask(num_classes=3),
                                 "b": ClassificationTask(num_classes=3),
                                 "c": ClassificationTask(num_classes=2)})

@@ -7,6 +7,7 @@ and does all batching, sampling and sharding, so a per-dataset module never buil
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 
 from runtime.data.errors import DataConfigError
 from runtime.data.splits import split_indices
+from runtime.data.validate import Source, TargetSpec, require_labels, validated
 
 Sample = dict[str, Any]
 """``{"inputs": Tensor, "targets": {task: Tensor}}`` - one sample, or a batch of them."""
@@ -75,6 +77,8 @@ class DatasetModule(pl.LightningDataModule):
     def __init__(self, batch_size: int = 32) -> None:
         super().__init__()
         self.batch_size = batch_size
+        #: task -> the targets it accepts (set by :meth:`expect_targets`), checked on load
+        self.target_specs: dict[str, TargetSpec] = {}
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -93,6 +97,11 @@ class DatasetModule(pl.LightningDataModule):
     @predict_dataset.setter
     def predict_dataset(self, dataset: Dataset | None) -> None:
         self._predict_dataset = dataset
+
+    def expect_targets(self, specs: Mapping[str, TargetSpec]) -> None:
+        """The targets the model's tasks accept, checked when the data loads (call before
+        ``setup``)."""
+        self.target_specs = {t: s for t, s in specs.items() if t in self.tasks}
 
     def dataset_for(self, stage: str) -> Dataset | None:
         """The split used for one of "train", "val", "test", "predict"."""
@@ -133,14 +142,25 @@ class TensorSplitModule(DatasetModule):
     def fit_transform(self, train: TaskTensorDataset, others: list[TaskTensorDataset]) -> None:
         """Preprocess in place using training statistics only (default: nothing)."""
 
+    def source(self) -> Source:
+        """Where :meth:`load`'s rows come from, for messages (subclasses name their file)."""
+        return Source(name=type(self).__name__)
+
+    def checked(self, data: TaskTensorDataset, source: Source) -> TaskTensorDataset:
+        """``data`` checked (finite inputs, target dtypes and ranges) and cast for its tasks."""
+        return TaskTensorDataset(data.inputs,
+                                 validated(data.inputs, data.targets, self.target_specs, source))
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        data = self.load()
+        source = self.source()
+        data = self.checked(self.load(), source)
         parts = split_indices(
             len(data), self.val_fraction, self.test_fraction, self.seed, self.strata(data)
         )
         train, val, test = (data.subset(part) for part in parts)
+        require_labels(train.targets, source)
         self.fit_transform(train, [val, test])
         self.train_dataset, self.val_dataset, self.test_dataset = train, val, test
 

@@ -1,14 +1,15 @@
 """The LightningDataModule that combines one per-dataset module per dataset.
 
 Each batch comes from one dataset, with that dataset's batch size, as the batch contract's dict
-``{"dataset", "inputs", "targets", "index"}``. Sampling and sharding live in
+``{"dataset", "inputs", "targets", "index"}``; with ``sample_mode: all_datasets`` a training
+batch is ``{"dataset": None, "parts": [one such dict per dataset]}``. Sampling and sharding live in
 :class:`runtime.data.sampler.MultiDatasetBatchSampler`; this module wires the per-dataset
 modules to it, checks the configuration and keeps the training position for checkpoints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,6 +22,7 @@ from compiler.errors import did_you_mean
 from runtime.data.base import DatasetModule
 from runtime.data.errors import DataConfigError
 from runtime.data.sampler import EVAL_MODE, SAMPLE_MODES, BatchKey, MultiDatasetBatchSampler
+from runtime.data.validate import ExpectsTargets, TargetSpec
 
 Batch = dict[str, Any]
 
@@ -38,7 +40,9 @@ class BatchAssembler(Dataset):
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets)
 
-    def __getitem__(self, key: BatchKey) -> Batch:
+    def __getitem__(self, key: BatchKey | tuple[BatchKey, ...]) -> Batch:
+        if isinstance(key, tuple) and not isinstance(key, BatchKey):  # all_datasets: one step
+            return {"dataset": None, "parts": [self[k] for k in key]}
         dataset = self.datasets[key.dataset]
         index = torch.as_tensor(np.ascontiguousarray(key.indices), dtype=torch.long)
         if hasattr(dataset, "get_batch"):
@@ -77,8 +81,9 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         batch_sizes: dataset name -> per-rank batch size (default: the module's batch_size).
         dataset_tasks: dataset name -> tasks whose targets its batches carry (default: all the
             module's tasks); naming a task the module does not serve is an error.
-        sample_mode: "random_cycle", "round_robin", "proportional" or "temperature" (see the
-            README for each mode's epoch length).
+        sample_mode: "random_cycle", "round_robin", "proportional", "temperature" (see the
+            README for each mode's epoch length) or "all_datasets" (every step holds one batch
+            of every dataset, each with its own batch size: docs/balancing.md).
         refill: upsample smaller datasets while training (never for validation/test/predict).
         temperature: T of the temperature mode: dataset weight = size ** (1 / T).
         sample_limit: samples per epoch per dataset (an int for all, or per dataset name),
@@ -184,9 +189,41 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         for module in self.data_modules.values():
             module.prepare_data()
 
+    def expect_targets(self, specs: Mapping[str, TargetSpec]) -> None:
+        """Pass the tasks' target specs to each dataset's module (checked when it loads)."""
+        for name, module in self.data_modules.items():
+            if isinstance(module, ExpectsTargets):
+                module.expect_targets({t: specs[t] for t in self.dataset_tasks[name]
+                                       if t in specs})
+
     def setup(self, stage: str | None = None) -> None:
-        for module in self.data_modules.values():
-            module.setup(stage)
+        for name, module in self.data_modules.items():
+            try:
+                module.setup(stage)
+            except DataConfigError as exc:  # locate it: which dataset's module
+                raise DataConfigError(exc.message, file=exc.file, line=exc.line,
+                                      key=("data_modules", name,
+                                           *(("init_args", *exc.key) if exc.key else ())),
+                                      ) from None
+
+    def split_sizes(self, split: str) -> dict[str, int]:
+        """Dataset name -> samples of that split (0 where the split is missing or empty)."""
+        return {name: 0 if d is None else len(d)
+                for name, d in zip(self.names, self._datasets(split), strict=True)}
+
+    def preview_batches(self, split: str) -> dict[str, Batch]:
+        """One batch per dataset with samples in ``split``: its first rows, at its batch size
+        (no sampling, no RNG), for checks before a run starts."""
+        datasets = self._datasets(split)
+        assembler = BatchAssembler(
+            self.names, datasets, [self.dataset_tasks[n] for n in self.names]
+        )
+        batches = {}
+        for i, (name, dataset) in enumerate(zip(self.names, datasets, strict=True)):
+            if dataset is not None and len(dataset):
+                rows = np.arange(min(self.batch_sizes[name], len(dataset)))
+                batches[name] = assembler[BatchKey(i, rows)]
+        return batches
 
     def teardown(self, stage: str | None = None) -> None:
         for module in self.data_modules.values():

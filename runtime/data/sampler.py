@@ -7,6 +7,11 @@ is one global batch (``batch_size * world_size`` stream positions), cut into one
 rank, so ranks see disjoint samples. A dataset's stream is a seeded permutation of its samples
 (refilled with fresh permutations when training wraps around), so looking up a step's samples
 is O(batch size) with no list re-slicing, and resuming at any step needs only (epoch, step).
+
+``all_datasets`` is the exception to one dataset per step: step s takes chunk s of *every*
+dataset (a tuple of keys, one per dataset), so every task is in every step. An epoch is as many
+steps as the largest dataset needs (smaller ones are refilled), or as the smallest one allows
+without refill.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from torch.utils.data import DistributedSampler
 
 from runtime.data.errors import DataConfigError
 
-SAMPLE_MODES = ("random_cycle", "round_robin", "proportional", "temperature")
+SAMPLE_MODES = ("random_cycle", "round_robin", "proportional", "temperature", "all_datasets")
+ALL_DATASETS = "all_datasets"
 EVAL_MODE = "sequential"
 """Evaluation order: every batch of dataset 0, then of dataset 1, ... (not a training mode)."""
 
@@ -116,6 +122,8 @@ class MultiDatasetBatchSampler(DistributedSampler):
 
     # ----------------------------------------------------------------- plan
     def __len__(self) -> int:
+        if self.mode == ALL_DATASETS:
+            return (max if self.refill else min)(self.batches, default=0)
         if self.mode in ("random_cycle", "round_robin") and self.refill:
             return len(self.sizes) * max(self.batches, default=0)
         return sum(self.batches)
@@ -207,9 +215,15 @@ class MultiDatasetBatchSampler(DistributedSampler):
         return self._stream(epoch, dataset, lo, hi)
 
     # ------------------------------------------------------------- iterate
-    def __iter__(self) -> Iterator[BatchKey]:
+    def __iter__(self) -> Iterator[BatchKey | tuple[BatchKey, ...]]:
         epoch, start = self.epoch, self._resume_step
         self._resume_step = 0
+        if self.mode == ALL_DATASETS:
+            for step in range(start, len(self)):
+                self._steps_yielded = step + 1
+                yield tuple(BatchKey(d, self.indices(epoch, d, step))
+                            for d in range(len(self.sizes)))
+            return
         datasets, chunks = self.plan(epoch)
         for step in range(start, len(datasets)):
             self._steps_yielded = step + 1

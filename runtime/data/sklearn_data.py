@@ -11,6 +11,7 @@ from compiler.errors import did_you_mean
 from runtime.data.base import TaskTensorDataset, TensorSplitModule, standardize_
 from runtime.data.errors import DataConfigError
 from runtime.data.splits import quantile_strata
+from runtime.data.validate import Source
 
 _LOADERS = {
     "digits": "load_digits",
@@ -111,6 +112,9 @@ class SklearnDataModule(TensorSplitModule):
     @property
     def tasks(self) -> list[str]:
         return list(self.targets)
+
+    def source(self) -> Source:
+        return Source(name=f"scikit-learn dataset '{self.dataset}'", columns=self.targets)
 
     def _original(self) -> tuple[np.ndarray, np.ndarray]:
         x, y = _load_raw(self.dataset)

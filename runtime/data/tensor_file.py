@@ -12,6 +12,7 @@ import torch
 from compiler.errors import did_you_mean
 from runtime.data.base import TaskTensorDataset, TensorSplitModule
 from runtime.data.errors import DataConfigError
+from runtime.data.validate import Source
 
 _DTYPES = {"int64": torch.int64, "float32": torch.float32}
 
@@ -25,38 +26,67 @@ def _is_int_literal(text: str) -> bool:
     return text == "" or text.lstrip("+-").isdigit()
 
 
-def _read_csv(path: Path) -> dict[str, torch.Tensor | None]:
+class TextColumn(str):
+    """Where a CSV column stops being numeric: ``line N: 'text'`` (kept instead of a tensor,
+    an error only if the column is used)."""
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataConfigError(f"not a UTF-8 text file (byte {raw[exc.start]:#04x} at offset "
+                              f"{exc.start}): is it really a CSV?", file=path, line=line) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataConfigError("holds NUL bytes: a binary file, not a CSV", file=path, line=line)
+    reader = csv.reader(text.splitlines())
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise DataConfigError(f"not a readable CSV ({exc})", file=path,
+                              line=reader.line_num) from None
+
+
+def _read_csv(path: Path) -> dict[str, torch.Tensor | TextColumn]:
     """Numeric columns of a CSV with a header row; columns of integer literals become int64."""
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    rows = _csv_rows(path)
     if not rows:
         raise DataConfigError("the CSV file is empty (a header row is needed)", file=path)
     header, body = [name.strip() for name in rows[0]], rows[1:]
-    columns: dict[str, torch.Tensor | None] = {}
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataConfigError(
+                f"row has {len(row)} cells but the header has {len(header)}",
+                file=path,
+                line=line,
+            )
+    columns: dict[str, torch.Tensor | TextColumn] = {}
     for col, name in enumerate(header):
-        cells = []
-        for line, row in enumerate(body, start=2):
-            if len(row) != len(header):
-                raise DataConfigError(
-                    f"row has {len(row)} cells but the header has {len(header)}",
-                    file=path,
-                    line=line,
-                )
-            cells.append(row[col])
-        try:
-            values = np.array([_csv_cell(cell) for cell in cells], dtype=np.float64)
-        except ValueError:
-            columns[name] = None  # non-numeric: an error only if the column is used
+        cells = [row[col] for row in body]
+        values = []
+        for line, cell in enumerate(cells, start=2):
+            try:
+                values.append(_csv_cell(cell))
+            except ValueError:
+                values = None
+                columns[name] = TextColumn(f"line {line}: {cell.strip()[:40]!r}")
+                break
+        if values is None:
             continue
+        array = np.array(values, dtype=np.float64)
         if all(_is_int_literal(cell) for cell in cells):
-            columns[name] = torch.from_numpy(np.where(np.isnan(values), -100, values)).long()
+            columns[name] = torch.from_numpy(np.where(np.isnan(array), -100, array)).long()
         else:
-            columns[name] = torch.from_numpy(values).float()
+            columns[name] = torch.from_numpy(array).float()
     return columns
 
 
-def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Named columns of a .pt (dict of tensors), .npz or .csv file, as tensors with N rows."""
+def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor | TextColumn]:
+    """Named columns of a .pt (dict of tensors), .npz or .csv file, as tensors with N rows
+    (a CSV column that is not numeric comes as the :class:`TextColumn` saying where)."""
     path = Path(path)
     if not path.is_file():
         raise DataConfigError("tensor file not found", file=path)
@@ -140,9 +170,11 @@ class TensorFileDataModule(TensorSplitModule):
                 file=path,
                 key=key,
             )
-        if columns[name] is None:
-            raise DataConfigError(f"column '{name}' is not numeric", file=path, key=key)
-        return columns[name]
+        column = columns[name]
+        if isinstance(column, TextColumn):
+            raise DataConfigError(f"column '{name}' is not numeric (first text cell at {column})",
+                                  file=path, key=key)
+        return column
 
     def read(self, path: str) -> TaskTensorDataset:
         """Inputs and targets from one file."""
@@ -156,14 +188,11 @@ class TensorFileDataModule(TensorSplitModule):
             ]
             if len({len(p) for p in parts}) > 1:
                 raise DataConfigError("input columns differ in length", file=path, key=("inputs",))
+            if len(parts[0]) == 0:
+                raise DataConfigError("the file has no data rows", file=path)
             x = torch.cat([p.reshape(len(p), -1) for p in parts], dim=1)
-        targets = {}
-        for task, name in self.targets.items():
-            y = self._column(columns, name, path, ("targets", task))
-            dtype = self.target_dtypes.get(task)
-            if dtype is None:
-                dtype = "float32" if y.is_floating_point() else "int64"
-            targets[task] = y.to(_DTYPES[dtype])
+        targets = {task: self._column(columns, name, path, ("targets", task))
+                   for task, name in self.targets.items()}
         try:
             return TaskTensorDataset(x, targets)
         except DataConfigError as exc:
@@ -172,11 +201,20 @@ class TensorFileDataModule(TensorSplitModule):
     def load(self) -> TaskTensorDataset:
         return self.read(self.path)
 
+    def source(self, path: str | None = None) -> Source:
+        """The file ``path`` (default: ``path``) as a :class:`Source` for the checks."""
+        path = path or self.path
+        inputs = [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+        return Source(name=f"file {path}", file=path, columns=self.targets, inputs=inputs,
+                      header_lines=1 if Path(path).suffix.lower() == ".csv" else None,
+                      dtypes=self.target_dtypes)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
         super().setup(stage)
         if self.val_path:
-            self.val_dataset = self.read(self.val_path)
+            self.val_dataset = self.checked(self.read(self.val_path), self.source(self.val_path))
         if self.test_path:
-            self.test_dataset = self.read(self.test_path)
+            self.test_dataset = self.checked(self.read(self.test_path),
+                                             self.source(self.test_path))
