@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from compiler.errors import ConfigError
 from compiler.files import atomic_file
 
 
@@ -111,25 +110,3 @@ def relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     if isinstance(state.get("best_k_models"), dict):
         out["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
     return out
-
-
-def check_resume_fits(path: Path, module: torch.nn.Module) -> None:
-    """Refuse a checkpoint whose weights do not fit ``module`` (missing or unexpected keys,
-    other shapes), before anything of the run directory is rewritten."""
-    try:
-        state = load_checkpoint(path).get("state_dict", {})
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input here
-        raise ConfigError(f"--resume: {path} is not a loadable checkpoint ({exc})") from None
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    problems = [f"missing {k}" for k in expected if k not in found]
-    problems += [f"unexpected {k}" for k in found if k not in expected]
-    problems += [f"{k}: checkpoint {list(found[k])} vs config {list(s)}"
-                 for k, s in expected.items() if k in found and found[k] != s]
-    if problems:
-        shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} in all)"
-                                           if len(problems) > 4 else "")
-        raise ConfigError(
-            f"--resume: the checkpoint {path} does not fit the model of this config ({shown}); "
-            "resume with the config the run was started with, or start a new run "
-            "(--run-dir elsewhere, or --force)")

@@ -12,7 +12,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from compiler.files import atomic_write, check_output
 from runtime.balancing import describe as describe_balancer
-from runtime.checkpoints import check_resume_fits
 from runtime.reporting import (
     ValidationHistory,
     absent_metrics,
@@ -87,8 +86,6 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     prepare = getattr(cli.model, "prepare_fit", None)  # e.g. init_from: before anything is written
     if stage == "fit" and callable(prepare):
         prepare(resuming=cli.resume_from is not None)
-    if cli.resume_from is not None:
-        check_resume_fits(cli.resume_from, cli.model)
     info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
     for name, kind in STAGE_OUTPUTS[stage] + [(info_name, "file")]:
         check_output(run_dir / name, kind)  # before any work: no folder where a file goes
