@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .command import CONTEXT_SETTINGS, version_option
 from .make_config import execute
 
 
@@ -24,7 +25,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
         raise click.BadParameter(str(exc)) from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(context_settings=CONTEXT_SETTINGS)
+@version_option("mtl-make-config")
 @click.argument("maker", required=False, type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Where to write the run config (default: the maker's output_path, "

@@ -7,9 +7,7 @@ every object from its ``class_path``/``init_args``; this module adds the run dir
 
 from __future__ import annotations
 
-import os
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,16 +25,20 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from compiler.files import check_output
 from runtime.checkpoints import AtomicCheckpointIO, RunCheckpoint
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
-from runtime.csv_log import RunCSVLogger
+from runtime.csv_log import RunCSVLogger, tensorboard_logger
+from runtime.entry import (
+    default_run_dir,
+    launched_as_rank_zero,
+    split_command_line,
+)
 from runtime.exits import RUN, guarded
+from runtime.quiet import quiet_lightning, summary_kwargs
 from runtime.reporting import ValidationHistory
 from runtime.run_lock import release_locks
 from runtime.rundir import prepare_fit_dir
 from runtime.stop import GracefulStop
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path")
-_FLAGS = ("--resume", "--force", "--check", "--help", "-h", "--print_config")
 
 
 KeepCount = restricted_number_type("KeepCount", int, (">=", -1))
@@ -58,6 +60,8 @@ class RunOptions:
         early_stopping_patience: stop after this many validations without improvement.
         num_threads: torch intra-op CPU threads (``torch.set_num_threads``); 1 is much faster
             for small models on a busy or 2-core machine. None keeps torch's default.
+        tensorboard: also log to TensorBoard in ``RUN_DIR/tensorboard/`` (needs the
+            ``[tensorboard]`` extra; view with ``tensorboard --logdir RUN_DIR/tensorboard``).
     """
 
     monitor: str = "val/score"
@@ -67,34 +71,7 @@ class RunOptions:
     keep_step_checkpoints: KeepCount = 2
     early_stopping_patience: NonNegativeInt | None = None
     num_threads: PositiveInt | None = None
-
-
-def split_command_line(argv: list[str]) -> tuple[str, Path | None, list[str]]:
-    """(subcommand, positional config path, jsonargparse arguments with ``--config`` first)."""
-    args = list(argv)
-    subcommand = args.pop(0) if args and args[0] in SUBCOMMANDS else "fit"
-    for i, arg in enumerate(args):
-        previous = args[i - 1] if i else ""
-        takes_value = previous.startswith("-") and "=" not in previous and previous not in _FLAGS
-        if not arg.startswith("-") and not takes_value:
-            rest = args[:i] + args[i + 1:]
-            return subcommand, Path(arg), ["--config", arg, *rest]
-    return subcommand, None, args
-
-
-def default_run_dir(config_path: Path) -> Path:
-    """``runs/<config stem>/`` (without a ``.run`` suffix), or the run directory a ``config.yaml``
-    was saved in."""
-    if config_path.name == "config.yaml" and (config_path.parent / "run_info.json").exists():
-        return config_path.parent
-    stem = config_path.stem
-    return Path("runs") / (stem.removesuffix(".run") or stem)  # quickstart.run.yaml -> quickstart
-
-
-def launched_as_rank_zero() -> bool:
-    """Whether this process is rank 0 of its launch (Lightning, torchrun, SLURM set these)."""
-    return all(os.environ.get(var, "0") == "0"
-               for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+    tensorboard: bool = False
 
 
 class RunCLI(LightningCLI):
@@ -121,6 +98,7 @@ class RunCLI(LightningCLI):
                 "exit_on_error": False,
                 "allow_abbrev": False,  # --trainer.max_epoch must not mean max_epochs
                 "prog": f"mtl-run {subcommand}",
+                "usage": f"mtl-run {subcommand} RUN.yaml [options] [--key.path=VALUE ...]",
                 "description": "Run a compiled multitask run config: "
                 "mtl-run [fit|validate|test|predict] RUN.yaml [--key.path=value ...]",
             },
@@ -135,7 +113,7 @@ class RunCLI(LightningCLI):
             ("--check", "Build everything fit builds, set up the data and run one batch per "
                         "dataset through the model and loss; train nothing, write nothing."),
         ):
-            parser.add_argument(flag, action=ActionYesNo(yes_prefix="", no_prefix="--no_"),
+            parser.add_argument(flag, action=ActionYesNo(yes_prefix="", no_prefix="no_"),
                                 default=False, help=text)
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None,
@@ -184,13 +162,17 @@ class RunCLI(LightningCLI):
         assert self.run_dir is not None
         kwargs["default_root_dir"] = str(self.run_dir)
         kwargs["logger"] = (
-            RunCSVLogger(self.run_dir, resume_step=self.resume_step)
+            [RunCSVLogger(self.run_dir, resume_step=self.resume_step),
+             *([tensorboard_logger(self.run_dir)] if self.config.run.tensorboard else [])]
             if self.subcommand_name == "fit" and not self.config.check else False
         )
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         if not isinstance(configured, list):
             configured = [configured]
-        kwargs["callbacks"] = [*configured, *self._run_callbacks()]
+        summary_args, summary_callbacks = summary_kwargs(self._get(self.config_init, "trainer",
+                                                                   default={}))
+        kwargs.update(summary_args)
+        kwargs["callbacks"] = [*configured, *self._run_callbacks(), *summary_callbacks]
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -258,7 +240,7 @@ def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI
     :mod:`runtime.api`, whose run configs may be dicts: ``source`` then stands for RUN.yaml.
     The run directory's lock is held until it returns.
     """
-    _quiet_known_warnings()
+    quiet_lightning()
     subcommand, config_path, args = split_command_line(argv)
     RUN.subcommand = subcommand
     if source is not None:
@@ -297,16 +279,11 @@ def _main(argv: list[str]) -> int:
     if cli.config.check:
         print(f"{split_command_line(argv)[1]}: OK")
         return 0
-    print(cli.run_dir)
+    if cli.trainer.is_global_zero:  # the last line of stdout, once per launch
+        print(cli.run_dir)
     return 0
 
 
-def _quiet_known_warnings() -> None:
-    """Warnings that say nothing to an mtl-run user (we pass args on purpose; the run
-    directory holds our own files before the CSV logger starts)."""
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ import csv
 import io
 from pathlib import Path
 
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from compiler.errors import ConfigError
 from compiler.files import atomic_write
+from runtime.config_errors import ConfigError
 
 METRICS_NAME = "metrics.csv"
 
@@ -98,3 +98,16 @@ class RunCSVLogger(CSVLogger):
             _ContinuingWriter.keep_until_step = self._resume_step
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def tensorboard_logger(run_dir: Path) -> Logger:
+    """TensorBoard event files in ``RUN_DIR/tensorboard/`` (``run.tensorboard: true``), beside
+    ``metrics.csv``; view them with ``tensorboard --logdir RUN_DIR/tensorboard``."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.loggers.tensorboard import _TENSORBOARD_AVAILABLE
+
+    if not _TENSORBOARD_AVAILABLE:
+        raise ConfigError("run.tensorboard: true needs the tensorboard package: "
+                          "pip install 'mtl-toolkit[tensorboard]'")
+    return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="",
+                             default_hp_metric=False)

@@ -16,6 +16,7 @@ used. Errors are one line (constructor errors become config errors naming the ke
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from runtime.config_errors import first_line
+from runtime.entry import launched_as_rank_zero
 from runtime.state_mismatch import describe_mismatch, listing
 
 DCP_METADATA = ".metadata"
@@ -165,4 +167,9 @@ def load_init_checkpoint(module: nn.Module, path: str | Path | None) -> None:
     """
     if path is None:
         return
-    module.load_state_dict(read_weights(path, module.state_dict()), strict=True)
+    state = read_weights(path, module.state_dict())
+    module.load_state_dict(state, strict=True)
+    if launched_as_rank_zero():  # say what was loaded, once per launch
+        values = sum(t.numel() for t in state.values())
+        print(f"init_checkpoint {path}: loaded {len(state)} tensors ({values:,} values) into "
+              f"{type(module).__name__}", file=sys.stderr)

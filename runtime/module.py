@@ -162,9 +162,13 @@ class MultiTaskModule(LightningModule):
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
         """Per-task predictions for the tasks of the batch's dataset."""
+        tasks = self._predict_tasks(batch)
+        targets = batch.get("targets") or {}
         return {
             "dataset": batch.get("dataset"),
-            "outputs": self.predictions(batch["inputs"], self._predict_tasks(batch)),
+            "index": batch.get("index"),  # sample ids and true labels go into the CSVs
+            "targets": {t: targets[t] for t in tasks if t in targets},
+            "outputs": self.predictions(batch["inputs"], tasks),
         }
 
     def predictions(self, inputs: Tensor, tasks: list[str]) -> dict[str, dict[str, Tensor]]:

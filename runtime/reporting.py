@@ -20,7 +20,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from safetensors.torch import save
 
 from compiler.files import atomic_write
-from runtime.tasks import Task
+from runtime.plots import fit_title
+from runtime.tasks import RegressionTask, Task
 
 _HASH_LINE = re.compile(r"^#\s*sha256\s+([0-9a-fA-F]{64})\s+(.+?)\s*$")
 _PACKAGES = ("mtl-toolkit", "torch", "lightning", "jsonargparse", "torchmetrics", "numpy",
@@ -111,14 +112,14 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
     counts = torch.tensor(matrix, dtype=torch.float64)
     rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
     n = len(class_names)
-    size = min(2 + 0.5 * n, 14)
-    fig, ax = plt.subplots(figsize=(size, size))
+    size = min(3.5 + 0.5 * n, 14)
+    fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), class_names, rotation=90 if n > 8 else 0)
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(fit_title(title, size, fontsize=10), fontsize=10)
     if n <= 30:
         for i in range(n):
             for j in range(n):
@@ -178,29 +179,44 @@ def write_confusion_matrices(run_dir: Path, confusion: dict[str, list[list[int]]
 
 def write_predictions(run_dir: Path, batches: list[Any], tasks: dict[str, Task]) -> list[Path]:
     """Concatenate ``predict_step`` outputs per task into ``predictions/<task>.safetensors``
-    (all outputs) and ``predictions/<task>.csv`` (one row per sample, vector tasks only)."""
+    (all outputs, plus ``index`` and ``target`` when the batches carry them) and
+    ``predictions/<task>.csv`` (one row per sample: dataset, index, true label when known,
+    then the outputs; vector tasks only)."""
     flat = [b for group in batches for b in (group if isinstance(group, list) else [group])]
     collected: dict[str, dict[str, list[torch.Tensor]]] = {}
+    datasets: dict[str, list[str]] = {}
     for batch in flat:
+        index, targets = batch.get("index"), batch.get("targets") or {}
         for task, outputs in batch["outputs"].items():
+            columns = collected.setdefault(task, {})
+            size = len(next(iter(outputs.values())))
+            datasets.setdefault(task, []).extend([str(batch.get("dataset") or "")] * size)
+            if index is not None:
+                columns.setdefault("index", []).append(index.detach().cpu())
+            if task in targets:
+                columns.setdefault("target", []).append(targets[task].detach().cpu())
             for key, value in outputs.items():
-                collected.setdefault(task, {}).setdefault(key, []).append(value.detach().cpu())
+                columns.setdefault(key, []).append(value.detach().cpu())
     out_dir = run_dir / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for task, outputs in collected.items():
-        tensors = {k: torch.cat(v).contiguous() for k, v in outputs.items()}
+        rows = len(datasets[task])
+        # index/target only when every batch had them (a column must cover every row)
+        tensors = {k: torch.cat(v).contiguous() for k, v in outputs.items()
+                   if sum(len(t) for t in v) == rows}
         path = out_dir / f"{task}.safetensors"
         atomic_write(path, save(tensors))
         paths.append(path)
         if all(t.dim() <= 2 for t in tensors.values()):
-            paths.append(_write_csv(out_dir / f"{task}.csv", tensors, tasks[task]))
+            paths.append(_write_csv(out_dir / f"{task}.csv", datasets[task], tensors, tasks[task]))
     return paths
 
 
-def _write_csv(path: Path, tensors: dict[str, torch.Tensor], task: Task) -> Path:
+def _write_csv(path: Path, datasets: list[str], tensors: dict[str, torch.Tensor],
+               task: Task) -> Path:
     names = getattr(task, "class_names", None) or getattr(task, "label_names", None)
-    columns: list[str] = []
+    columns: list[str] = ["dataset"]
     values: list[torch.Tensor] = []
     for key, tensor in tensors.items():
         if tensor.dim() == 1:
@@ -212,13 +228,23 @@ def _write_csv(path: Path, tensors: dict[str, torch.Tensor], task: Task) -> Path
             columns += [f"{key}_{label}" for label in labels]
             values.append(tensor)
     table = torch.cat([v.double() for v in values], dim=1).tolist()
+    target_columns = {i for i, c in enumerate(columns[1:]) if c.split("_")[0] == "target"}
+    missing = None if isinstance(task, RegressionTask) else -100  # regression: NaN
     handle = io.StringIO(newline="")
     writer = csv.writer(handle)
     writer.writerow(columns)
-    for row in table:
-        writer.writerow([int(x) if float(x).is_integer() else round(x, 6) for x in row])
+    for dataset, row in zip(datasets, table, strict=True):
+        writer.writerow([dataset, *(_cell(x, missing if i in target_columns else None)
+                                    for i, x in enumerate(row))])
     atomic_write(path, handle.getvalue())
     return path
+
+
+def _cell(value: float, missing: int | None) -> int | float | str:
+    """A CSV cell; NaN and a missing true label (``missing``) are left empty."""
+    if math.isnan(value) or value == missing:
+        return ""
+    return int(value) if float(value).is_integer() else round(value, 6)
 
 
 def header_comments(config_path: Path) -> dict[str, Any]:

@@ -202,9 +202,9 @@ def prepare_fit_dir(run_dir: Path, resume: bool, force: bool, launcher: bool
         raise ConfigError(f"--force: {run_dir} is not an mtl-run run directory (no run_info.json)"
                           "; refusing to delete it")
     if entries and (has_trained(run_dir) or not ours) and not force:
-        raise ConfigError(
-            f"run directory {run_dir} already exists: pass --resume to continue it, "
-            "--force to delete it and start over, or --run-dir for another directory")
+        from runtime.entry import existing_run_dir_message
+
+        raise ConfigError(existing_run_dir_message(run_dir))
     if not run_dir.is_dir():
         return None  # created (and locked) once everything is built: see create_run_dir
     lock_run_dir(run_dir)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
 from compiler.files import atomic_dir, atomic_write, check_output, remove_stale_temps
 from scripts.common import bad_input_exits, note
@@ -186,11 +187,13 @@ def convert(
 
 
 @click.command(
+    context_settings=CONTEXT_SETTINGS,
     help="Export a run's shared encoder (default) or whole model as a torch.distributed."
     "checkpoint folder, a .safetensors file or a plain torch state dict, with a config.json "
     "to rebuild it. RUN_DIR is a run directory (or a run config with --ckpt PATH).",
     epilog=EPILOG,
 )
+@version_option("mtl-ckpt-convert")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--to", "fmt", required=True, type=click.Choice(FORMATS), help="Output format.")
 @click.option("--part", default="encoder", show_default=True, type=click.Choice(PARTS),

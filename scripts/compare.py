@@ -26,6 +26,7 @@ from typing import Any
 
 import click
 
+from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
 from compiler.files import atomic_write, check_output
 from scripts.common import bad_input_exits
@@ -252,9 +253,10 @@ class _BaselinesCommand(click.Command):
 
 @click.command(
     cls=_BaselinesCommand,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    context_settings=CONTEXT_SETTINGS,
     epilog=EXAMPLES,
 )
+@version_option("mtl-compare")
 @click.argument("multitask_run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path),
                 metavar="MULTITASK_RUN_DIR...")
 @click.option("--baseline", "baseline_dirs", multiple=True, required=True,

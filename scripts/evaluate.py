@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.files import atomic_write, check_output
 from scripts.common import bad_input_exits
 from scripts.metrics_table import task_table
@@ -65,9 +66,10 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 
 @click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    context_settings=CONTEXT_SETTINGS,
     epilog=EXAMPLES,
 )
+@version_option("mtl-eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--ckpt", default="best", show_default=True, metavar="last|best|PATH",
               help="Checkpoint of RUN_DIR to score.")

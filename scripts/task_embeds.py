@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
 from compiler.files import atomic_write, check_output
 from compiler.yamlio import dump
+from runtime.plots import fit_title
 
 from .common import bad_input_exits, note
 from .task_text import load_summaries
@@ -152,10 +154,11 @@ def cosine_matrix(vectors: torch.Tensor) -> torch.Tensor:
     return vectors @ vectors.T
 
 
-def mean_off_diagonal(sim: torch.Tensor) -> float:
+def mean_off_diagonal(sim: torch.Tensor) -> float | None:
+    """The mean similarity between different tasks; None for a single task (no pairs)."""
     n = sim.shape[0]
     if n < 2:
-        return float("nan")
+        return None
     return float((sim.sum() - sim.diagonal().sum()) / (n * n - n))
 
 
@@ -169,7 +172,9 @@ def similarity_table(names: Sequence[str], sim: torch.Tensor) -> str:
         short = name if len(name) <= width else name[: width - 1] + "~"
         cells = "".join(f"{float(v):7.3f}" for v in sim[i])
         lines.append(f"{i:>{index_width}} {short:<{width}}{cells}")
-    lines.append(f"mean off-diagonal cosine similarity: {mean_off_diagonal(sim):.4f}")
+    mean = mean_off_diagonal(sim)
+    if mean is not None:
+        lines.append(f"mean off-diagonal cosine similarity: {mean:.4f}")
     return "\n".join(lines)
 
 
@@ -183,16 +188,25 @@ def plot_similarity(names: Sequence[str], sim: torch.Tensor, path: Path, title: 
     side = min(max(3.0, 0.55 * n + 2.0), 24.0)
     fig = Figure(figsize=(side + 1.0, side), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(sim.numpy(), vmin=-1.0, vmax=1.0, cmap="RdBu_r")
+    # The colour scale spans the data: real task similarities often all lie in 0.5..1,
+    # which a -1..1 scale would flatten into one colour.
+    low = float(sim.min())
+    if low < 0:
+        vmin, vmax, cmap = -1.0, 1.0, "RdBu_r"
+    else:
+        vmin, vmax, cmap = (min(low, 0.99) if n > 1 else 0.0), 1.0, "viridis"
+    image = ax.imshow(sim.numpy(), vmin=vmin, vmax=vmax, cmap=cmap)
     ax.set_xticks(range(n), list(names), rotation=90)
     ax.set_yticks(range(n), list(names))
     if n <= PLOT_ANNOTATE_MAX:
         for i in range(n):
             for j in range(n):
                 value = float(sim[i, j])
+                shade = (value - vmin) / (vmax - vmin)
+                dark = abs(value) > 0.6 if cmap == "RdBu_r" else shade < 0.6
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if abs(value) > 0.6 else "black")
-    ax.set_title(title, fontsize=9)
+                        color="white" if dark else "black")
+    ax.set_title(fit_title(title, side), fontsize=9)
     fig.colorbar(image, ax=ax, label="cosine similarity")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -228,7 +242,8 @@ def _check_paths(output: Path, force: bool, dump_texts: Path | None, plot: Path 
         raise ConfigError(f"{plot}: --plot writes a PNG image; give a name ending in .png")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(context_settings=CONTEXT_SETTINGS)
+@version_option("mtl-task-embeds")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="The safetensors file to write (refused if it exists, unless --force).")

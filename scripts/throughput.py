@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
 from compiler.files import atomic_write, check_output
 from scripts.common import bad_input_exits, note
@@ -197,11 +198,13 @@ def benchmark(
 
 
 @click.command(
+    context_settings=CONTEXT_SETTINGS,
     help="Measure inference and training throughput of a run's model (TARGET: a run "
     "directory, whose checkpoint is loaded, or a run config, random weights) over batch "
     "sizes, per task, with warm-up, median/p90 timings and peak memory per row.",
     epilog=EPILOG,
 )
+@version_option("mtl-throughput")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--batch-sizes", default="1,16,64", show_default=True,
               help="Comma-separated batch sizes.")

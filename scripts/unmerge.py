@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
 from compiler.files import atomic_dir, check_output
 from compiler.tree import get_path
@@ -150,9 +151,10 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
 
 
 @click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    context_settings=CONTEXT_SETTINGS,
     epilog=EXAMPLES,
 )
+@version_option("mtl-unmerge")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--task", "tasks", multiple=True, metavar="NAME",
               help="Task to write (repeatable; default: every task of a merged decoder).")

@@ -161,6 +161,9 @@ def test_python_and_mtl_run_give_the_same_run_numbers_and_predictions(tmp_path):
     ours = trained.predict(test_inputs().numpy())
     for task in ("shape", "size", "tags"):
         theirs = load_file(tmp_path / f"py/predictions/{task}.safetensors")
+        index = theirs.pop("index")  # mtl-run also records the sample ids and true labels
+        rows = next(iter(theirs.values())).shape[0]
+        assert theirs.pop("target").shape[0] == index.shape[0] == rows
         assert set(ours[task]) == set(theirs)
         for key, value in theirs.items():
             assert ours[task][key].dtype == value.dtype

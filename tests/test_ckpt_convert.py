@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,19 @@ def run_dir(tmp_path_factory) -> Path:
 
 def convert(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_init_checkpoint_says_what_it_loaded(run_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "enc"
+    assert convert(run_dir, "--to", "safetensors", "-o", out).exit_code == 0
+    capsys.readouterr()
+    MLPEncoder(8, [16], init_checkpoint=str(out))
+    err = capsys.readouterr().err
+    assert re.search(rf"init_checkpoint {re.escape(str(out))}: loaded \d+ tensors "
+                     r"\([\d,]+ values\) into MLPEncoder", err), err
+    monkeypatch.setenv("LOCAL_RANK", "1")  # other ranks of a launch stay quiet
+    MLPEncoder(8, [16], init_checkpoint=str(out))
+    assert capsys.readouterr().err == ""
 
 
 def test_encoder_export_rebuilds_and_starts_a_new_run_with_identical_outputs(run_dir, tmp_path):

@@ -1,0 +1,146 @@
+"""Every command's own command line: -h/--help, --version, mtl-run's short help and usage,
+and the refusals mtl-run answers before it imports Lightning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+COMMANDS = (
+    "mtl-make-config",
+    "mtl-run",
+    "mtl-task-embeds",
+    "mtl-unmerge",
+    "mtl-eval",
+    "mtl-compare",
+    "mtl-throughput",
+    "mtl-ckpt-convert",
+    "mtl-study",
+)
+
+
+def command(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_every_command_has_help(name, flag):
+    done = command(name, flag)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout.lower() and "----" not in done.stdout
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_a_version(name):
+    from importlib.metadata import version
+
+    done = command(name, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{name} {version('mtl-toolkit')}"
+
+
+def test_mtl_run_help_is_short_and_says_where_the_rest_is():
+    text = command("mtl-run", "--help").stdout
+    lines = text.splitlines()
+    assert len(lines) <= 45
+    assert lines[0].startswith("usage: mtl-run") and "RUN.yaml" in lines[0]
+    for needed in (
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "--run-dir",
+        "--resume",
+        "--force",
+        "--check",
+        "mtl-run fit --help",
+    ):
+        assert needed in text
+
+
+def test_mtl_run_without_arguments_prints_the_usage_and_exits_2():
+    done = command("mtl-run")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("usage: mtl-run") and "RUN.yaml" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_full_option_list_shows_run_yaml_and_no_four_dash_flags():
+    done = command("mtl-run", "fit", "--help")
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: mtl-run fit RUN.yaml")
+    assert "----" not in done.stdout and "--no_resume" in done.stdout
+    assert "--trainer.max_epochs" in done.stdout and "--run.tensorboard" in done.stdout
+
+
+PROBE = """
+import sys
+from runtime.entry import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "lightning", "jsonargparse") if m in sys.modules)
+print(code, ",".join(heavy) or "-")
+"""
+
+
+def refuse_light(cwd: Path, *argv: str) -> str:
+    """Run mtl-run's front door; assert exit 2 without torch/Lightning; return stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["2", "-"], (done.stdout, done.stderr)
+    assert done.stderr.startswith("mtl-run: error: ") and "Traceback" not in done.stderr
+    return done.stderr
+
+
+def test_refusals_that_need_no_model_come_before_lightning(tmp_path):
+    (tmp_path / "qs.run.yaml").write_text("trainer: {max_epochs: 1}\n")
+    assert "missing.yaml: no such run config" in refuse_light(tmp_path, "missing.yaml")
+    assert "missing.yaml" in refuse_light(tmp_path, "validate", "missing.yaml")
+    (tmp_path / "runs/qs").mkdir(parents=True)
+    (tmp_path / "runs/qs/run_info.json").write_text(json.dumps({}))
+    err = refuse_light(tmp_path, "qs.run.yaml")
+    assert "runs/qs already exists" in err and "--resume" in err and "--force" in err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/x").write_text("")
+    assert "other already exists" in refuse_light(tmp_path, "qs.run.yaml", "--run-dir=other")
+    err = refuse_light(tmp_path, "qs.run.yaml", "--resmue")
+    assert "unknown option '--resmue'" in err and "did you mean '--resume'" in err
+    assert "'--epochs'" in refuse_light(tmp_path, "fit", "qs.run.yaml", "--epochs", "3")
+    assert "is a directory" in refuse_light(tmp_path, "runs/qs")
+    assert "missing RUN.yaml" in refuse_light(tmp_path, "fit")
+
+
+def test_overrides_and_run_options_pass_the_front_door(tmp_path):
+    from runtime.entry import UsageError, precheck
+
+    (tmp_path / "qs.yaml").write_text("{}\n")
+    config = str(tmp_path / "qs.yaml")
+    precheck(
+        [
+            config,
+            "--trainer.max_epochs=2",
+            "--model.init_args.lr",
+            "0.1",
+            "--run.num_threads",
+            "1",
+            "--seed_everything=3",
+            "--print_config",
+            "--no_resume",
+            "--check",
+        ]
+    )
+    precheck(["predict", "-c", config, "--ckpt_path", "x.ckpt"])
+    (tmp_path / "runs/qs").mkdir(parents=True)
+    (tmp_path / "runs/qs/a").write_text("")
+    for ok in (["--resume"], ["--force"], ["--check"], ["--run-dir", str(tmp_path / "new")]):
+        precheck([config, "--run-dir", str(tmp_path / "runs/qs"), *ok])
+    with pytest.raises(UsageError, match="already exists"):
+        precheck([config, "--run_dir", str(tmp_path / "runs/qs")])
