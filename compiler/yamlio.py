@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import atomic_write, create_temp, write_error
 from .yamlemit import emit
 
 try:  # CPython's own SHA-256: hashlib would load OpenSSL first, a few ms of every start-up
@@ -172,40 +173,32 @@ def dump(doc: Any) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never a half-written one."""
-    write_all_atomic([(path, text)])
+    """Write a file so that readers see the old content or the new, never a half-written one
+    (through the toolkit's one atomic writer, :func:`compiler.files.atomic_write`)."""
+    atomic_write(path, text)
 
 
 def write_all_atomic(files: list[tuple[Path, str]]) -> None:
-    """Write several files: every one is written in full to a temporary file beside its
-    target first, and only then are they all renamed into place (a failure leaves none)."""
+    """Write several files: every one is written in full (and fsynced) to a temporary file
+    beside its target first, and only then are they all renamed into place (a failure leaves
+    none); temporaries come from :func:`compiler.files.create_temp`."""
     temps: list[Path] = []
     try:
         for path, text in files:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = _create_temp(path)
+            fd, tmp = create_temp(path)
             temps.append(tmp)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
         for (path, _), tmp in zip(files, temps, strict=True):
             os.replace(tmp, path)
+    except OSError as exc:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise write_error(Path(exc.filename or files[0][0]), exc) from None
     except BaseException:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
         raise
-
-
-def _create_temp(path: Path) -> tuple[int, Path]:
-    """A new hidden ``.NAME.*.tmp`` file beside ``path`` (``tempfile`` costs ~3 ms to import).
-
-    The name is shortened so that a target whose name is near the file-system limit still
-    gets a temporary file.
-    """
-    stem = os.fsencode(path.name)[:64].decode("utf-8", "ignore") or "out"
-    for attempt in range(1000):
-        tmp = path.with_name(f".{stem}.{os.getpid()}.{attempt}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file beside {path}")

@@ -7,7 +7,6 @@ every object from its ``class_path``/``init_args``; this module adds the run dir
 
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +17,21 @@ import yaml
 from jsonargparse import ActionYesNo, ArgumentError
 from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
 from lightning.pytorch import Callback, LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from compiler import exitcodes
-from compiler.errors import ConfigError as InputError
-from runtime.checkpoints import newest_loadable
+from compiler.files import check_output
+from runtime.checkpoints import AtomicCheckpointIO, RunCheckpoint
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
 from runtime.csv_log import RunCSVLogger, tensorboard_logger
 from runtime.entry import (
     default_run_dir,
-    existing_run_dir_message,
     launched_as_rank_zero,
     split_command_line,
 )
+from runtime.exits import RUN, guarded
 from runtime.hardware import (
     DEVICE_HELP,
     CompileMode,
@@ -46,7 +45,9 @@ from runtime.hardware import (
 )
 from runtime.quiet import quiet_lightning, summary_kwargs
 from runtime.reporting import ValidationHistory
-from runtime.step_stats import NonFiniteLossError
+from runtime.run_lock import release_locks
+from runtime.rundir import prepare_fit_dir
+from runtime.stop import GracefulStop
 
 _CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path", "device")
 
@@ -165,9 +166,17 @@ class RunCLI(LightningCLI):
             raise ConfigError(f"{where}{problem}")
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir else (
             default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
+        RUN.run_dir = self.run_dir
         self._choose_device()
-        if self.subcommand_name == "fit" and not self.config.check:
-            self._prepare_fit_dir()
+        if self.config.check:
+            pass  # --check writes nothing and looks at no run directory
+        elif self.subcommand_name == "fit":
+            found = prepare_fit_dir(self.run_dir, self.config.resume, self.config.force,
+                                    launched_as_rank_zero())
+            if found is not None:
+                self.resume_from, self.resume_step = found
+        else:
+            check_output(self.run_dir, "dir", flag="--run-dir")
         apply_run_settings(vars(self.config.run))
 
     def _choose_device(self) -> None:
@@ -178,27 +187,6 @@ class RunCLI(LightningCLI):
                 trainer[key] = value
         where = f"{self.config_path}: " if self.config_path else ""
         check_accelerator(trainer.accelerator, where)
-
-    def _prepare_fit_dir(self) -> None:
-        run_dir = self.run_dir
-        assert run_dir is not None
-        exists = run_dir.exists() and any(run_dir.iterdir())
-        if not self.config.resume and not launched_as_rank_zero():
-            return  # a DDP worker: rank 0 already checked and prepared the directory
-        if self.config.resume:
-            found = newest_loadable(run_dir / "checkpoints") if exists else None
-            if found is not None:
-                self.resume_from, self.resume_step = found
-            else:
-                raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}/checkpoints")
-        elif exists and self.config.force:
-            if not (run_dir / "run_info.json").exists():
-                raise ConfigError(
-                    f"--force: {run_dir} is not an mtl-run run directory (no run_info.json); "
-                    "refusing to delete it")
-            shutil.rmtree(run_dir)
-        elif exists:
-            raise ConfigError(existing_run_dir_message(run_dir))
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         assert self.run_dir is not None
@@ -215,6 +203,11 @@ class RunCLI(LightningCLI):
                                                                    default={}))
         kwargs.update(summary_args)
         kwargs["callbacks"] = [*configured, *self._run_callbacks(), *summary_callbacks]
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())  # checkpoints are written atomically
+        kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
     def _run_callbacks(self) -> list[Callback]:
@@ -222,16 +215,18 @@ class RunCLI(LightningCLI):
         ckpt_dir = str(self.run_dir / "checkpoints")
         callbacks: list[Callback] = [
             ValidationHistory(),
-            ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=opts.monitor,
+            RunCheckpoint(dirpath=ckpt_dir, filename="best", monitor=opts.monitor,
                             mode=opts.mode, save_last=True, auto_insert_metric_name=False),
         ]
         if opts.per_task_monitors:
             callbacks += task_checkpoints(self.model, ckpt_dir)
         if opts.checkpoint_every_n_steps:
-            callbacks.append(ModelCheckpoint(
+            callbacks.append(RunCheckpoint(
                 dirpath=ckpt_dir, filename="step-{step}", monitor="step", mode="max",
                 every_n_train_steps=opts.checkpoint_every_n_steps,
                 save_top_k=opts.keep_step_checkpoints, auto_insert_metric_name=False))
+        if self.subcommand_name == "fit":
+            callbacks.append(GracefulStop(self.run_dir / "checkpoints" / "last.ckpt"))
         if opts.early_stopping_patience is not None:
             callbacks.append(EarlyStopping(monitor=opts.monitor, mode=opts.mode,
                                            patience=opts.early_stopping_patience))
@@ -264,7 +259,7 @@ def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
     for name, task in tasks.items():
         metric = f"val/{name}/{task.primary_metric}"
         mode = "min" if task.primary_metric in task.lower_is_better else "max"
-        out.append(ModelCheckpoint(dirpath=ckpt_dir, filename=f"best-{name}", monitor=metric,
+        out.append(RunCheckpoint(dirpath=ckpt_dir, filename=f"best-{name}", monitor=metric,
                                    mode=mode, auto_insert_metric_name=False))
     return out
 
@@ -273,9 +268,11 @@ def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI
     """Run one ``mtl-run`` command line (``argv`` as typed after ``mtl-run``) and return the
     finished CLI; bad input raises ``ConfigError``. The one path of ``main`` and of
     :mod:`runtime.api`, whose run configs may be dicts: ``source`` then stands for RUN.yaml.
+    The run directory's lock is held until it returns.
     """
     quiet_lightning()
     subcommand, config_path, args = split_command_line(argv)
+    RUN.subcommand = subcommand
     if source is not None:
         try:
             text = yaml.safe_dump(source, sort_keys=False)
@@ -284,37 +281,36 @@ def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI
                               f"(numbers, strings, lists, dicts): {err}") from None
         args = ["--config", text, *args]
     try:
-        cli = RunCLI(subcommand, config_path, args, source=source)
-    except ArgumentError as err:  # raised outside parse_arguments (e.g. a bad --help use)
-        raise ConfigError(str(err)) from None
-    if cli.config.check:  # everything fit builds and checks, then stop (runtime.preflight)
-        from runtime.preflight import check_before_run
+        try:
+            cli = RunCLI(subcommand, config_path, args, source=source)
+        except ArgumentError as err:  # raised outside parse_arguments (e.g. a bad --help use)
+            raise ConfigError(str(err)) from None
+        if cli.config.check:  # everything fit builds and checks, then stop (runtime.preflight)
+            from runtime.preflight import check_before_run
 
-        check_before_run(cli)
-        return cli
-    from runtime.runner import run_subcommand
+            check_before_run(cli)
+            return cli
+        from runtime.runner import run_subcommand
 
-    try:
-        run_subcommand(cli, argv)  # ConfigErrors found once the objects exist (e.g. init_from)
-    except torch.OutOfMemoryError:
-        sizes = getattr(cli.datamodule, "batch_sizes", None)
-        device = str(getattr(cli.model, "device", "the GPU"))
-        raise DeviceMemoryError(out_of_memory_message(device, sizes)) from None
+        try:
+            run_subcommand(cli, argv)  # ConfigErrors found once the objects exist
+        except torch.OutOfMemoryError:
+            sizes = getattr(cli.datamodule, "batch_sizes", None)
+            device = str(getattr(cli.model, "device", "the GPU"))
+            raise DeviceMemoryError(out_of_memory_message(device, sizes)) from None
+    finally:
+        release_locks()
     return cli
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``mtl-run``; how it ends maps to the exit-code table (``compiler.exitcodes``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cli = run_command(argv)
-    except DeviceMemoryError as err:
-        print(f"mtl-run: error: {err}", file=sys.stderr)
-        return exitcodes.BAD_INPUT
-    except InputError as err:  # config, data, checkpoints: bad input from anywhere
-        return _config_error(str(err))
-    except NonFiniteLossError as err:
-        print(f"mtl-run: error: {err}", file=sys.stderr)
-        return exitcodes.NON_FINITE_LOSS
+    return guarded(lambda: _main(argv), argv)
+
+
+def _main(argv: list[str]) -> int:
+    cli = run_command(argv)  # ConfigErrors (bad input, failed writes) exit 2 in guarded()
     if cli.config.check:
         print(f"{split_command_line(argv)[1]}: OK")
         return 0
@@ -323,9 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _config_error(message: str) -> int:
-    print(f"mtl-run: config error: {message}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

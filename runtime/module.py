@@ -316,6 +316,8 @@ class MultiTaskModule(LightningModule):
         """Store EMA weights as the model weights (what an export should use), the training
         weights beside them, and the RNG states for an exact mid-epoch resume."""
         checkpoint[_RNG_KEY] = rng_states()
+        if self._resuming_fit():
+            self._pending_rng = checkpoint[_RNG_KEY]  # what the next step draws from
         checkpoint[TASKS_KEY] = list(self.model.task_names)  # row order of per-task tables
         checkpoint[ROUTING_KEY] = dict(self.model.task_to_decoder)
         if self._fitting():
@@ -355,9 +357,11 @@ class MultiTaskModule(LightningModule):
         before any step)."""
         self.prepare_fit(resuming=self.trainer.ckpt_path is not None)
 
-    def on_train_start(self) -> None:
-        """Restore the RNG states only now: building the data loaders' iterators and the
-        sanity check draw from the global RNG after the checkpoint is loaded."""
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Continue from the RNG states of the newest checkpoint, in the run that saved it and
+        in one resumed from it alike: whatever drew from the global RNG between the save and
+        this step (a new epoch's loader iterator, the sanity check, a re-run validation) then
+        differs in nothing that training sees, so a resume is exact at epoch ends too."""
         if self._pending_rng is not None:
             set_rng_states(self._pending_rng)
             self._pending_rng = None

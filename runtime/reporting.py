@@ -4,6 +4,7 @@ confusion-matrix PNGs, per-task predictions and run_info.json."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import platform
@@ -16,8 +17,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from compiler.files import atomic_write
 from runtime.plots import fit_title
 from runtime.tasks import RegressionTask, Task
 
@@ -95,8 +97,8 @@ def absent_metrics(task: Task) -> dict[str, None]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(json_safe(data), indent=2, sort_keys=False,
-                               allow_nan=False) + "\n")
+    atomic_write(path, json.dumps(json_safe(data), indent=2, sort_keys=False,
+                                  allow_nan=False) + "\n")
 
 
 def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path,
@@ -123,8 +125,11 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
             for j in range(n):
                 ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if rates[i, j] > 0.5 else "black")
-    fig.savefig(path, dpi=100)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, buffer.getvalue())
 
 
 def plot_task_weights(run_dir: Path) -> Path | None:
@@ -201,7 +206,7 @@ def write_predictions(run_dir: Path, batches: list[Any], tasks: dict[str, Task])
         tensors = {k: torch.cat(v).contiguous() for k, v in outputs.items()
                    if sum(len(t) for t in v) == rows}
         path = out_dir / f"{task}.safetensors"
-        save_file(tensors, str(path))
+        atomic_write(path, save(tensors))
         paths.append(path)
         if all(t.dim() <= 2 for t in tensors.values()):
             paths.append(_write_csv(out_dir / f"{task}.csv", datasets[task], tensors, tasks[task]))
@@ -225,12 +230,13 @@ def _write_csv(path: Path, datasets: list[str], tensors: dict[str, torch.Tensor]
     table = torch.cat([v.double() for v in values], dim=1).tolist()
     target_columns = {i for i, c in enumerate(columns[1:]) if c.split("_")[0] == "target"}
     missing = None if isinstance(task, RegressionTask) else -100  # regression: NaN
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for dataset, row in zip(datasets, table, strict=True):
-            writer.writerow([dataset, *(_cell(x, missing if i in target_columns else None)
-                                        for i, x in enumerate(row))])
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(columns)
+    for dataset, row in zip(datasets, table, strict=True):
+        writer.writerow([dataset, *(_cell(x, missing if i in target_columns else None)
+                                    for i, x in enumerate(row))])
+    atomic_write(path, handle.getvalue())
     return path
 
 

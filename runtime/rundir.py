@@ -9,15 +9,19 @@ re-implement model loading. Objects are built by jsonargparse from ``class_path`
 from __future__ import annotations
 
 import copy
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
 
+from compiler.files import check_output, remove_stale_temps_in
 from runtime.checkpoints import load_checkpoint
 from runtime.config_errors import ConfigError, explain_argument_error, first_line, load_yaml
 from runtime.data.validate import expect_tasks
+from runtime.run_lock import LOCK_NAME, lock_run_dir
 from runtime.state_mismatch import describe_mismatch, shapes_of
 
 CONFIG_NAME = "config.yaml"
@@ -132,3 +136,81 @@ def load_run(
                 if k in checkpoint}
     module.eval()
     return LoadedRun(config_path, config, module, datamodule, checkpoint_path, run_dir, info)
+
+
+def has_trained(run_dir: Path) -> bool:
+    """Whether a fit in ``run_dir`` saved any checkpoint (one that never did can be reused)."""
+    folder = run_dir / CHECKPOINTS
+    return folder.is_dir() and any(folder.glob("*.ckpt"))
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete what a run directory holds (its lock file aside)."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def create_run_dir(run_dir: Path, lock: bool) -> None:
+    """Create the run directory (once the run's objects are built) and, for a fit's
+    launching process, take its lock before anything is written into it."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    if lock:
+        lock_run_dir(run_dir)
+
+
+def prepare_fit_dir(run_dir: Path, resume: bool, force: bool, launcher: bool
+                    ) -> tuple[Path, int] | None:
+    """Check (and lock, if it exists) the run directory of a fit; the checkpoint to resume.
+
+    Everything is checked before anything is written: a regular file or an unwritable
+    folder, a directory in use (the lock), a trained run without ``--resume``/``--force``,
+    a foreign folder, a resume without checkpoint or with a corrupt ``metrics.csv``. A
+    directory whose earlier fit never saved a checkpoint is reused without ``--force``.
+    Stale temporaries of killed checkpoint writes are removed. DDP workers (``launcher``
+    False) only look up the checkpoint; the launcher already checked and locked.
+    """
+    from runtime.checkpoints import newest_loadable
+    from runtime.csv_log import METRICS_NAME, kept_rows
+
+    check_output(run_dir, "dir", flag="--run-dir")
+    if not launcher:
+        return newest_loadable(run_dir / CHECKPOINTS) if resume else None
+    if resume:
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume: no checkpoint to resume: {run_dir} does not exist")
+        lock_run_dir(run_dir)
+        remove_stale_temps_in(run_dir / CHECKPOINTS, any_owner=True)
+        remove_stale_temps_in(run_dir, any_owner=True)
+        found = newest_loadable(run_dir / CHECKPOINTS)
+        if found is None:
+            raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}/{CHECKPOINTS}")
+        metrics = run_dir / METRICS_NAME
+        if metrics.is_file():
+            kept_rows(metrics, found[1])  # refuse a corrupt metrics.csv before writing
+        return found
+    entries = [e for e in run_dir.iterdir() if e.name != LOCK_NAME] if run_dir.is_dir() else []
+    ours = (run_dir / "run_info.json").exists() or (run_dir / LOCK_NAME).exists()
+    if entries and not ours and force:
+        raise ConfigError(f"--force: {run_dir} is not an mtl-run run directory (no run_info.json)"
+                          "; refusing to delete it")
+    if entries and (has_trained(run_dir) or not ours) and not force:
+        from runtime.entry import existing_run_dir_message
+
+        raise ConfigError(existing_run_dir_message(run_dir))
+    if not run_dir.is_dir():
+        return None  # created (and locked) once everything is built: see create_run_dir
+    lock_run_dir(run_dir)
+    if entries:
+        if not force:
+            print(f"mtl-run: reusing {run_dir}: its earlier fit never saved a checkpoint",
+                  file=sys.stderr)
+        clear_run_dir(run_dir)
+    return None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from compiler.files import atomic_write, check_output
 from runtime.balancing import describe as describe_balancer
 from runtime.hardware import compile_model
 from runtime.reporting import (
@@ -22,14 +25,38 @@ from runtime.reporting import (
     write_json,
     write_predictions,
 )
+from runtime.rundir import create_run_dir
 from runtime.step_stats import NonFiniteLossError
 
 if TYPE_CHECKING:
     from runtime.cli import RunCLI
 
 
+#: What each subcommand writes into the run directory (besides its ``*_info.json``).
+STAGE_OUTPUTS: dict[str, list[tuple[str, Literal["file", "dir"]]]] = {
+    "fit": [("config.yaml", "file"), ("summary.json", "file"), ("metrics.csv", "file"),
+            ("checkpoints", "dir")],
+    "validate": [("validate_metrics.json", "file")],
+    "test": [("test_metrics.json", "file")],
+    "predict": [("predictions", "dir")],
+}
+
+
 def _callback(trainer: Any, kind: type) -> Any:
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
+class WriteOnTrainStart(Callback):
+    """Runs ``write`` on rank 0 once training starts (after the checkpoint being resumed was
+    restored), so a fit that fails before, or a resume that does not fit, leaves the run
+    directory's ``config.yaml`` and ``run_info.json`` as they were."""
+
+    def __init__(self, write: Callable[[], Any]) -> None:
+        self.write = write
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.write()
 
 
 def save_config(cli: RunCLI, path: Path) -> None:
@@ -42,7 +69,7 @@ def save_config(cli: RunCLI, path: Path) -> None:
     config.pop("config", None)
     header = header_comments(cli.config_path)["header"] if cli.config_path else []
     body = cli.parser.dump(config, skip_none=False, skip_check=True)
-    path.write_text("".join(f"{line}\n" for line in header) + body)
+    atomic_write(path, "".join(f"{line}\n" for line in header) + body)
 
 
 def task_embedding_sources(model: Any) -> list[dict[str, Any]]:
@@ -61,20 +88,31 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     prepare = getattr(cli.model, "prepare_fit", None)  # e.g. init_from: before anything is written
     if stage == "fit" and callable(prepare):
         prepare(resuming=cli.resume_from is not None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if stage == "fit":
-        save_config(cli, run_dir / "config.yaml")
     info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
+    for name, kind in STAGE_OUTPUTS[stage] + [(info_name, "file")]:
+        check_output(run_dir / name, kind)  # before any work: no folder where a file goes
+    from runtime.entry import launched_as_rank_zero
+
+    create_run_dir(run_dir, lock=stage == "fit" and launched_as_rank_zero())
     config_path = cli.config_path or run_dir / "config.yaml"
-    info = run_info(argv, stage, config_path, cli.config.seed_everything)
-    info["balancer"] = describe_balancer(cli.config)
     embeddings = task_embedding_sources(cli.model)
-    if embeddings:
-        info["task_embeddings"] = embeddings
-        for source in embeddings:
-            print(f"task embeddings: {source['path']} ({source['model']}, "
-                  f"dim {source['dimension']}, options {source['options']})", file=sys.stderr)
-    write_json(run_dir / info_name, info)
+    for source in embeddings:
+        print(f"task embeddings: {source['path']} ({source['model']}, "
+              f"dim {source['dimension']}, options {source['options']})", file=sys.stderr)
+
+    def record() -> None:
+        if stage == "fit":
+            save_config(cli, run_dir / "config.yaml")
+        info = run_info(argv, stage, config_path, cli.config.seed_everything)
+        info["balancer"] = describe_balancer(cli.config)
+        if embeddings:
+            info["task_embeddings"] = embeddings
+        write_json(run_dir / info_name, info)
+
+    if stage == "fit":  # written once training starts: a fit that fails before changes nothing
+        cli.trainer.callbacks.append(WriteOnTrainStart(record))
+    else:
+        record()
     compile_model(cli.model, cli.config.run.compile)
     {"fit": _fit, "validate": _evaluate, "test": _evaluate, "predict": _predict}[stage](cli)
 

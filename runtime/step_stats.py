@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from compiler import exitcodes
+
 NonFinitePolicy = Literal["stop", "skip"]
 #: the key of the saved state in a checkpoint
 CHECKPOINT_KEY = "train_loss_stats"
@@ -29,7 +31,7 @@ _NONE = torch.iinfo(torch.int64).max
 _FOLD_EVERY = 64
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(exitcodes.NonFiniteLoss):
     """A training loss was NaN or infinite (``run`` stops with its own exit code)."""
 
     def __init__(self, step: int, what: str, epoch: int) -> None:

@@ -20,7 +20,8 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
-from scripts.common import atomic_output, bad_input_exits, note, refuse_existing
+from compiler.files import atomic_dir, atomic_write, check_output, remove_stale_temps
+from scripts.common import bad_input_exits, note
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -106,9 +107,9 @@ def write_weights(state: dict[str, Tensor], fmt: str, folder: Path, part: str) -
         return "."
     name = f"{part}{SUFFIX[fmt]}"
     if fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(state, str(folder / name), metadata={"format": "pt"})
+        atomic_write(folder / name, save(state, metadata={"format": "pt"}))
     else:
         import torch
 
@@ -156,7 +157,8 @@ def convert(
     from runtime.merge_adapters import count_adapters, merge_adapters
     from runtime.rundir import load_run
 
-    refuse_existing(out, force)
+    check_output(out, "dir", flag="-o", replace=force)
+    remove_stale_temps(out)  # of an earlier, killed export
     _note(f"loading {target} (checkpoint: {ckpt})")
     loaded = load_run(target, ckpt=ckpt, with_data=False)
     module, entries = part_of(loaded.module, loaded.config, part)
@@ -175,10 +177,10 @@ def convert(
     left = sorted(k for k in state if "lora" in k.lower())
     if merge and left:
         _note(f"adapter-like tensors without a merge stay as they are: {', '.join(left[:4])}")
-    with atomic_output(out, directory=True) as folder:
+    with atomic_dir(out) as folder:
         weights = write_weights(state, fmt, folder, part)
         config = export_config(part, entries, fmt, weights, state, loaded, adapters)
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write(folder / "config.json", json.dumps(config, indent=2) + "\n")
     count = sum(v.numel() for v in state.values())
     _note(f"wrote {out} ({fmt}, {part}: {len(state)} tensors, {count:,} values)")
     return config

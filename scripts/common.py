@@ -1,27 +1,25 @@
 """Plumbing shared by the companion commands (click): bad input exits 2 in one paragraph.
 
 Every command wraps its work in :func:`bad_input_exits`, raises the toolkit's
-``ConfigError`` for anything the user can fix, and checks outputs with
-:func:`refuse_existing` before doing work and writes through :func:`atomic_output`, so
-nothing is ever half-written.
+``ConfigError`` for anything the user can fix, checks every output path with
+:func:`compiler.files.check_output` before doing work and writes through the toolkit's one
+atomic writer (:mod:`compiler.files`), so nothing is ever half-written. Exit codes follow
+:mod:`compiler.exitcodes`.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from compiler import exitcodes
 from compiler.errors import ConfigError
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = exitcodes.BAD_INPUT
 
 
 def fail(prog: str, message: str) -> NoReturn:
@@ -37,44 +35,24 @@ def note(prog: str, message: str) -> None:
 
 @contextmanager
 def bad_input_exits(prog: str) -> Iterator[None]:
-    """Turn the toolkit's ``ConfigError`` (bad config, checkpoint, argument) into exit 2."""
+    """Exit codes of a command's work: the toolkit's ``ConfigError`` (bad config, checkpoint,
+    argument, output path, failed write) -> 2, Ctrl-C -> 130, SIGTERM -> 143, anything else
+    -> 1 with the traceback (a bug). Temporary files are removed on the way out."""
     try:
-        yield
+        with exitcodes.raise_on_sigterm():
+            yield
     except ConfigError as exc:
         fail(prog, str(exc))
-
-
-def refuse_existing(path: Path, force: bool) -> None:
-    """Refuse an existing output unless ``--force`` (checked before any work is done)."""
-    if (path.exists() or path.is_symlink()) and not force:
-        raise ConfigError(f"{path} already exists; pass --force to replace it")
-
-
-@contextmanager
-def atomic_output(path: Path, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary file or folder beside ``path`` that replaces it on success.
-
-    On any error the temporary is removed and an existing ``path`` is left as it was.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    target = tmp if directory else tmp / path.name
-    try:
-        yield target
-        if directory:  # mkdtemp makes a private (0700) folder; give it the usual mode
-            umask = os.umask(0)
-            os.umask(umask)
-            target.chmod(0o777 & ~umask)
-        old = None
-        if path.exists() or path.is_symlink():
-            old = path.with_name(f".{path.name}.old-{tmp.name}")
-            path.rename(old)
-        target.rename(path)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted (Ctrl-C); nothing half-written was left", err=True)
+        sys.exit(exitcodes.INTERRUPTED)
+    except exitcodes.Terminated:
+        click.echo(f"{prog}: terminated (SIGTERM); nothing half-written was left", err=True)
+        sys.exit(exitcodes.TERMINATED)
+    except (click.ClickException, click.exceptions.Exit):
+        raise  # click's own usage errors and exits keep their codes
+    except Exception:  # noqa: BLE001 - anything else is a bug: say so, with the traceback
+        sys.exit(exitcodes.report_bug(prog))
 
 
 def device_option(command: Callable[..., Any]) -> Callable[..., Any]:

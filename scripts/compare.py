@@ -28,7 +28,8 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
-from scripts.common import atomic_output, bad_input_exits
+from compiler.files import atomic_write, check_output
+from scripts.common import bad_input_exits
 from scripts.metrics_table import format_table, number
 
 PROG = "mtl-compare"
@@ -274,12 +275,13 @@ def main(multitask_run_dirs: tuple[Path, ...], baseline_dirs: tuple[Path, ...],
     multitask task without a baseline is reported as skipped and left out of delta-m.
     """
     with bad_input_exits(PROG):
+        if json_path is not None:
+            check_output(json_path, flag="--json")
         report = compare([read_run(p) for p in multitask_run_dirs],
                          [read_run(p) for p in baseline_dirs])
         click.echo(render(report))
         if json_path is not None:
-            with atomic_output(json_path) as tmp:
-                tmp.write_text(json.dumps(report, indent=2) + "\n")
+            atomic_write(json_path, json.dumps(report, indent=2) + "\n")
             click.echo(f"{PROG}: wrote {json_path}", err=True)
 
 

@@ -19,7 +19,8 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
-from scripts.common import atomic_output, bad_input_exits, device_option
+from compiler.files import atomic_write, check_output
+from scripts.common import bad_input_exits, device_option
 from scripts.metrics_table import task_table
 
 PROG = "mtl-eval"
@@ -80,8 +81,7 @@ def evaluate(target: Path, ckpt: str = "best", split: str = "val",
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(path, json.dumps(report, indent=2) + "\n")
 
 
 @click.command(
@@ -104,6 +104,8 @@ def main(run_dir: Path, ckpt: str, split: str, json_path: Path | None,
     carries is left out.
     """
     with bad_input_exits(PROG):
+        if json_path is not None:
+            check_output(json_path, flag="--json")
         report = evaluate(run_dir, ckpt, split, device)
         click.echo(task_table(report))
         if json_path is not None:

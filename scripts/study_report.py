@@ -19,10 +19,10 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from compiler.errors import ConfigError
-from scripts.common import atomic_output
+from compiler.files import atomic_file, atomic_write
 from scripts.compare import RunFigures, compare, read_run, task_stats
 from scripts.metrics_table import format_table, number
 from scripts.study_state import RunState, Study, StudyRun, format_seconds, study_states
@@ -421,7 +421,7 @@ def _blank(value: Any) -> Any:
     return "" if value is None else value
 
 
-def draw_affinity(aff: dict[str, Any], path: Path) -> None:
+def draw_affinity(aff: dict[str, Any], path: Path | IO[bytes]) -> None:
     """The affinity matrix as a heatmap (red: the partner hurts, blue: it helps)."""
     import matplotlib
 
@@ -454,7 +454,7 @@ def draw_affinity(aff: dict[str, Any], path: Path) -> None:
     fig.colorbar(image, ax=ax, label="gain vs alone (%)")
     ax.set_title(f"Task affinity{_set_text(aff['set'])}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -464,8 +464,8 @@ def write_report(study: Study, report: dict[str, Any]) -> list[Path]:
     images = []
     for index, aff in enumerate(report["affinity"]):
         name = AFFINITY_PNG if index == 0 else f"affinity-{index}.png"
-        with atomic_output(study.folder / name) as tmp:
-            draw_affinity(aff, tmp)
+        with atomic_file(study.folder / name) as handle:
+            draw_affinity(aff, handle)
         aff["image"] = name
         images.append(name)
         written.append(study.folder / name)
@@ -475,7 +475,6 @@ def write_report(study: Study, report: dict[str, Any]) -> list[Path]:
         "report.md": render_markdown(report, images),
     }
     for name, text in texts.items():
-        with atomic_output(study.folder / name) as tmp:
-            tmp.write_text(text)
+        atomic_write(study.folder / name, text)
         written.append(study.folder / name)
     return written

@@ -21,10 +21,11 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
-from compiler.yamlio import dump, write_atomic
+from compiler.files import atomic_write, check_output
+from compiler.yamlio import dump
 from runtime.plots import fit_title
 
-from .common import atomic_output, bad_input_exits, note, refuse_existing
+from .common import bad_input_exits, note
 from .task_text import load_summaries
 
 if TYPE_CHECKING:
@@ -209,8 +210,7 @@ def plot_similarity(names: Sequence[str], sim: torch.Tensor, path: Path, title: 
     fig.colorbar(image, ax=ax, label="cosine similarity")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 def write_texts(path: Path, model_id: str, template: str | None, names: Sequence[str],
@@ -222,9 +222,9 @@ def write_texts(path: Path, model_id: str, template: str | None, names: Sequence
     if anchors is not None:
         doc["anchors"] = dict(zip(names, anchors, strict=True))
     if path.suffix.lower() == ".json":
-        write_atomic(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        atomic_write(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     else:
-        write_atomic(path, dump(doc))
+        atomic_write(path, dump(doc))
 
 
 def sha256_text(text: str) -> str:
@@ -232,10 +232,10 @@ def sha256_text(text: str) -> str:
 
 
 def _check_paths(output: Path, force: bool, dump_texts: Path | None, plot: Path | None) -> None:
-    if output.is_dir():
-        raise ConfigError(f"{output}: the output is a folder; -o takes a file name such as "
-                          "tasks.safetensors")
-    refuse_existing(output, force)
+    check_output(output, flag="-o", replace=force)
+    for flag, path in (("--dump-texts", dump_texts), ("--plot", plot)):
+        if path is not None:
+            check_output(path, flag=flag)
     if dump_texts is not None and dump_texts.suffix.lower() not in (".json", ".yaml", ".yml"):
         raise ConfigError(f"{dump_texts}: --dump-texts writes .json, .yaml or .yml files")
     if plot is not None and plot.suffix.lower() != ".png":
@@ -318,8 +318,7 @@ def _run(source: Path, output: Path, model_path: Path | None, anchor: bool, inst
         "text_sha256": {n: sha256_text(t) for n, t in zip(names, texts, strict=True)},
         "source_kind": kind,
     }
-    with atomic_output(output) as tmp:
-        tmp.write_bytes(encode(vectors, names, meta))
+    atomic_write(output, encode(vectors, names, meta))
     _note(f"wrote {output} ({len(names)} x {vectors.shape[1]})")
     if dump_texts is not None:
         write_texts(dump_texts, model_id, template, names, texts, anchors)

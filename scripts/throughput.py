@@ -20,7 +20,8 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
-from scripts.common import atomic_output, bad_input_exits, device_option, note, refuse_existing
+from compiler.files import atomic_write, check_output
+from scripts.common import bad_input_exits, device_option, note
 
 PROG = "mtl-throughput"
 MODES = ("infer", "train", "both")
@@ -240,7 +241,7 @@ def main(target: Path, batch_sizes: str, mode: str, dtype: str, device: str | No
     with bad_input_exits(PROG):
         sizes = parse_batch_sizes(batch_sizes)
         if json_path is not None:
-            refuse_existing(json_path, force)
+            check_output(json_path, flag="--json", replace=force)
         modes = ["infer", "train"] if mode == "both" else [mode]
         facts, rows = benchmark(target, ckpt, sizes, modes, dtype, device, compile_, tasks,
                                 warmup, iters, threads, real_data)
@@ -251,8 +252,8 @@ def main(target: Path, batch_sizes: str, mode: str, dtype: str, device: str | No
     )
     click.echo(table(rows))
     if json_path is not None:
-        with atomic_output(json_path) as tmp:
-            tmp.write_text(json.dumps(rows, indent=2) + "\n")
+        with bad_input_exits(PROG):
+            atomic_write(json_path, json.dumps(rows, indent=2) + "\n")
         _note(f"wrote {json_path}")
     if any(row["error"] for row in rows):
         raise SystemExit(1)

@@ -18,9 +18,10 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
+from compiler.files import atomic_dir, check_output
 from compiler.tree import get_path
 from compiler.yamlio import dump
-from scripts.common import atomic_output, bad_input_exits, device_option, note, refuse_existing
+from scripts.common import bad_input_exits, device_option, note
 
 PROG = "mtl-unmerge"
 
@@ -140,8 +141,9 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
     chosen = _chosen_tasks(config, run_dir, tasks)
     out_dir = out_dir or run_dir / "unmerged"
     targets = {task: out_dir / task for task in chosen}
+    check_output(out_dir, "dir", flag="-o/--out-dir")
     for target in targets.values():
-        refuse_existing(target, force)
+        check_output(target, "dir", replace=force)
     ckpt_path = resolve_checkpoint(run_dir, ckpt)
     chosen_device = resolve_device(device)
 
@@ -178,7 +180,7 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
     written = []
     for cut, cut_config, checkpoint, origin in prepared:
         target = targets[cut.task]
-        with atomic_output(target, directory=True) as tmp:
+        with atomic_dir(target) as tmp:
             note = (f"# Unmerged by {PROG}: task {cut.task} (outputs {cut.offset}:"
                     f"{cut.offset + cut.num_outputs} of decoder {cut.decoder}) from "
                     f"{origin['run_dir']} ({ckpt_path.name})")

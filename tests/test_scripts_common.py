@@ -1,4 +1,4 @@
-"""The companion commands' shared plumbing: exit 2 on bad input, atomic outputs."""
+"""The companion commands' shared plumbing: the exit-code table, atomic outputs."""
 
 from __future__ import annotations
 
@@ -6,49 +6,83 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from compiler import exitcodes
 from compiler.errors import ConfigError
-from scripts.common import atomic_output, bad_input_exits, refuse_existing
+from compiler.files import atomic_dir, atomic_file, check_output
+from scripts.common import bad_input_exits
 
 
-def test_bad_input_exits_two_without_traceback():
+def _command(exc: BaseException) -> click.Command:
     @click.command()
     def cmd() -> None:
         with bad_input_exits("mtl-x"):
-            raise ConfigError("broken thing", file="f.yaml", line=3)
+            raise exc
 
-    result = CliRunner().invoke(cmd, [])
-    assert result.exit_code == 2
+    return cmd
+
+
+def test_bad_input_exits_two_without_traceback():
+    result = CliRunner().invoke(_command(ConfigError("broken thing", file="f.yaml", line=3)), [])
+    assert result.exit_code == exitcodes.BAD_INPUT == 2
     assert "mtl-x: error: f.yaml:3: broken thing" in result.output
     assert "Traceback" not in result.output
 
 
-def test_refuse_existing_needs_force(tmp_path):
+@pytest.mark.parametrize(
+    ("exc", "code", "text"),
+    [
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (exitcodes.Terminated(), 143, "terminated"),
+        (ZeroDivisionError("boom"), 1, "this is a bug"),
+    ],
+)
+def test_exit_codes_of_the_table(exc, code, text):
+    result = CliRunner().invoke(_command(exc), [])
+    assert result.exit_code == code
+    assert text in result.output
+
+
+def test_a_bug_prints_its_traceback(capsys):
+    with pytest.raises(SystemExit) as info, bad_input_exits("mtl-x"):
+        raise ZeroDivisionError("boom")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: boom" in err
+
+
+def test_check_output_needs_force_to_replace(tmp_path):
     out = tmp_path / "out"
-    refuse_existing(out, force=False)
+    check_output(out, "dir", replace=False)
     out.mkdir()
     with pytest.raises(ConfigError, match="--force"):
-        refuse_existing(out, force=False)
-    refuse_existing(out, force=True)
+        check_output(out, "dir", replace=False)
+    check_output(out, "dir", replace=True)
 
 
 @pytest.mark.parametrize("directory", [False, True])
 def test_atomic_output_replaces_on_success_and_keeps_old_on_failure(tmp_path, directory):
     out = tmp_path / "result"
 
-    def fill(target, text):
-        (target / "f" if directory else target).write_text(text)
+    def write(text: str, crash: bool = False) -> None:
+        if directory:
+            with atomic_dir(out) as target:
+                (target / "f").write_text(text)
+                if crash:
+                    raise RuntimeError("crash mid-write")
+        else:
+            with atomic_file(out, binary=False) as handle:
+                handle.write(text)
+                if crash:
+                    raise RuntimeError("crash mid-write")
 
-    def read():
+    def read() -> str:
         return (out / "f" if directory else out).read_text()
 
-    with atomic_output(out, directory) as target:
-        fill(target, "one")
+    write("one")
     assert read() == "one"
-    with pytest.raises(RuntimeError), atomic_output(out, directory) as target:
-        fill(target, "two")
-        raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError):
+        write("two", crash=True)
     assert read() == "one"
-    with atomic_output(out, directory) as target:
-        fill(target, "three")
+    write("three")
     assert read() == "three"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]

@@ -1,0 +1,110 @@
+"""The toolkit's one atomic writer (``compiler.files``): failed writes, killed writers' leftovers,
+the output-path check."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from merged_runs import fake_run, merged_config
+
+from compiler.errors import ConfigError
+from compiler.files import (
+    WriteError,
+    atomic_dir,
+    atomic_file,
+    atomic_write,
+    check_output,
+    remove_stale_temps_in,
+)
+
+
+@pytest.fixture(scope="module")
+def dead_pid() -> int:
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(child.stdout)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG])
+def test_a_failed_write_is_a_write_error_and_keeps_the_old_file(tmp_path, code):
+    path = tmp_path / "best.ckpt"
+    path.write_bytes(b"old and good")
+
+    with pytest.raises(WriteError, match=os.strerror(code)) as info:
+        with atomic_file(path) as handle:
+            handle.write(b"half of the new")
+            raise OSError(code, os.strerror(code))
+    assert isinstance(info.value, ConfigError) and str(path) in str(info.value)
+    assert path.read_bytes() == b"old and good"
+    assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
+
+
+def test_a_torch_save_that_fails_underneath_is_a_write_error(tmp_path):
+    """torch reports a failed write as a RuntimeError whose context is the OSError."""
+    path = tmp_path / "x.ckpt"
+    with pytest.raises(WriteError, match="No space left"), atomic_file(path):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_writers_temporaries_are_removed_live_ones_kept(tmp_path, dead_pid):
+    stale_file = tmp_path / f".last.ckpt.{dead_pid}.0.tmp"
+    stale_dir = tmp_path / f".export.{dead_pid}.3.tmp"
+    live = tmp_path / f".last.ckpt.{os.getppid()}.0.tmp"
+    for path in (stale_file, live):
+        path.write_bytes(b"cut short")
+    stale_dir.mkdir()
+    (stale_dir / "weights.pt").write_bytes(b"cut short")
+    atomic_write(tmp_path / "last.ckpt", b"new")  # a write of that name cleans up after it
+    assert not stale_file.exists() and live.exists() and stale_dir.exists()
+    remove_stale_temps_in(tmp_path)
+    assert not stale_dir.exists() and live.exists()
+    remove_stale_temps_in(tmp_path, any_owner=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_an_original_parked_by_a_writer_killed_mid_swap_is_put_back(tmp_path, dead_pid):
+    parked = tmp_path / f".export.{dead_pid}.0.old.tmp"
+    parked.mkdir()
+    (parked / "config.json").write_text("{}")
+    remove_stale_temps_in(tmp_path)
+    assert (tmp_path / "export/config.json").read_text() == "{}"
+
+
+def test_ckpt_convert_removes_its_killed_exports_hidden_folder(tmp_path, dead_pid):
+    from scripts.ckpt_convert import main as ckpt_convert
+
+    run = fake_run(tmp_path / "run", merged_config())
+    leftover = tmp_path / f".export.{dead_pid}.0.tmp"
+    leftover.mkdir()
+    (leftover / "encoder.pt").write_bytes(b"cut short")
+    result = CliRunner().invoke(
+        ckpt_convert, [str(run), "--to", "torch", "-o", str(tmp_path / "export")]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]
+
+
+def test_a_directory_is_never_replaced_by_a_file_nor_a_file_by_a_directory(tmp_path):
+    folder, file = tmp_path / "folder", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("x")
+    with pytest.raises(ConfigError, match="directory"):
+        atomic_write(folder, "text")
+    with pytest.raises(ConfigError, match="file"), atomic_dir(file):
+        pass
+    with pytest.raises(ConfigError, match="is a file"):
+        check_output(file / "sub" / "out.json")
+    assert folder.is_dir() and file.read_text() == "x"
