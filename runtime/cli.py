@@ -140,6 +140,14 @@ class RunCLI(LightningCLI):
             help=f"Run on one device: {DEVICE_HELP.split(' (')[0]} or auto (sets "
             "trainer.accelerator and trainer.devices); default: the config's trainer settings.")
         parser.add_class_arguments(RunOptions, "run")
+        # Lightning's class docstrings make poor group titles (the data one is cut mid-sentence).
+        for name, title in (
+            ("trainer", "Trainer options (trainer: section; Lightning's Trainer arguments)"),
+            ("model", "The model (model: section; class_path and init_args)"),
+            ("data", "The data (data: section; class_path and init_args)"),
+        ):
+            if name in parser.groups:
+                parser.groups[name].title = title
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         try:
