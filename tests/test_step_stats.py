@@ -153,7 +153,8 @@ class _HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_training_step_neither_syncs_nor_logs_per_task(tmp_path, monkeypatch):
+def _count_training(monkeypatch) -> tuple[_HostReads, list[str]]:
+    """Host reads inside training steps, and the names logged while training."""
     reads = _HostReads()
     logged: list[str] = []
     step = MultiTaskModule.training_step
@@ -170,6 +171,11 @@ def test_a_training_step_neither_syncs_nor_logs_per_task(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MultiTaskModule, "training_step", counted_step)
     monkeypatch.setattr(MultiTaskModule, "log", counted_log)
+    return reads, logged
+
+
+def test_a_training_step_neither_syncs_nor_logs_per_task(tmp_path, monkeypatch):
+    reads, logged = _count_training(monkeypatch)
     config = toy_config(max_epochs=1, trainer={"log_every_n_steps": 5, "limit_val_batches": 0})
     code, run_dir = _fit(tmp_path, config)
     assert code == 0
@@ -341,13 +347,6 @@ def test_a_balanced_run_skips_a_non_finite_update(tmp_path, name):
 def test_a_balanced_run_logs_the_same_loss_means_as_an_unbalanced_one(tmp_path, monkeypatch):
     """Static weights of 1 train exactly like no balancer: the same (unweighted) per-task
     epoch means and interval means, logged once per interval, with the weights beside them."""
-    logged: list[str] = []
-    log = MultiTaskModule.log
-
-    def counted_log(self, name, *args, **kwargs):
-        if self.trainer.training:
-            logged.append(name)
-        return log(self, name, *args, **kwargs)
 
     def config() -> dict:
         made = toy_config(max_epochs=2, trainer={"log_every_n_steps": 5, "limit_val_batches": 0})
@@ -356,7 +355,7 @@ def test_a_balanced_run_logs_the_same_loss_means_as_an_unbalanced_one(tmp_path, 
 
     code, plain = _fit(tmp_path, config(), name="plain")
     assert code == 0
-    monkeypatch.setattr(MultiTaskModule, "log", counted_log)
+    _, logged = _count_training(monkeypatch)
     balanced = config()
     balanced["model"]["init_args"]["balancer"] = {
         "class_path": "runtime.balancing.Static", "init_args": {"weights": {}}
@@ -379,3 +378,19 @@ def test_a_balanced_run_logs_the_same_loss_means_as_an_unbalanced_one(tmp_path, 
     per_step = [n for n in logged if n.startswith("train/") and n != "train/loss_step"]
     # per interval one weight of the step's task; per epoch the means: nothing per step
     assert sum(n.startswith("train/weight/") for n in per_step) == len(plain_steps)
+
+
+def test_a_balanced_training_step_neither_syncs_nor_logs(tmp_path, monkeypatch):
+    reads, logged = _count_training(monkeypatch)
+    config = toy_config(max_epochs=1, trainer={"log_every_n_steps": 5, "limit_val_batches": 0})
+    config["model"]["init_args"]["balancer"] = "runtime.balancing.Uncertainty"
+    code, _ = _fit(tmp_path, config)
+    assert code == 0
+    assert reads.calls == []  # 18 balanced steps, not one value read back to the host
+    # per log interval (3 of 18 steps) the loss and the weight of the step's task, then the
+    # epoch means: nothing per step
+    intervals = [n for n in logged if n.endswith("_step") or n.startswith("train/weight/")]
+    assert intervals.count("train/loss_step") == 3 and len(intervals) == 6
+    assert {n for n in logged if n not in intervals} == {
+        "train/loss_epoch", "train/ta/loss", "train/tb/loss"
+    }
