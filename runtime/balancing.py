@@ -746,12 +746,26 @@ def _parts(batch: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return list(batch["parts"]) if "parts" in batch else [batch]
 
 
-def task_losses(
-    module: Any, batch: Mapping[str, Any], log: bool = True
-) -> tuple[dict[str, Tensor], Tensor | None, int]:
-    """(loss_weight * loss per task, summed auxiliary loss or None, samples) of a step; a
-    task fed by several of the step's datasets gets the sum of their losses."""
+@dataclass
+class StepLosses:
+    """The losses of one training step: ``weighted`` (``loss_weight * loss`` per task, what
+    the balancer combines), ``raw`` (each task's unweighted loss, the sample-weighted mean
+    over the step's datasets that feed it, what ``train/<task>/loss`` reports), ``sizes``
+    (samples behind each task's loss), the summed auxiliary loss or None, and the samples."""
+
+    weighted: dict[str, Tensor]
+    raw: dict[str, Tensor]
+    sizes: dict[str, int]
+    aux: Tensor | None
+    samples: int
+
+
+def task_losses(module: Any, batch: Mapping[str, Any]) -> StepLosses:
+    """The losses of a step; a task fed by several of the step's datasets gets the sum of
+    their weighted losses."""
     losses: dict[str, Tensor] = {}
+    raw_sums: dict[str, Tensor] = {}
+    sizes: dict[str, int] = {}
     aux: Tensor | None = None
     samples = 0
     for part in _parts(batch):
@@ -762,17 +776,16 @@ def task_losses(
         samples += size
         _, raw = multitask_loss(module.tasks, outputs, targets)
         for name, loss in raw.items():
-            if log:
-                module.log(
-                    f"train/{name}/loss", loss, on_step=False, on_epoch=True, batch_size=size
-                )
             weighted = loss * module.tasks[name].loss_weight
             losses[name] = weighted if name not in losses else losses[name] + weighted
+            raw_sums[name] = loss * size if name not in raw_sums else raw_sums[name] + loss * size
+            sizes[name] = sizes.get(name, 0) + size
         found = module.model.aux_losses()
         if found:
             part_aux = torch.stack(list(found.values())).sum()
             aux = part_aux if aux is None else aux + part_aux
-    return losses, aux, samples
+    raw_means = {name: value / sizes[name] for name, value in raw_sums.items()}
+    return StepLosses(losses, raw_means, sizes, aux, samples)
 
 
 def _context(module: Any, balancer: Balancer) -> StepContext:
@@ -783,35 +796,34 @@ def _context(module: Any, balancer: Balancer) -> StepContext:
     return StepContext(shared=shared, others=others, step=int(module.trainer.global_step))
 
 
-def training_step(module: Any, batch: Mapping[str, Any]) -> Tensor:
-    """``MultiTaskModule.training_step`` with a balancer or an ``all_datasets`` batch."""
-    losses, aux, samples = task_losses(module, batch)
-    if not losses:
+def _step_tasks(module: Any, batch: Mapping[str, Any]) -> list[str]:
+    """The tasks of a step, in model order (whatever the batch order)."""
+    names = {name for part in _parts(batch) for name in part["targets"]}
+    return [name for name in module.model.task_names if name in names]
+
+
+def training_step(module: Any, batch: Mapping[str, Any]) -> Tensor | None:
+    """``MultiTaskModule.training_step`` with a balancer or an ``all_datasets`` batch; its
+    losses go to the module's ``step_stats`` like a plain step's (``None``: the update is
+    skipped, ``non_finite_loss: skip``), before the balancer sees them."""
+    step = task_losses(module, batch)
+    if not step.weighted:
         raise ValueError("a training step without targets")
+    names = _step_tasks(module, batch)
+    values = torch.stack([step.weighted[t] for t in names])
+    total = values.sum() if step.aux is None else values.sum() + step.aux
+    raw = {t: step.raw[t] for t in names}
+    if not module.step_stats.add(
+        module.global_step, raw, total, step.aux, step.samples, step.sizes
+    ):
+        return None
     balancer: Balancer | None = module.balancer
-    order = {t: i for i, t in enumerate(module.model.task_names)}
-    names = sorted(losses, key=order.__getitem__)  # task order, whatever the batch order
-    values = torch.stack([losses[t] for t in names])
-    total = values.sum() if aux is None else values.sum() + aux
     if balancer is None:
-        loss = total
-    else:
-        present = torch.tensor([order[t] for t in names], dtype=torch.long)
-        loss = balancer.loss(values, present, _context(module, balancer))
-        if aux is not None:
-            loss = loss + aux
-        for name, i in zip(names, present.tolist(), strict=True):
-            module.log(
-                f"train/weight/{name}",
-                balancer.weights[i],
-                on_step=True,
-                on_epoch=False,
-                batch_size=samples,
-            )
-    if aux is not None:
-        module.log("train/moe_aux_loss", aux, on_step=True, on_epoch=True, batch_size=samples)
-    module.log("train/loss", total.detach(), on_step=True, on_epoch=True, batch_size=samples)
-    return loss
+        return total
+    order = {t: i for i, t in enumerate(module.model.task_names)}
+    present = torch.tensor([order[t] for t in names], dtype=torch.long)
+    loss = balancer.loss(values, present, _context(module, balancer))
+    return loss if step.aux is None else loss + step.aux
 
 
 class BalancingHooks(Callback):
@@ -831,12 +843,25 @@ class BalancingHooks(Callback):
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if not outputs:  # the update was skipped (non-finite loss): the balancer saw nothing
+            return
         balancer: Balancer = pl_module.balancer
+        # the weights of the step Lightning writes to the logger, not one log call per step
+        if trainer._logger_connector.should_update_logs:
+            order = {t: i for i, t in enumerate(balancer.task_names)}
+            pl_module.log_dict(
+                {
+                    f"train/weight/{name}": balancer.weights[order[name]].detach().clone()
+                    for name in _step_tasks(pl_module, batch)
+                },
+                on_step=True,
+                on_epoch=False,
+            )
         if not balancer.recompute_after_step or trainer.global_step <= balancer.warmup_steps:
             return
         with torch.no_grad():
-            losses, _, _ = task_losses(pl_module, batch, log=False)
-        balancer.after_step(torch.stack([losses[t] for t in balancer.task_names]))
+            weighted = task_losses(pl_module, batch).weighted
+        balancer.after_step(torch.stack([weighted[t] for t in balancer.task_names]))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         figures = pl_module.balancer.epoch_end()

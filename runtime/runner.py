@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from compiler import exitcodes
 from compiler.files import atomic_write, check_output
 from runtime.balancing import describe as describe_balancer
 from runtime.hardware import compile_model
@@ -158,12 +160,23 @@ def _fit(cli: RunCLI) -> None:
         print(f"mtl-run: warning: no validation metrics for {', '.join(unscored)} (no labelled "
               "validation samples, or no validation ran): summary.json marks them null",
               file=sys.stderr)
+    if stopped is not None:  # recorded before summary.json: a kill in between is no success
+        _record_exit(run_dir / "run_info.json", exitcodes.NON_FINITE_LOSS, str(stopped))
     write_json(run_dir / "summary.json", summary)
     plot_task_weights(run_dir)
     write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
     _print_results("best validation", summary)
     if stopped is not None:
         raise stopped
+
+
+def _record_exit(path: Path, code: int, reason: str) -> None:
+    """Note in ``run_info.json`` that the fit ended with ``code`` although it wrote
+    ``summary.json``, so whoever reads the run directory alone (``mtl-study status``) does not
+    take it for finished; the next ``--resume`` rewrites the file without it."""
+    info = json.loads(path.read_text())
+    info["exit"] = {"code": code, "reason": reason}
+    write_json(path, info)
 
 
 def _tasks_of_monitor(monitor: str, tasks: dict[str, Any]) -> list[str]:

@@ -93,13 +93,20 @@ class StepStats:
         total: Tensor,
         aux: Tensor | None,
         weight: float,
+        task_weights: Mapping[str, float] | None = None,
     ) -> bool:
-        """Record one step; False when the update must be skipped (policy "skip")."""
+        """Record one step; False when the update must be skipped (policy "skip").
+
+        ``weight`` is the step's batch size; ``task_weights`` overrides it per task for a
+        step whose tasks saw different numbers of samples (an ``all_datasets`` step)."""
         slots = [self._slot[name] for name in task_losses] + [self.total]
         values = [*task_losses.values(), total]
+        weights = [float((task_weights or {}).get(name, weight)) for name in task_losses]
+        weights.append(float(weight))
         if aux is not None:
             slots.append(self.aux)
             values.append(aux)
+            weights.append(float(weight))
         stacked = torch.stack([v.detach().float() for v in values])
         if self.policy == "skip" and not bool(torch.isfinite(stacked).all()):
             bad = torch.isfinite(stacked).logical_not().nonzero()[0, 0]
@@ -108,10 +115,10 @@ class StepStats:
                 self._first_skip = (step, self.describe(slots[int(bad)]))
             return False
         self._pending.append(stacked)
-        self._meta += [(slot, step, float(weight)) for slot in slots]
+        self._meta += [(slot, step, w) for slot, w in zip(slots, weights, strict=True)]
         for counts in self.counts.values():
-            for slot in slots:
-                counts[slot] += weight
+            for slot, w in zip(slots, weights, strict=True):
+                counts[slot] += w
         if len(self._pending) >= _FOLD_EVERY:
             self._fold()
         return True

@@ -4,8 +4,9 @@ Each run is a child process in its own process group, so a terminal's Ctrl-C rea
 launcher, which then stops every child itself (SIGTERM to the group, SIGKILL after a grace
 period). On Linux each child also asks the kernel for SIGTERM when the launcher dies
 (``PR_SET_PDEATHSIG``), so a SIGKILLed launcher leaves no run behind. A lock on the study
-folder keeps a second launcher out. Rerunning skips finished runs and resumes interrupted
-ones from their newest checkpoint (``mtl-run fit --resume``).
+folder keeps a second launcher out. Rerunning skips finished runs (exit status 0), resumes
+interrupted ones (stopped by a signal) from their newest checkpoint (``mtl-run fit
+--resume``) and reruns failed ones (any other status) only with ``--retry-failed``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from scripts.study_state import (
     fit_command,
     read_status,
     stale_attempt_s,
+    state_of_exit,
     write_status,
 )
 
@@ -142,8 +144,9 @@ def finish_run(study: Study, run: StudyRun, code: int, log: IO, stopped: bool = 
     if isinstance(started, (int, float)):
         record["wall_s"] = float(record.get("wall_s") or 0.0) + max(0.0, time.time() - started)
     record.pop("pid", None)
-    done = code == 0 and (run.run_dir / "summary.json").is_file()
-    state = "done" if done else "interrupted" if stopped else "failed"
+    state = state_of_exit(code, run.run_dir)
+    if stopped and state != "done":
+        state = "interrupted"
     record.update({"state": state, "exit_code": code, "ended": time.time()})
     write_status(study, run, record)
     log.write(f"=== mtl-study: exit code {code} ({state})\n")

@@ -4,8 +4,11 @@
 ordinary run directory under ``runs/``. What the launchers know beyond the run directory
 (attempts, exit code, wall time, the process) is kept per run in ``status/<run>.json``, so
 ``mtl-study status`` and ``report`` work the same after a local launch, a SLURM job array or a
-killed launcher. A run is *done* once its run directory has ``summary.json`` (the last file
-``mtl-run fit`` writes).
+killed launcher. Where a run stands follows the child's exit status (:func:`state_of_exit`:
+0 is *done*, a stop by signal is *interrupted* and resumes, anything else is *failed*); for a
+run no launcher saw end, its run directory: ``summary.json`` written by the latest attempt
+(newer than that attempt's ``run_info.json``) and no failure recorded there (``mtl-run`` notes
+a non-finite-loss stop, exit 3, in ``run_info.json`` before it writes the summary).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compiler import exitcodes
 from compiler.errors import ConfigError
 
 MANIFEST = "study.yaml"
@@ -200,21 +204,80 @@ def launcher_running(study: Study) -> bool:
     return False
 
 
+#: exit statuses of a run stopped from outside (Ctrl-C, SIGTERM, or a negative signal number
+#: as ``subprocess`` reports a child killed by a signal): it resumes from its checkpoint
+_STOPPED = {exitcodes.INTERRUPTED, exitcodes.TERMINATED, 128 + 9}
+
+
+def state_of_exit(code: int, run_dir: Path) -> str:
+    """The state a run's exit status means: *done* (0 with a summary), *interrupted*
+    (stopped by a signal: resumed by the next launch) or *failed* (any other status, e.g. 3
+    for a non-finite loss even though a summary was written: rerun with --retry-failed)."""
+    if code == exitcodes.OK:
+        return "done" if (run_dir / "summary.json").is_file() else "failed"
+    if code < 0 or code in _STOPPED:
+        return "interrupted"
+    return "failed"
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def recorded_exit(run_dir: Path) -> int | None:
+    """The failing exit status ``mtl-run`` noted in the run directory's ``run_info.json``."""
+    try:
+        info = json.loads((run_dir / "run_info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    found = info.get("exit") if isinstance(info, dict) else None
+    code = found.get("code") if isinstance(found, dict) else None
+    return code if isinstance(code, int) else None
+
+
+def _state_of_run_dir(run_dir: Path) -> str:
+    """Where a run stands by its run directory alone (no launcher saw its end)."""
+    summary = _mtime_ns(run_dir / "summary.json")
+    if summary is not None:
+        code = recorded_exit(run_dir)
+        if code is not None:
+            return state_of_exit(code, run_dir)
+        info = _mtime_ns(run_dir / "run_info.json")
+        if info is None or summary >= info:  # the latest attempt wrote it
+            return "done"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "interrupted"
+    return "queued"
+
+
 def run_state(study: Study, run: StudyRun, local_alive: bool) -> RunState:
-    """Where one run stands, from its run directory first and the launcher's record second."""
+    """Where one run stands: by the exit status the launcher recorded, else (no launcher saw
+    the run end, or the run directory changed since) by its run directory."""
     record = read_status(study, run)
     log = study.log_path(run)
-    if (run.run_dir / "summary.json").is_file():
-        return RunState(run, "done", record, log)
     recorded = record.get("state")
     if recorded == "running":
         alive = local_alive if record.get("launcher") == "local" else True
-        return RunState(run, "running" if alive else "interrupted", record, log)
-    if recorded == "failed":
-        return RunState(run, "failed", record, log)
-    if run.run_dir.exists() and any(run.run_dir.iterdir()):
-        return RunState(run, "interrupted", record, log)
-    return RunState(run, "queued", record, log)
+        if alive:
+            return RunState(run, "running", record, log)
+    elif recorded in ("done", "failed", "interrupted") and not _changed_since(record, run):
+        code = record.get("exit_code")
+        state = state_of_exit(code, run.run_dir) if isinstance(code, int) else recorded
+        if recorded == "interrupted" and state != "done":
+            state = "interrupted"  # stopped by the launcher itself, whatever its status
+        return RunState(run, state, record, log)
+    return RunState(run, _state_of_run_dir(run.run_dir), record, log)
+
+
+def _changed_since(record: dict[str, Any], run: StudyRun) -> bool:
+    """Whether the run was started again (e.g. ``mtl-run --resume`` by hand) after the end
+    the launcher recorded."""
+    ended = record.get("ended")
+    info = _mtime_ns(run.run_dir / "run_info.json")
+    return isinstance(ended, (int, float)) and info is not None and info > ended * 1e9
 
 
 def study_states(study: Study, runs: list[StudyRun] | None = None) -> list[RunState]:

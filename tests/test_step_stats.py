@@ -153,7 +153,8 @@ class _HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_training_step_neither_syncs_nor_logs_per_task(tmp_path, monkeypatch):
+def _count_training(monkeypatch) -> tuple[_HostReads, list[str]]:
+    """Host reads inside training steps, and the names logged while training."""
     reads = _HostReads()
     logged: list[str] = []
     step = MultiTaskModule.training_step
@@ -170,6 +171,11 @@ def test_a_training_step_neither_syncs_nor_logs_per_task(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MultiTaskModule, "training_step", counted_step)
     monkeypatch.setattr(MultiTaskModule, "log", counted_log)
+    return reads, logged
+
+
+def test_a_training_step_neither_syncs_nor_logs_per_task(tmp_path, monkeypatch):
+    reads, logged = _count_training(monkeypatch)
     config = toy_config(max_epochs=1, trainer={"log_every_n_steps": 5, "limit_val_batches": 0})
     code, run_dir = _fit(tmp_path, config)
     assert code == 0
@@ -227,9 +233,11 @@ class PoisonedToyDataModule(ToyDataModule):
         return batch
 
 
-def _poisoned(policy: str | None) -> tuple[dict, str]:
+def _poisoned(
+    policy: str | None, datasets: dict[str, list[str]] | None = None
+) -> tuple[dict, str]:
     """A 2-epoch toy config with NaN inputs at step 18 + 5 (epoch 1); the bad batch's task."""
-    config = toy_config(max_epochs=2, run={"checkpoint_every_n_steps": 4})
+    config = toy_config(datasets, max_epochs=2, run={"checkpoint_every_n_steps": 4})
     config["data"]["class_path"] = "test_step_stats.PoisonedToyDataModule"
     config["data"]["init_args"].update(poison_epoch=1, poison_at=6)
     if policy:
@@ -248,24 +256,34 @@ def _strict_json(path: Path):
 
 def _finite_weights(path: Path) -> bool:
     state = torch.load(path, weights_only=True)["state_dict"]
-    return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    return all(
+        torch.isfinite(t).all()
+        for t in state.values()
+        if isinstance(t, torch.Tensor) and t.is_floating_point()  # balancers keep extra state
+    )
+
+
+def _assert_stopped(code: int, err: str, run_dir: Path, step: int, task: str) -> None:
+    """Exit 3 naming the bad step and task; summary.json of the best (epoch 0) checkpoint;
+    no checkpoint with non-finite weights or from after the bad step; finite logged means."""
+    assert code == exitcodes.NON_FINITE_LOSS == 3
+    named = f"non-finite training loss (NaN or infinite) at step {step} (epoch 1), task '{task}'"
+    assert named in err
+    assert "Traceback" not in err
+    summary = _strict_json(run_dir / "summary.json")
+    assert set(summary) == {"ta", "tb"} and all(s["epoch"] == 0 for s in summary.values())
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert checkpoints and all(_finite_weights(p) for p in checkpoints)
+    steps = [torch.load(p, weights_only=True)["global_step"] for p in checkpoints]
+    assert max(steps) <= step  # nothing saved after the bad step
+    rows = [r for r in _rows(run_dir) if r.get("train/loss_step")]
+    assert all(math.isfinite(float(r["train/loss_step"])) for r in rows)
 
 
 def test_non_finite_loss_stops_with_its_exit_code_and_no_bad_checkpoint(tmp_path, capsys):
     config, task = _poisoned(None)
     code, run_dir = _fit(tmp_path, config)
-    err = capsys.readouterr().err
-    assert code == exitcodes.NON_FINITE_LOSS == 3
-    assert f"non-finite training loss (NaN or infinite) at step 23 (epoch 1), task '{task}'" in err
-    assert "Traceback" not in err
-    summary = _strict_json(run_dir / "summary.json")  # the best (epoch 0) checkpoint's figures
-    assert set(summary) == {"ta", "tb"} and all(s["epoch"] == 0 for s in summary.values())
-    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
-    assert checkpoints and all(_finite_weights(p) for p in checkpoints)
-    steps = [torch.load(p, weights_only=True)["global_step"] for p in checkpoints]
-    assert max(steps) <= 23  # nothing saved after the bad step
-    rows = [r for r in _rows(run_dir) if r.get("train/loss_step")]
-    assert all(math.isfinite(float(r["train/loss_step"])) for r in rows)
+    _assert_stopped(code, capsys.readouterr().err, run_dir, 23, task)
 
 
 def test_skip_policy_skips_the_update_and_finishes(tmp_path):
@@ -279,3 +297,100 @@ def test_skip_policy_skips_the_update_and_finishes(tmp_path):
     assert last["global_step"] == 36  # the step counter advances; NaN weights would show above
     epochs = _epoch_rows(run_dir)
     assert all(math.isfinite(v) for row in epochs.values() for v in row.values())
+
+
+# ---- balanced runs feed the same statistics ----------------------------------------------------
+UPGRAD = {
+    "class_path": "runtime.balancing.Aggregate",
+    "init_args": {"aggregator": {"class_path": "torchjd.aggregation.UPGrad"}},
+}
+#: the balancers a balanced run goes through: a loss weighting and a gradient method
+BALANCERS = {"uncertainty": "runtime.balancing.Uncertainty", "upgrad": UPGRAD}
+#: a gradient method needs every task in every step: one dataset with both tasks
+BOTH_TASKS = {"ab": ["ta", "tb"]}
+
+
+def _balanced_poisoned(name: str, policy: str | None) -> tuple[dict, str, int, int]:
+    """``_poisoned`` with a balancer; also the bad step and the steps of the two epochs."""
+    if name == "upgrad":
+        pytest.importorskip("quadprog")
+    config, task = _poisoned(policy, BOTH_TASKS if name == "upgrad" else None)
+    config["model"]["init_args"]["balancer"] = BALANCERS[name]
+    per_epoch = len(ToyDataModule(config["data"]["init_args"]["datasets"]).batch_plan("train", 0))
+    return config, task, per_epoch + 5, 2 * per_epoch
+
+
+@pytest.mark.parametrize("name", list(BALANCERS))
+def test_a_balanced_run_stops_on_a_non_finite_loss_too(tmp_path, capsys, name):
+    config, task, bad, _ = _balanced_poisoned(name, None)
+    code, run_dir = _fit(tmp_path, config)
+    _assert_stopped(code, capsys.readouterr().err, run_dir, bad, task)
+
+
+@pytest.mark.parametrize("name", list(BALANCERS))
+def test_a_balanced_run_skips_a_non_finite_update(tmp_path, name):
+    config, task, bad, steps = _balanced_poisoned(name, "skip")
+    with pytest.warns(UserWarning, match=rf"skipped 1 update.*step {bad}, task '{task}'"):
+        code, run_dir = _fit(tmp_path, config)
+    assert code == 0
+    _strict_json(run_dir / "summary.json")
+    assert all(_finite_weights(p) for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    assert max(int(r["step"]) for r in _rows(run_dir)) == steps - 1  # the counter advances
+    weights = [
+        float(v) for r in _rows(run_dir) for k, v in r.items() if k.startswith("train/w") and v
+    ]
+    assert weights and all(math.isfinite(v) for v in weights)
+    epochs = _epoch_rows(run_dir)
+    assert all(math.isfinite(v) for row in epochs.values() for v in row.values())
+
+
+def test_a_balanced_run_logs_the_same_loss_means_as_an_unbalanced_one(tmp_path, monkeypatch):
+    """Static weights of 1 train exactly like no balancer: the same (unweighted) per-task
+    epoch means and interval means, logged once per interval, with the weights beside them."""
+
+    def config() -> dict:
+        made = toy_config(max_epochs=2, trainer={"log_every_n_steps": 5, "limit_val_batches": 0})
+        made["model"]["init_args"]["tasks"]["ta"]["init_args"]["loss_weight"] = 3.0
+        return made
+
+    code, plain = _fit(tmp_path, config(), name="plain")
+    assert code == 0
+    _, logged = _count_training(monkeypatch)
+    balanced = config()
+    balanced["model"]["init_args"]["balancer"] = {
+        "class_path": "runtime.balancing.Static", "init_args": {"weights": {}}
+    }
+    code, run_dir = _fit(tmp_path, balanced, name="balanced")
+    assert code == 0
+    want, got = _epoch_rows(plain), _epoch_rows(run_dir)
+    assert set(got) == {0, 1} and {"train/ta/loss", "train/tb/loss"} <= set(got[0])
+    for epoch, row in want.items():
+        assert got[epoch].keys() == row.keys()
+        for key, value in row.items():
+            assert got[epoch][key] == pytest.approx(value, rel=1e-6), (epoch, key)
+    plain_steps = {r["step"]: float(r["train/loss_step"]) for r in _rows(plain)
+                   if r.get("train/loss_step")}
+    rows = [r for r in _rows(run_dir) if r.get("train/loss_step")]
+    assert {r["step"]: pytest.approx(float(r["train/loss_step"])) for r in rows} == plain_steps
+    weight_steps = {r["step"] for r in _rows(run_dir) if any(
+        v and k.startswith("train/weight/") for k, v in r.items())}
+    assert weight_steps == set(plain_steps)  # the weights at the log interval, nothing more
+    per_step = [n for n in logged if n.startswith("train/") and n != "train/loss_step"]
+    # per interval one weight of the step's task; per epoch the means: nothing per step
+    assert sum(n.startswith("train/weight/") for n in per_step) == len(plain_steps)
+
+
+def test_a_balanced_training_step_neither_syncs_nor_logs(tmp_path, monkeypatch):
+    reads, logged = _count_training(monkeypatch)
+    config = toy_config(max_epochs=1, trainer={"log_every_n_steps": 5, "limit_val_batches": 0})
+    config["model"]["init_args"]["balancer"] = "runtime.balancing.Uncertainty"
+    code, _ = _fit(tmp_path, config)
+    assert code == 0
+    assert reads.calls == []  # 18 balanced steps, not one value read back to the host
+    # per log interval (3 of 18 steps) the loss and the weight of the step's task, then the
+    # epoch means: nothing per step
+    intervals = [n for n in logged if n.endswith("_step") or n.startswith("train/weight/")]
+    assert intervals.count("train/loss_step") == 3 and len(intervals) == 6
+    assert {n for n in logged if n not in intervals} == {
+        "train/loss_epoch", "train/ta/loss", "train/tb/loss"
+    }
