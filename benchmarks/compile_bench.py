@@ -29,8 +29,10 @@ def make_project(root: Path, n: int) -> Path:
     (root / "base.yaml").write_text((REPO / "base_configs" / "quickstart.yaml").read_text())
     lines = ["base_path: base.yaml", "dataset_cfgs:"]
     lines += [f"  - datasets/task_{i:04d}.yaml" for i in range(n)]
-    lines += ["substitutions: {num_features: 64, hidden: 128, lr: 0.003}",
-              "merge_options: {merge_heads: true, merge_task_labels: true}"]
+    lines += [
+        "substitutions: {num_features: 64, hidden: 128, lr: 0.003}",
+        "merge_options: {merge_heads: true, merge_task_labels: true}",
+    ]
     maker = root / "maker.yaml"
     maker.write_text("\n".join(lines) + "\n")
     return maker

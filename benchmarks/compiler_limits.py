@@ -62,31 +62,46 @@ def main() -> int:
         maker = project.standard()
         out = str(Path(tmp) / "out.yaml")
 
-        project.write("configs/base.yaml", base_text + "many:\n" + "".join(
-            f"  k{i}: ${{missing_{i}}}\n" for i in range(3000)))
+        project.write(
+            "configs/base.yaml",
+            base_text + "many:\n" + "".join(f"  k{i}: ${{missing_{i}}}\n" for i in range(3000)),
+        )
         t, code, err = timed([exe, str(maker), "-o", out, "-q"], args.runs)
-        print(f"3000 unresolved placeholders: {t}, exit {code}, {err} bytes of error "
-              "(target < 1 s, exit 2)")
+        print(
+            f"3000 unresolved placeholders: {t}, exit {code}, {err} bytes of error "
+            "(target < 1 s, exit 2)"
+        )
 
-        big = base_text + "big:\n" + "".join(
-            f"  key_{i}: value_{i}_abcdefghij\n" for i in range(entries))
+        big = (
+            base_text
+            + "big:\n"
+            + "".join(f"  key_{i}: value_{i}_abcdefghij\n" for i in range(entries))
+        )
         path = project.write("configs/base.yaml", big)
         size = path.stat().st_size / 1e6
         t, code, _ = timed([exe, str(maker), "-o", out, "-q"], args.runs)
         print(f"valid {size:.0f} MB base: {t}, exit {code} (target <= 5 s, exit 0)")
         start, cpu = time.perf_counter(), time.process_time()
         yaml.load(big, Loader=yaml.CSafeLoader)
-        print(f"  for scale, yaml.load(CSafeLoader) of that base alone: "
-              f"{time.perf_counter() - start:.2f} s (cpu {time.process_time() - cpu:.2f} s)")
+        print(
+            f"  for scale, yaml.load(CSafeLoader) of that base alone: "
+            f"{time.perf_counter() - start:.2f} s (cpu {time.process_time() - cpu:.2f} s)"
+        )
 
         project.write("configs/base.yaml", BASE)
-        text = maker.read_text() + "local_overrides:\n  extra:\n" + "".join(
-            f"    key_{i}: value_{i}_abcdefgh\n" for i in range(entries)) + "unknown_key: 1\n"
+        text = (
+            maker.read_text()
+            + "local_overrides:\n  extra:\n"
+            + "".join(f"    key_{i}: value_{i}_abcdefgh\n" for i in range(entries))
+            + "unknown_key: 1\n"
+        )
         maker.write_text(text)
         size = maker.stat().st_size / 1e6
         t, code, _ = timed([exe, str(maker), "-o", out, "-q"], args.runs)
-        print(f"{size:.0f} MB maker, unknown key on its last line: {t}, exit {code} "
-              "(target <= 2 s, exit 2)")
+        print(
+            f"{size:.0f} MB maker, unknown key on its last line: {t}, exit {code} "
+            "(target <= 2 s, exit 2)"
+        )
     return 0
 
 

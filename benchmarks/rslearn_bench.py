@@ -61,8 +61,11 @@ PROCESS_FLOOR = (
 
 
 def makers(corpus: Path) -> list[Path]:
-    return [m for m in sorted((corpus / "configs").glob("*/*.yaml"))
-            if (m.parent / "expected" / f"OUT_{m.stem}.yaml").is_file()]
+    return [
+        m
+        for m in sorted((corpus / "configs").glob("*/*.yaml"))
+        if (m.parent / "expected" / f"OUT_{m.stem}.yaml").is_file()
+    ]
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, float]:
@@ -90,8 +93,10 @@ def interleaved(fns: list[Callable[[], object]], runs: int) -> list[tuple[float,
         order = range(len(fns)) if i % 2 == 0 else reversed(range(len(fns)))
         for j in order:
             times[j].append(_timed(fns[j]))
-    return [(statistics.median(w for w, _ in ts) * 1000, statistics.median(c for _, c in ts) * 1000)
-            for ts in times]
+    return [
+        (statistics.median(w for w, _ in ts) * 1000, statistics.median(c for _, c in ts) * 1000)
+        for ts in times
+    ]
 
 
 def main() -> int:
@@ -114,9 +119,11 @@ def main() -> int:
         return 1
     exe = shutil.which("mtl-make-config") or str(Path(sys.executable).parent / "mtl-make-config")
     loader, dumper = yaml.CSafeLoader, yaml.CSafeDumper
-    print(f"{'maker':<28} {'compile ms':>10} {'floor ms':>9} {'ratio':>6} "
-          f"{'process ms':>11} {'(cpu ms)':>9} {'startup ms':>11} {'proc floor':>11} "
-          f"{'proc ratio':>10}")
+    print(
+        f"{'maker':<28} {'compile ms':>10} {'floor ms':>9} {'ratio':>6} "
+        f"{'process ms':>11} {'(cpu ms)':>9} {'startup ms':>11} {'proc floor':>11} "
+        f"{'proc ratio':>10}"
+    )
     startup = [sys.executable, "-c", STARTUP]
     worst_ratio = worst_process = worst_proc_ratio = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,8 +136,14 @@ def main() -> int:
             def floor(paths: list[Path] = paths, run: dict = run) -> None:
                 for path in paths:
                     yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-                yaml.dump(run, Dumper=dumper, sort_keys=False, default_flow_style=False,
-                          allow_unicode=True, width=4096)
+                yaml.dump(
+                    run,
+                    Dumper=dumper,
+                    sort_keys=False,
+                    default_flow_style=False,
+                    allow_unicode=True,
+                    width=4096,
+                )
 
             def ours(maker: Path = maker) -> None:
                 compile_maker(maker, output=out).text()
@@ -141,23 +154,32 @@ def main() -> int:
             frozen.write_bytes(marshal.dumps(run))
             floor_cmd = [sys.executable, "-c", PROCESS_FLOOR, str(frozen), *map(str, paths)]
             (t_proc, c_proc), (t_start, _), (t_pfloor, _) = interleaved(
-                [lambda cmd=cmd: subprocess.run(cmd, check=True),
-                 lambda: subprocess.run(startup, check=True),
-                 lambda cmd=floor_cmd: subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)],
-                args.process_runs)
+                [
+                    lambda cmd=cmd: subprocess.run(cmd, check=True),
+                    lambda: subprocess.run(startup, check=True),
+                    lambda cmd=floor_cmd: subprocess.run(
+                        cmd, check=True, stdout=subprocess.DEVNULL
+                    ),
+                ],
+                args.process_runs,
+            )
             ratio = t_ours / t_floor
             proc_ratio = t_proc / t_pfloor
             worst_ratio = max(worst_ratio, ratio)
             worst_process = max(worst_process, t_proc)
             worst_proc_ratio = max(worst_proc_ratio, proc_ratio)
             name = f"{maker.parent.name}/{maker.stem}"
-            print(f"{name:<28} {t_ours:>10.2f} {t_floor:>9.2f} {ratio:>6.2f} "
-                  f"{t_proc:>11.1f} {c_proc:>9.1f} {t_start:>11.1f} {t_pfloor:>11.1f} "
-                  f"{proc_ratio:>10.2f}")
-    print(f"worst ratio {worst_ratio:.2f} (target <= 2), "
-          f"worst process median {worst_process:.1f} ms (target < 100), "
-          f"worst process ratio {worst_proc_ratio:.2f} (target <= 1.6); "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+            print(
+                f"{name:<28} {t_ours:>10.2f} {t_floor:>9.2f} {ratio:>6.2f} "
+                f"{t_proc:>11.1f} {c_proc:>9.1f} {t_start:>11.1f} {t_pfloor:>11.1f} "
+                f"{proc_ratio:>10.2f}"
+            )
+    print(
+        f"worst ratio {worst_ratio:.2f} (target <= 2), "
+        f"worst process median {worst_process:.1f} ms (target < 100), "
+        f"worst process ratio {worst_proc_ratio:.2f} (target <= 1.6); "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
     return 0
 
 

@@ -39,32 +39,54 @@ import sampler_bench  # noqa: E402 - the sampler figure is printed with the over
 
 MODELS: dict[str, dict[str, Any]] = {
     "quickstart": {  # the quickstart's MLP, 3 tasks on one merged 12-way head
-        "input_shape": [64], "batch_size": 32, "steps": 300,
-        "encoder": {"class_path": "runtime.encoders.MLPEncoder",
-                    "init_args": {"in_features": 64, "hidden_sizes": [128, 128],
-                                  "dropout": 0.1}},
+        "input_shape": [64],
+        "batch_size": 32,
+        "steps": 300,
+        "encoder": {
+            "class_path": "runtime.encoders.MLPEncoder",
+            "init_args": {"in_features": 64, "hidden_sizes": [128, 128], "dropout": 0.1},
+        },
         "features": 128,
     },
     "medium": {  # Transformer over [B=64, T=32, F=32] sequences
-        "input_shape": [32, 32], "batch_size": 64, "steps": 40,
-        "encoder": {"class_path": "runtime.encoders.TransformerEncoder",
-                    "init_args": {"in_features": 32, "d_model": 128, "num_layers": 2,
-                                  "num_heads": 4, "dropout": 0.1}},
+        "input_shape": [32, 32],
+        "batch_size": 64,
+        "steps": 40,
+        "encoder": {
+            "class_path": "runtime.encoders.TransformerEncoder",
+            "init_args": {
+                "in_features": 32,
+                "d_model": 128,
+                "num_layers": 2,
+                "num_heads": 4,
+                "dropout": 0.1,
+            },
+        },
         "features": 128,
     },
     "large": {  # Transformer d=512, 6 layers over [B=256, T=64, F=64] (meant for a GPU)
-        "input_shape": [64, 64], "batch_size": 256, "steps": 30,
-        "encoder": {"class_path": "runtime.encoders.TransformerEncoder",
-                    "init_args": {"in_features": 64, "d_model": 512, "num_layers": 6,
-                                  "num_heads": 8, "dropout": 0.1}},
+        "input_shape": [64, 64],
+        "batch_size": 256,
+        "steps": 30,
+        "encoder": {
+            "class_path": "runtime.encoders.TransformerEncoder",
+            "init_args": {
+                "in_features": 64,
+                "d_model": 512,
+                "num_layers": 6,
+                "num_heads": 8,
+                "dropout": 0.1,
+            },
+        },
         "features": 512,
     },
 }
 TASKS = {"t0": 5, "t1": 5, "t2": 2}
 
 
-def make_batches(spec: dict[str, Any], count: int, seed: int = 0,
-                 pin: bool = False) -> list[dict[str, Any]]:
+def make_batches(
+    spec: dict[str, Any], count: int, seed: int = 0, pin: bool = False
+) -> list[dict[str, Any]]:
     g = torch.Generator().manual_seed(seed)
     names = list(TASKS)
     batches = []
@@ -126,8 +148,14 @@ class EpochTimer(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._now()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if batch_idx == trainer.num_training_batches - 1:
             EpochTimer.seconds.append(self._now() - self._start)
 
@@ -137,39 +165,78 @@ def _merged_model(spec: dict[str, Any]) -> dict[str, Any]:
     for task, width in TASKS.items():
         offsets[task] = {"offset": start, "num_outputs": width}
         start += width
-    return {"class_path": "runtime.model.MultiTaskModel", "init_args": {
-        "encoder": [spec["encoder"]],
-        "decoders": {"merged": [{"class_path": "runtime.heads.ClassificationHead",
-                                 "init_args": {"in_features": spec["features"],
-                                               "num_outputs": start}}]},
-        "decoder_to_target": {"merged": list(TASKS)},
-        "task_label_offsets": offsets}}
+    return {
+        "class_path": "runtime.model.MultiTaskModel",
+        "init_args": {
+            "encoder": [spec["encoder"]],
+            "decoders": {
+                "merged": [
+                    {
+                        "class_path": "runtime.heads.ClassificationHead",
+                        "init_args": {"in_features": spec["features"], "num_outputs": start},
+                    }
+                ]
+            },
+            "decoder_to_target": {"merged": list(TASKS)},
+            "task_label_offsets": offsets,
+        },
+    }
 
 
 def _trainer_args(epochs: int, device: str, precision: str) -> dict[str, Any]:
-    return {"max_epochs": epochs, "accelerator": "gpu" if device == "cuda" else "cpu",
-            "devices": 1, "precision": precision, "log_every_n_steps": 50,
-            "enable_model_summary": False}
+    return {
+        "max_epochs": epochs,
+        "accelerator": "gpu" if device == "cuda" else "cpu",
+        "devices": 1,
+        "precision": precision,
+        "log_every_n_steps": 50,
+        "enable_model_summary": False,
+    }
 
 
-def run_config(name: str, epochs: int, device: str = "cpu", precision: str = "32-true",
-               compile_: bool = False, clock: str = "wall") -> dict[str, Any]:
+def run_config(
+    name: str,
+    epochs: int,
+    device: str = "cpu",
+    precision: str = "32-true",
+    compile_: bool = False,
+    clock: str = "wall",
+) -> dict[str, Any]:
     spec = MODELS[name]
     cuda = device == "cuda"
     return {
         "seed_everything": 0,
-        "model": {"class_path": "runtime.module.MultiTaskModule", "init_args": {
-            "model": _merged_model(spec),
-            "tasks": {t: {"class_path": "runtime.tasks.ClassificationTask",
-                          "init_args": {"num_classes": n}} for t, n in TASKS.items()},
-            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
-            "scheduler": {"class_path": "runtime.schedulers.WarmupCosine",
-                          "init_args": {"warmup_steps": 10}}}},
-        "data": {"class_path": "runtime_overhead.FixedBatches",
-                 "init_args": {"model": name, "steps": spec["steps"], "pin": cuda}},
-        "trainer": {**_trainer_args(epochs, device, precision),
-                    "callbacks": [{"class_path": "runtime_overhead.EpochTimer",
-                                   "init_args": {"cuda": cuda, "clock": clock}}]},
+        "model": {
+            "class_path": "runtime.module.MultiTaskModule",
+            "init_args": {
+                "model": _merged_model(spec),
+                "tasks": {
+                    t: {
+                        "class_path": "runtime.tasks.ClassificationTask",
+                        "init_args": {"num_classes": n},
+                    }
+                    for t, n in TASKS.items()
+                },
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
+                "scheduler": {
+                    "class_path": "runtime.schedulers.WarmupCosine",
+                    "init_args": {"warmup_steps": 10},
+                },
+            },
+        },
+        "data": {
+            "class_path": "runtime_overhead.FixedBatches",
+            "init_args": {"model": name, "steps": spec["steps"], "pin": cuda},
+        },
+        "trainer": {
+            **_trainer_args(epochs, device, precision),
+            "callbacks": [
+                {
+                    "class_path": "runtime_overhead.EpochTimer",
+                    "init_args": {"cuda": cuda, "clock": clock},
+                }
+            ],
+        },
         "run": {"num_threads": 1, "compile": compile_},
     }
 
@@ -180,8 +247,9 @@ def _best_step(name: str) -> float:
     return min(runtime_overhead.EpochTimer.seconds[1:]) / MODELS[name]["steps"]
 
 
-def time_mtl_run(name: str, epochs: int, device: str, precision: str, clock: str,
-                 compile_: bool = False) -> float:
+def time_mtl_run(
+    name: str, epochs: int, device: str, precision: str, clock: str, compile_: bool = False
+) -> float:
     """Seconds per step of the fastest timed epoch (the first epoch warms up)."""
     import runtime_overhead
 
@@ -190,8 +258,9 @@ def time_mtl_run(name: str, epochs: int, device: str, precision: str, clock: str
     runtime_overhead.EpochTimer.seconds = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(run_config(name, epochs, device, precision, compile_,
-                                                  clock)))
+        path.write_text(
+            yaml.safe_dump(run_config(name, epochs, device, precision, compile_, clock))
+        )
         code = main([str(path), "--run-dir", str(Path(tmp) / "run")])
         assert code == 0
     return _best_step(name)
@@ -202,7 +271,8 @@ def _build_model(name: str) -> torch.nn.Module:
     parser.add_argument("--model", type=torch.nn.Module)
     torch.manual_seed(0)
     return parser.instantiate_classes(
-        parser.parse_object({"model": _merged_model(MODELS[name])})).model
+        parser.parse_object({"model": _merged_model(MODELS[name])})
+    ).model
 
 
 def _summed_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -226,12 +296,13 @@ class BareModule(L.LightningModule):
 
         optimizer = torch.optim.AdamW(self.parameters(), lr=1e-3)
         scheduler = WarmupCosine(optimizer, warmup_steps=10, total_steps=self.total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
-                                                         "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
-def time_bare_lightning(name: str, epochs: int, device: str, precision: str,
-                        clock: str) -> float:
+def time_bare_lightning(name: str, epochs: int, device: str, precision: str, clock: str) -> float:
     """Bare Lightning: default progress bar, CSV logger, no checkpointing, no validation."""
     import runtime_overhead
     from lightning.pytorch.loggers import CSVLogger
@@ -240,10 +311,14 @@ def time_bare_lightning(name: str, epochs: int, device: str, precision: str,
     runtime_overhead.EpochTimer.seconds = []
     data = runtime_overhead.FixedBatches(name, MODELS[name]["steps"], pin=device == "cuda")
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(**_trainer_args(epochs, device, precision),
-                            callbacks=[runtime_overhead.EpochTimer(device == "cuda", clock)],
-                            logger=CSVLogger(tmp), enable_checkpointing=False,
-                            limit_val_batches=0, default_root_dir=tmp)
+        trainer = L.Trainer(
+            **_trainer_args(epochs, device, precision),
+            callbacks=[runtime_overhead.EpochTimer(device == "cuda", clock)],
+            logger=CSVLogger(tmp),
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            default_root_dir=tmp,
+        )
         trainer.fit(BareModule(name, epochs), train_dataloaders=data.train_dataloader())
     return _best_step(name)
 
@@ -258,8 +333,11 @@ def time_plain(name: str, epochs: int, device: str, precision: str, clock: str) 
     batches = make_batches(MODELS[name], MODELS[name]["steps"], pin=cuda)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = WarmupCosine(optimizer, warmup_steps=10, total_steps=epochs * len(batches))
-    autocast = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16-mixed"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device, dtype=torch.bfloat16)
+        if precision == "bf16-mixed"
+        else contextlib.nullcontext()
+    )
     model.train()
     now = CLOCKS[clock]
     times = []
@@ -268,9 +346,12 @@ def time_plain(name: str, epochs: int, device: str, precision: str, clock: str) 
             torch.cuda.synchronize()
         start = now()
         for batch in batches:
-            batch = {"inputs": batch["inputs"].to(device, non_blocking=cuda),
-                     "targets": {t: y.to(device, non_blocking=cuda)
-                                 for t, y in batch["targets"].items()}}
+            batch = {
+                "inputs": batch["inputs"].to(device, non_blocking=cuda),
+                "targets": {
+                    t: y.to(device, non_blocking=cuda) for t, y in batch["targets"].items()
+                },
+            }
             with autocast:
                 loss = _summed_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -287,15 +368,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="alternate runs per path")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (first warms up)")
-    parser.add_argument("--models", nargs="*", default=None,
-                        help=f"of {', '.join(MODELS)} (default: quickstart and medium on CPU, "
-                        "all on CUDA)")
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=None,
+        help=f"of {', '.join(MODELS)} (default: quickstart and medium on CPU, all on CUDA)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time mtl-run with run.compile: true against eager")
-    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
-                        help="wall time, or the main thread's CPU time (a shared CPU)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time mtl-run with run.compile: true against eager",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall time, or the main thread's CPU time (a shared CPU)",
+    )
     parser.add_argument("--no-sampler", action="store_true", help="skip the sampler figures")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -315,10 +406,14 @@ def main() -> None:
         rows.append((name, p, b, m, p / m, b / m))
         if comp:
             compiled.append((name, m, min(comp) * 1e3))
-    print(f"\n{args.device}, {args.precision}, torch {torch.__version__}, "
-          f"{args.repeats} repeats x {args.epochs} epochs, {args.clock} clock")
-    print(f"{'model':<12}{'plain ms/step':>15}{'bare L ms/step':>16}{'mtl-run ms/step':>17}"
-          f"{'plain/mtl-run':>15}{'bare/mtl-run':>14}")
+    print(
+        f"\n{args.device}, {args.precision}, torch {torch.__version__}, "
+        f"{args.repeats} repeats x {args.epochs} epochs, {args.clock} clock"
+    )
+    print(
+        f"{'model':<12}{'plain ms/step':>15}{'bare L ms/step':>16}{'mtl-run ms/step':>17}"
+        f"{'plain/mtl-run':>15}{'bare/mtl-run':>14}"
+    )
     for name, p, b, m, pm, bm in rows:
         print(f"{name:<12}{p:>15.2f}{b:>16.2f}{m:>17.2f}{pm:>15.3f}{bm:>14.3f}")
     if compiled:

@@ -77,8 +77,9 @@ def default_output(maker_path: Path) -> Path:
     return maker_path.with_name(maker_path.stem + ".run.yaml")
 
 
-def parse_sets(items: list[str] | tuple[str, ...], schema: str = "1.2"
-               ) -> tuple[dict[str, Any], dict[tuple, Any]]:
+def parse_sets(
+    items: list[str] | tuple[str, ...], schema: str = "1.2"
+) -> tuple[dict[str, Any], dict[tuple, Any]]:
     """Split ``--set`` items into substitution values (``name=v``) and key paths (``a.b=v``).
 
     Values are read as YAML with the dialect's number schema (``1e-3`` is a float natively).
@@ -135,8 +136,9 @@ def compile_maker(
     stages: list[Stage] = []
 
     base = hooks.load_input(maker.base_path, values, "base config")
-    datasets_files = [[hooks.load_input(p, values, "dataset config") for p in files]
-                      for files in maker.datasets]
+    datasets_files = [
+        [hooks.load_input(p, values, "dataset config") for p in files] for files in maker.datasets
+    ]
     local = hooks.overrides(maker, "local_overrides", values)
     global_ = hooks.overrides(maker, "global_overrides", values)
     if hooks.problems:
@@ -144,8 +146,9 @@ def compile_maker(
 
         raise placeholder_error(hooks.problems)
     if not isinstance(base.doc, dict):
-        raise ConfigError("the base config must be a mapping (model, data, trainer, ...)",
-                          file=base.path)
+        raise ConfigError(
+            "the base config must be a mapping (model, data, trainer, ...)", file=base.path
+        )
     stages.append(Stage("base", base, (), ()))
 
     datasets: list[DatasetParts] = []
@@ -153,8 +156,9 @@ def compile_maker(
         config: Any = None
         for src in sources:
             if not isinstance(src.doc, dict):
-                raise ConfigError("a dataset config must be a mapping with 'model' and 'data'",
-                                  file=src.path)
+                raise ConfigError(
+                    "a dataset config must be a mapping with 'model' and 'data'", file=src.path
+                )
             if config is None and not _has_edit_keys(src.text) and src.doc is src.raw:
                 config = src.doc  # nothing to resolve: share it (trees are never mutated)
             else:
@@ -167,32 +171,58 @@ def compile_maker(
             for src in sources:
                 stages.append(Stage("dataset", src, place.dataset_key, place.run_key))
             if local:
-                stages.append(Stage("local override", maker.source,
-                                    ("local_overrides", *place.dataset_key), place.run_key))
+                stages.append(
+                    Stage(
+                        "local override",
+                        maker.source,
+                        ("local_overrides", *place.dataset_key),
+                        place.run_key,
+                    )
+                )
     _check_unique(datasets)
     if subset is None:
-        hooks.validate_groups(maker.same_label_groups,
-                              [t for ds in datasets for t in ds.tasks], maker)
+        hooks.validate_groups(
+            maker.same_label_groups, [t for ds in datasets for t in ds.tasks], maker
+        )
     else:
         maker, global_ = _subset_view(maker, global_, datasets, hooks)
     # ``key+`` / ``~key`` edits in the base (or in values substituted into it) need resolving.
-    edits = _has_edit_keys(base.text) or (base.doc is not base.raw
-                                          and _has_edit_keys(repr(values)))
+    edits = _has_edit_keys(base.text) or (base.doc is not base.raw and _has_edit_keys(repr(values)))
     try:
         run = _assemble(maker, hooks, base, datasets, global_, stages, keys, edits)
     except ConfigError as exc:
         raise _blame(exc, stages) from None
 
     out = Path(output) if output is not None else maker.output_path or default_output(maker.path)
-    inputs = [maker.source, base, *[s for files in datasets_files for s in files],
-              *hooks.extra_inputs()]
-    return Compiled(maker=maker, dialect=hooks, run=run, output_path=out, inputs=inputs,
-                    datasets=datasets, stages=stages, sets=keys,
-                    set_names=names)
+    inputs = [
+        maker.source,
+        base,
+        *[s for files in datasets_files for s in files],
+        *hooks.extra_inputs(),
+    ]
+    return Compiled(
+        maker=maker,
+        dialect=hooks,
+        run=run,
+        output_path=out,
+        inputs=inputs,
+        datasets=datasets,
+        stages=stages,
+        sets=keys,
+        set_names=names,
+    )
 
 
-def _assemble(maker: Maker, hooks: Dialect, base: Source, datasets: list[DatasetParts],
-              global_: Any, stages: list[Stage], keys: dict[tuple, Any], edits: bool) -> dict:
+def _assemble(
+    maker: Maker,
+    hooks: Dialect,
+    base: Source,
+    datasets: list[DatasetParts],
+    global_: Any,
+    stages: list[Stage],
+    keys: dict[tuple, Any],
+    edits: bool,
+) -> dict:
     """Assembly, head merging, overrides, ``finetune_from`` and ``--set``: the run config."""
     doc = base.doc
     run = hooks.assemble(normalize(doc) if edits else doc, datasets)
@@ -207,8 +237,14 @@ def _assemble(maker: Maker, hooks: Dialect, base: Source, datasets: list[Dataset
     stages += [Stage(*item) for item in hooks.provenance(run)]
     if maker.finetune_from is not None:
         run = _finetune(run, maker, hooks)
-        stages.append(Stage("finetune_from", maker.source, ("finetune_from",),
-                            ("model", "init_args", "init_from")))
+        stages.append(
+            Stage(
+                "finetune_from",
+                maker.source,
+                ("finetune_from",),
+                ("model", "init_args", "init_from"),
+            )
+        )
     for key, value in keys.items():
         run = set_dotted(run, key, value)
     return hooks.finalize(run)
@@ -240,8 +276,9 @@ def _blame(exc: ConfigError, stages: list[Stage]) -> ConfigError:
     return exc
 
 
-def compile_single_tasks(maker_path: str | Path | Source, out_dir: str | Path,
-                         **options: Any) -> list[Compiled]:
+def compile_single_tasks(
+    maker_path: str | Path | Source, out_dir: str | Path, **options: Any
+) -> list[Compiled]:
     """One single-task run config per dataset of a maker, for multitask-vs-single baselines.
 
     Every dataset name must be a safe file name (it names the output file inside
@@ -257,13 +294,17 @@ def compile_single_tasks(maker_path: str | Path | Source, out_dir: str | Path,
         one.output_path = out_dir / f"{ds.name}.yaml"
         for other in compiled:
             if other.datasets[0].name == ds.name:
-                raise ds.error(f"dataset name '{ds.name}' is used twice (also by "
-                               f"{shown(other.datasets[0].sources[0].path)}); each single-task "
-                               "run config is named after its dataset", ("name",))
+                raise ds.error(
+                    f"dataset name '{ds.name}' is used twice (also by "
+                    f"{shown(other.datasets[0].sources[0].path)}); each single-task "
+                    "run config is named after its dataset",
+                    ("name",),
+                )
         compiled.append(one)
     if compiled:
-        compiled[0].dialect.validate_groups(full.same_label_groups, [
-            t for one in compiled for t in one.datasets[0].tasks], full)
+        compiled[0].dialect.validate_groups(
+            full.same_label_groups, [t for one in compiled for t in one.datasets[0].tasks], full
+        )
     return compiled
 
 
@@ -286,27 +327,34 @@ def _check_file_name(ds: DatasetParts) -> None:
     elif len(os.fsencode(name)) > _MAX_NAME_BYTES:
         bad = f"is longer than {_MAX_NAME_BYTES} bytes"
     if bad:
-        raise ds.error(f"--single-task names each output file after its dataset, and the "
-                       f"dataset name {name!r} {bad}; give the dataset a plain 'name'",
-                       ("name",))
+        raise ds.error(
+            f"--single-task names each output file after its dataset, and the "
+            f"dataset name {name!r} {bad}; give the dataset a plain 'name'",
+            ("name",),
+        )
 
 
 #: Maps keyed by task name / dataset name: overrides of absent ones are dropped (single-task).
 _PER_TASK = (DECODERS, ("model", "init_args", "tasks"), (*MODEL_ARGS, "task_label_offsets"))
-_PER_DATASET = tuple(("data", "init_args", k) for k in ("data_modules", "batch_sizes",
-                                                        "dataset_tasks"))
+_PER_DATASET = tuple(
+    ("data", "init_args", k) for k in ("data_modules", "batch_sizes", "dataset_tasks")
+)
 
 
-def _subset_view(maker: Maker, global_: Any, chosen: list[DatasetParts],
-                 hooks: Dialect) -> tuple[Maker, Any]:
+def _subset_view(
+    maker: Maker, global_: Any, chosen: list[DatasetParts], hooks: Dialect
+) -> tuple[Maker, Any]:
     """Drop label groups and global overrides that aim at tasks or datasets not present."""
     tasks = {t for ds in chosen for t in ds.tasks}
     names = {ds.name for ds in chosen}
     groups = [[t for t in g if t in tasks] for g in maker.same_label_groups]
     maker = replace(maker, same_label_groups=[g for g in groups if g])
-    merged = {hooks.merged_name(d[-1]["class_path"]) for ds in chosen
-              for d in ds.decoders.values()
-              if isinstance(d[-1], dict) and isinstance(d[-1].get("class_path"), str)}
+    merged = {
+        hooks.merged_name(d[-1]["class_path"])
+        for ds in chosen
+        for d in ds.decoders.values()
+        if isinstance(d[-1], dict) and isinstance(d[-1].get("class_path"), str)
+    }
     label = "single-task run" if len(chosen) == 1 else "run of"
     for path, allowed in [(p, tasks | merged) for p in _PER_TASK] + [
         (p, names) for p in _PER_DATASET
@@ -314,14 +362,16 @@ def _subset_view(maker: Maker, global_: Any, chosen: list[DatasetParts],
         block = get_path(global_, path)
         if not isinstance(block, dict):
             continue
-        foreign = [k for k in block
-                   if not isinstance(k, str) or k.lstrip("~").rstrip("+") not in allowed]
+        foreign = [
+            k for k in block if not isinstance(k, str) or k.lstrip("~").rstrip("+") not in allowed
+        ]
         if foreign:
-            hooks.warn(f"{label} '{'+'.join(sorted(names))}': global_overrides for "
-                       f"{', '.join(f'{format_key(path)}.{k}' for k in foreign)} dropped "
-                       f"(not in {'this dataset' if len(chosen) == 1 else 'these datasets'})")
-            global_ = set_path(global_, path, {k: v for k, v in block.items()
-                                               if k not in foreign})
+            hooks.warn(
+                f"{label} '{'+'.join(sorted(names))}': global_overrides for "
+                f"{', '.join(f'{format_key(path)}.{k}' for k in foreign)} dropped "
+                f"(not in {'this dataset' if len(chosen) == 1 else 'these datasets'})"
+            )
+            global_ = set_path(global_, path, {k: v for k, v in block.items() if k not in foreign})
     return maker, global_
 
 
@@ -330,8 +380,11 @@ def _finetune(run: dict, maker: Maker, hooks: Dialect) -> dict:
     from .finetune import apply_finetune_from
 
     if hooks.name != "native":
-        raise ConfigError(f"finetune_from is supported for native makers only (this one is "
-                          f"{hooks.name})", file=maker.path, key=("finetune_from",))
+        raise ConfigError(
+            f"finetune_from is supported for native makers only (this one is {hooks.name})",
+            file=maker.path,
+            key=("finetune_from",),
+        )
     return apply_finetune_from(run, maker.finetune_from, maker.source)
 
 
@@ -341,8 +394,7 @@ def _located_merge(base: Any, override: Any, src: Source, prefix: tuple = ()) ->
         return deep_merge(base, override)
     except ConfigError as exc:
         key = (*prefix, *(exc.key or ()))
-        raise ConfigError(exc.message, file=src.path, line=src.line_of(key),
-                          key=exc.key) from None
+        raise ConfigError(exc.message, file=src.path, line=src.line_of(key), key=exc.key) from None
 
 
 def _check_unique(datasets: list[DatasetParts]) -> None:
@@ -367,6 +419,3 @@ def _check_unique(datasets: list[DatasetParts]) -> None:
                     file=ds.sources[0].path,
                 )
             seen_task[task] = ds
-
-
-

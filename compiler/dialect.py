@@ -115,14 +115,15 @@ class Dialect:
         out = sub.tree(raw)
         if sub.unresolved or sub.failed:
             text = maker.source.text
-            self.problems += [
-                (maker.path, *p) for p in located_problems(text, sub)
-            ]
+            self.problems += [(maker.path, *p) for p in located_problems(text, sub)]
         size = check_bounds(out, f"{name} after substitution", file=maker.path)
         if name == "local_overrides" and size * len(maker.datasets) > max_file_size():
-            raise size_error(f"local_overrides, merged into each of {len(maker.datasets)} "
-                             "datasets,", size * len(maker.datasets), maker.path,
-                             maker.source.line_of((name,)))
+            raise size_error(
+                f"local_overrides, merged into each of {len(maker.datasets)} datasets,",
+                size * len(maker.datasets),
+                maker.path,
+                maker.source.line_of((name,)),
+            )
         return out
 
     # -- datasets ------------------------------------------------------------------------
@@ -141,7 +142,11 @@ class Dialect:
                 )
         name = config.get("name", first.path.stem)
         parts = DatasetParts(
-            name=name, sources=sources, tasks=[], decoders={}, task_defs={},
+            name=name,
+            sources=sources,
+            tasks=[],
+            decoders={},
+            task_defs={},
             data_module=None,
         )
         if not isinstance(name, str) or not name:
@@ -155,27 +160,33 @@ class Dialect:
             )
         for task, decoder in decoders.items():
             if not isinstance(task, str) or not task:
-                raise parts.error(f"task name {task!r} must be a non-empty string",
-                                  (*DECODERS, task))
+                raise parts.error(
+                    f"task name {task!r} must be a non-empty string", (*DECODERS, task)
+                )
             if not isinstance(decoder, list) or not decoder:
                 raise parts.error(
                     f"decoder of task '{task}' must be a non-empty list of modules",
                     (*DECODERS, task),
                 )
             for i, layer in enumerate(decoder):
-                if isinstance(layer, dict) and "class_path" in layer and (
-                        not isinstance(layer["class_path"], str) or not layer["class_path"]):
+                if (
+                    isinstance(layer, dict)
+                    and "class_path" in layer
+                    and (not isinstance(layer["class_path"], str) or not layer["class_path"])
+                ):
                     raise parts.error(
                         f"class_path of decoder layer {i} of task '{task}' must be a class "
                         f"name (string), got {layer['class_path']!r}",
-                        (*DECODERS, task, i, "class_path"))
+                        (*DECODERS, task, i, "class_path"),
+                    )
         parts.decoders = decoders
         parts.tasks = list(decoders)
         self._ignored_model_keys(config, parts)
         task_defs = get_path(config, ("model", "init_args", "tasks"), {}) or {}
         if not isinstance(task_defs, dict):
-            raise parts.error("'tasks' must map task names to task definitions",
-                              ("model", "init_args", "tasks"))
+            raise parts.error(
+                "'tasks' must map task names to task definitions", ("model", "init_args", "tasks")
+            )
         for task in task_defs:
             if task not in decoders:
                 raise parts.error(
@@ -185,8 +196,9 @@ class Dialect:
         parts.task_defs = task_defs
         data = config.get("data")
         if not isinstance(data, dict):
-            raise parts.error("the dataset config has no 'data' mapping (its data module)",
-                              ("data",))
+            raise parts.error(
+                "the dataset config has no 'data' mapping (its data module)", ("data",)
+            )
         init = data.get("init_args")
         if isinstance(init, dict) and "batch_size" in init:
             parts.batch_size = init["batch_size"]
@@ -225,8 +237,9 @@ class Dialect:
             for t in parts.task_defs
         ]
         out.append(Placement(("data",), (*DATA_ARGS, "data_modules", parts.name)))
-        out.append(Placement(("data", "init_args", "batch_size"),
-                             (*DATA_ARGS, "batch_sizes", parts.name)))
+        out.append(
+            Placement(("data", "init_args", "batch_size"), (*DATA_ARGS, "batch_sizes", parts.name))
+        )
         return out
 
     def assemble(self, base: dict, datasets: list[DatasetParts]) -> dict:
@@ -271,8 +284,7 @@ class Dialect:
         """A copy of the decoder whose output layer has ``count`` outputs."""
         i = self.output_layer(task, decoder)
         out = list(decoder)
-        out[i] = {**decoder[i], "init_args": {**layer_args(task, decoder, i),
-                                              "num_outputs": count}}
+        out[i] = {**decoder[i], "init_args": {**layer_args(task, decoder, i), "num_outputs": count}}
         return out
 
     def differing_key(self, task: str, decoder: list, other: list) -> str | None:
@@ -328,11 +340,14 @@ class Dialect:
                 key = ("merge_options", "same_label_groups", i, j)
                 if task not in tasks:
                     raise maker.source.error(
-                        key, f"label group {i} names task '{task}', which no dataset of this "
-                        f"maker declares (tasks: {', '.join(tasks)})")
+                        key,
+                        f"label group {i} names task '{task}', which no dataset of this "
+                        f"maker declares (tasks: {', '.join(tasks)})",
+                    )
                 if task in seen and seen[task] != i:
                     raise maker.source.error(
-                        key, f"task '{task}' is in two label groups ({seen[task]} and {i})")
+                        key, f"task '{task}' is in two label groups ({seen[task]} and {i})"
+                    )
                 seen[task] = i
 
     def merged_name(self, class_path: str) -> str:
@@ -363,14 +378,20 @@ def layer_args(task: str, decoder: list, index: int) -> dict:
     layer = decoder[index]
     key = (*DECODERS, task, index)
     if not isinstance(layer, dict):
-        raise ConfigError(f"decoder layer {index} of task '{task}' must be a mapping "
-                          f"(class_path, init_args), got {type(layer).__name__}", key=key)
+        raise ConfigError(
+            f"decoder layer {index} of task '{task}' must be a mapping "
+            f"(class_path, init_args), got {type(layer).__name__}",
+            key=key,
+        )
     args = layer.get("init_args")
     if args is None:
         return {}
     if not isinstance(args, dict):
-        raise ConfigError(f"init_args of decoder layer {index} of task '{task}' must be a "
-                          f"mapping, got {type(args).__name__}", key=(*key, "init_args"))
+        raise ConfigError(
+            f"init_args of decoder layer {index} of task '{task}' must be a "
+            f"mapping, got {type(args).__name__}",
+            key=(*key, "init_args"),
+        )
     return args
 
 

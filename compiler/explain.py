@@ -75,8 +75,10 @@ def explain_key(compiled: Compiled, text: str) -> str:
     if value is _MISSING:
         raise ConfigError(f"--explain: '{text}' is not a key of the compiled run config")
     shown = dump(value).strip()
-    head = f"{text} = {shown}" if "\n" not in shown else f"{text} =\n" + "\n".join(
-        "    " + line for line in shown.splitlines()
+    head = (
+        f"{text} = {shown}"
+        if "\n" not in shown
+        else f"{text} =\n" + "\n".join("    " + line for line in shown.splitlines())
     )
     lines = [head]
     aliases = _aliases(compiled, key)
@@ -86,8 +88,10 @@ def explain_key(compiled: Compiled, text: str) -> str:
             if line and line not in lines:
                 lines.append(line)
     if len(aliases) > 1:
-        lines.append("  label merging    merged decoder of tasks "
-                     + ", ".join(k[len(DECODERS)] for k in aliases))
+        lines.append(
+            "  label merging    merged decoder of tasks "
+            + ", ".join(k[len(DECODERS)] for k in aliases)
+        )
     for set_key, set_value in compiled.sets.items():
         if key[: len(set_key)] == set_key:
             lines.append(f"  --set            {format_key(set_key)}={set_value!r} (command line)")

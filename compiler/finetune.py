@@ -29,15 +29,24 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["run_dir"],
     "properties": {
-        "run_dir": {"type": "string", "minLength": 1,
-                    "description": "Trained run directory (relative to this file)."},
-        "checkpoint": {"type": "string", "minLength": 1,
-                       "description": "best, last, or a checkpoint path (default best)."},
-        "task_init": {"type": "object", "additionalProperties": {"type": "string"},
-                      "description": "New task -> existing task whose embedding it starts from."},
+        "run_dir": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Trained run directory (relative to this file).",
+        },
+        "checkpoint": {
+            "type": "string",
+            "minLength": 1,
+            "description": "best, last, or a checkpoint path (default best).",
+        },
+        "task_init": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "New task -> existing task whose embedding it starts from.",
+        },
     },
     "description": "Start from a trained run's weights: shared parts, decoders of tasks in "
-                   "both runs, task-embedding rows (isolate fine-tune).",
+    "both runs, task-embedding rows (isolate fine-tune).",
 }
 INIT_FROM = ("model", "init_args", "init_from")
 _TASKS = ("model", "init_args", "tasks")
@@ -59,22 +68,25 @@ def load_finetune_from(src: Source, value: Any) -> FinetuneFrom:
         raise src.error(_WHERE, "must be a mapping with run_dir (and checkpoint, task_init)")
     for key in value:
         if key not in KEYS:
-            raise src.error((*_WHERE, key),
-                        f"unknown finetune_from key '{key}'; allowed: {', '.join(KEYS)}")
+            raise src.error(
+                (*_WHERE, key), f"unknown finetune_from key '{key}'; allowed: {', '.join(KEYS)}"
+            )
     run_dir = value.get("run_dir")
     if not isinstance(run_dir, str) or not run_dir or "\0" in run_dir:
-        raise src.error((*_WHERE, "run_dir"), "finetune_from needs run_dir: a run directory "
-                                              "(a path without NUL bytes)")
+        raise src.error(
+            (*_WHERE, "run_dir"),
+            "finetune_from needs run_dir: a run directory (a path without NUL bytes)",
+        )
     checkpoint = value.get("checkpoint", "best")
     if not isinstance(checkpoint, str) or not checkpoint or "\0" in checkpoint:
         raise src.error((*_WHERE, "checkpoint"), "must be best, last or a checkpoint path")
     task_init = value.get("task_init") or {}
     if not isinstance(task_init, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in task_init.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in task_init.items()
+    ):
         raise src.error((*_WHERE, "task_init"), "must map new task names to existing ones")
     folder = src.path.parent
-    return FinetuneFrom(resolve_path(folder, run_dir),
-                        checkpoint, dict(task_init))
+    return FinetuneFrom(resolve_path(folder, run_dir), checkpoint, dict(task_init))
 
 
 def _checkpoint_path(spec: FinetuneFrom, src: Source) -> Path:
@@ -83,8 +95,10 @@ def _checkpoint_path(spec: FinetuneFrom, src: Source) -> Path:
     else:
         path = resolve_path(src.path.parent, spec.checkpoint)
     if not spec.run_dir.is_dir():
-        raise src.error((*_WHERE, "run_dir"),
-                    f"{spec.run_dir} is not a run directory (train the source run first)")
+        raise src.error(
+            (*_WHERE, "run_dir"),
+            f"{spec.run_dir} is not a run directory (train the source run first)",
+        )
     if not path.is_file():
         raise src.error((*_WHERE, "checkpoint"), f"no checkpoint at {path}")
     return path.resolve()
@@ -109,10 +123,13 @@ def apply_finetune_from(run: dict, spec: FinetuneFrom, src: Source) -> dict:
     for new, old in spec.task_init.items():
         where = (*_WHERE, "task_init", new)
         if new not in new_tasks:
-            raise src.error(where, f"'{new}' is not a task of this run "
-                                    f"({', '.join(new_tasks) or 'none'})")
+            raise src.error(
+                where, f"'{new}' is not a task of this run ({', '.join(new_tasks) or 'none'})"
+            )
         if old_tasks is not None and old not in old_tasks:
-            raise src.error(where, f"'{old}' is not a task of the source run {spec.run_dir} "
-                                    f"({', '.join(old_tasks)})")
+            raise src.error(
+                where,
+                f"'{old}' is not a task of the source run {spec.run_dir} ({', '.join(old_tasks)})",
+            )
     init = {"checkpoint": str(checkpoint), "task_init": dict(spec.task_init)}
     return set_path(run, INIT_FROM, init)

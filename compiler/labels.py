@@ -47,13 +47,20 @@ def merge_heads(run: dict, datasets: list[DatasetParts], maker: Maker, dialect: 
     all_tasks = list(owner)
     groups = dialect.check_groups(maker.same_label_groups, all_tasks, maker)
     decoders: dict[str, list] = get_path(run, DECODERS)
-    gone = [t for t in all_tasks if not isinstance(decoders, dict)
-            or not isinstance(decoders.get(t), list) or not decoders[t]]
+    gone = [
+        t
+        for t in all_tasks
+        if not isinstance(decoders, dict)
+        or not isinstance(decoders.get(t), list)
+        or not decoders[t]
+    ]
     if gone:  # possible where heads merge after global_overrides
         key = ("global_overrides", *DECODERS)
         raise maker.source.error(
-            key, f"cannot merge heads: the decoders of {', '.join(gone)} are no longer "
-            "non-empty lists after global_overrides")
+            key,
+            f"cannot merge heads: the decoders of {', '.join(gone)} are no longer "
+            "non-empty lists after global_overrides",
+        )
     by_class: dict[str, list[str]] = {}
     for task in all_tasks:
         by_class.setdefault(_head_class(task, decoders[task], owner[task]), []).append(task)
@@ -76,11 +83,13 @@ def merge_heads(run: dict, datasets: list[DatasetParts], maker: Maker, dialect: 
         for task in tasks:
             diff = dialect.differing_key(first, decoders[first], decoders[task])
             if diff is not None:
-                dialect.decoders_differ(owner[task].error(
-                    f"decoders of tasks '{first}' and '{task}' (head {class_path}) differ at "
-                    f"'{diff}'; merged decoders may differ only in num_outputs",
-                    (*DECODERS, task),
-                ))
+                dialect.decoders_differ(
+                    owner[task].error(
+                        f"decoders of tasks '{first}' and '{task}' (head {class_path}) differ at "
+                        f"'{diff}'; merged decoders may differ only in num_outputs",
+                        (*DECODERS, task),
+                    )
+                )
         if maker.merge_task_labels:
             total = _layout(dialect, tasks, groups, counts, offsets, maker)
         else:
@@ -120,9 +129,9 @@ def _layout(
             detail = ", ".join(f"{t}: {counts[t]}" for t in block)
             key = ("merge_options", "same_label_groups")
             raise maker.source.error(
-                key, f"tasks of one label group must have the same output count ({detail})")
+                key, f"tasks of one label group must have the same output count ({detail})"
+            )
         for task in block:
             offsets[task] = dialect.offset_entry(task, offset, counts[task])
         offset += counts[block[0]]
     return offset
-

@@ -123,8 +123,10 @@ _PRESCAN_SIZE = 1 << 20
 
 
 def _unknown(key: Any) -> str:
-    return (f"unknown maker key '{key}'{did_you_mean(str(key), list(FIELDS))}; "
-            f"allowed: {', '.join(FIELDS)}")
+    return (
+        f"unknown maker key '{key}'{did_you_mean(str(key), list(FIELDS))}; "
+        f"allowed: {', '.join(FIELDS)}"
+    )
 
 
 def load_maker(path: Path | Source, schema: str = "1.2") -> Maker:
@@ -166,8 +168,9 @@ def load_maker(path: Path | Source, schema: str = "1.2") -> Maker:
 
     datasets = doc.get("dataset_cfgs")
     if datasets is None or datasets == []:
-        raise src.error(("dataset_cfgs",),
-                        "'dataset_cfgs' is empty: list at least one dataset config")
+        raise src.error(
+            ("dataset_cfgs",), "'dataset_cfgs' is empty: list at least one dataset config"
+        )
     _expect(src, ("dataset_cfgs",), datasets, list, "a list of paths")
     resolved: list[list[Path]] = []
     for i, entry in enumerate(datasets):
@@ -201,7 +204,8 @@ def _load_merge_options(src: Source, options: Any, maker: Maker) -> None:
     for key, value in options.items():
         where = ("merge_options", key)
         if key not in MERGE_OPTIONS:
-            raise src.error(where,
+            raise src.error(
+                where,
                 f"unknown merge option '{key}'{did_you_mean(str(key), MERGE_OPTIONS)}; "
                 f"allowed: {', '.join(MERGE_OPTIONS)}",
             )

@@ -120,8 +120,13 @@ def substitute_text(text: str, values: dict[str, Any]) -> tuple[str, list[tuple[
         value = str(value)
         grown = len(text) + text.count(placeholder) * (len(value) - len(placeholder))
         if grown > max_file_size():  # checked before the text is built
-            problems.append((placeholder, f"{name} used here would make the file over the size "
-                                          f"cap of {max_file_size():,} bytes (--max-file-size)"))
+            problems.append(
+                (
+                    placeholder,
+                    f"{name} used here would make the file over the size "
+                    f"cap of {max_file_size():,} bytes (--max-file-size)",
+                )
+            )
             continue
         text = text.replace(placeholder, value)
     return text, problems
@@ -152,8 +157,11 @@ class RslearnDialect(Dialect):
         for placeholder, reason in problems:
             self.problems.append((path, placeholder, _line_of(src.text, placeholder), reason))
         if len(text) > max_file_size():
-            raise ConfigError(f"the {what} after substitution is over the size cap of "
-                              f"{max_file_size():,} bytes (--max-file-size)", file=path)
+            raise ConfigError(
+                f"the {what} after substitution is over the size cap of "
+                f"{max_file_size():,} bytes (--max-file-size)",
+                file=path,
+            )
         src.text = text
         src.schema = self.schema
         src.doc = src.raw = parse(text, path, self.schema)
@@ -170,10 +178,12 @@ class RslearnDialect(Dialect):
         """One task per dataset: its decoder, data module, batch size and task init_args."""
         first = sources[0]
         if not isinstance(config, dict):
-            raise ConfigError("a dataset config must be a mapping with 'model' and 'data'",
-                              file=first.path)
-        parts = DatasetParts(name="", sources=sources, tasks=[], decoders={},
-                             task_defs={}, data_module=None)
+            raise ConfigError(
+                "a dataset config must be a mapping with 'model' and 'data'", file=first.path
+            )
+        parts = DatasetParts(
+            name="", sources=sources, tasks=[], decoders={}, task_defs={}, data_module=None
+        )
         decoders = get_path(config, DECODERS)
         if not isinstance(decoders, dict) or len(decoders) != 1:
             found = f"{len(decoders)} decoders" if isinstance(decoders, dict) else "none"
@@ -182,31 +192,41 @@ class RslearnDialect(Dialect):
                 f"'{format_key(DECODERS)}' (found {found})",
                 DECODERS,
             )
-        (task, decoder), = decoders.items()
+        ((task, decoder),) = decoders.items()
         if not isinstance(task, str) or not task:
             raise parts.error("the task (decoder) name must be a non-empty string", DECODERS)
         if not isinstance(decoder, list) or not decoder:
-            raise parts.error(f"decoder of task '{task}' must be a non-empty list of modules",
-                              (*DECODERS, task))
+            raise parts.error(
+                f"decoder of task '{task}' must be a non-empty list of modules", (*DECODERS, task)
+            )
         first_layer = decoder[0]
         if not isinstance(first_layer, dict) or not isinstance(
-                first_layer.get("init_args") or {}, dict):
+            first_layer.get("init_args") or {}, dict
+        ):
             raise parts.error(
                 f"the first layer of task '{task}' must be a mapping with an init_args "
-                "mapping (merged heads write their output count there)", (*DECODERS, task, 0))
+                "mapping (merged heads write their output count there)",
+                (*DECODERS, task, 0),
+            )
         data = config.get("data")
         init = data.get("init_args") if isinstance(data, dict) else None
         if not isinstance(init, dict):
-            raise parts.error("the dataset config has no 'data.init_args' mapping (its data "
-                              "module)", ("data",))
+            raise parts.error(
+                "the dataset config has no 'data.init_args' mapping (its data module)", ("data",)
+            )
         if "batch_size" not in init:
-            raise parts.error(f"task '{task}' has no data.init_args.batch_size (upstream needs "
-                              "it for data.init_args.batch_sizes)", (*DATA_ARGS,))
+            raise parts.error(
+                f"task '{task}' has no data.init_args.batch_size (upstream needs "
+                "it for data.init_args.batch_sizes)",
+                (*DATA_ARGS,),
+            )
         task_defs = get_path(config, TASK_SRC)
         if not isinstance(task_defs, dict):
             raise parts.error(
                 f"task '{task}' has no '{format_key(TASK_SRC)}' mapping (its task definitions, "
-                "merged into model.init_args.task)", (*DATA_ARGS, "task"))
+                "merged into model.init_args.task)",
+                (*DATA_ARGS, "task"),
+            )
         if task in self._owners:
             other = self._owners[task].sources[0].path
             raise parts.error(
@@ -329,12 +349,16 @@ class RslearnDialect(Dialect):
                 if task in seen and seen[task] != i:
                     key = ("merge_options", "same_label_groups", i, j)
                     raise maker.source.error(
-                        key, f"task '{task}' is in two label groups ({seen[task]} and {i})")
+                        key, f"task '{task}' is in two label groups ({seen[task]} and {i})"
+                    )
                 seen[task] = i
 
     def offset_entry(self, task: str, offset: int, count: int) -> dict[str, Any]:
-        return {"offset": offset, "outputs_key": self._entry(task)["outputs_key"],
-                "num_outputs": count}
+        return {
+            "offset": offset,
+            "outputs_key": self._entry(task)["outputs_key"],
+            "num_outputs": count,
+        }
 
     # -- output --------------------------------------------------------------------------
     def provenance(self, run: dict) -> list[tuple[str, Source, tuple, tuple]]:
@@ -347,10 +371,17 @@ class RslearnDialect(Dialect):
         for tasks in targets.values():
             for task in tasks if isinstance(tasks, list) else ():
                 key = self._entry(task)["num_outputs_key"]
-                out.append(("dataset info", src, (task, "num_outputs"),
-                            (*DECODERS, task, 0, "init_args", key)))
-                out.append(("dataset info", src, (task,),
-                            (*MODEL_ARGS, "task_label_offsets", task)))
+                out.append(
+                    (
+                        "dataset info",
+                        src,
+                        (task, "num_outputs"),
+                        (*DECODERS, task, 0, "init_args", key),
+                    )
+                )
+                out.append(
+                    ("dataset info", src, (task,), (*MODEL_ARGS, "task_label_offsets", task))
+                )
         return out
 
     def extra_inputs(self) -> list[Source]:
@@ -380,8 +411,11 @@ class RslearnDialect(Dialect):
         except ConfigError as exc:
             raise ConfigError(f"{exc} (named by '{INFO_KEY}')", **where) from None
         if not isinstance(src.doc, dict):
-            raise ConfigError("the dataset-info file must map task names to "
-                              "{num_outputs, num_outputs_key, outputs_key}", file=path)
+            raise ConfigError(
+                "the dataset-info file must map task names to "
+                "{num_outputs, num_outputs_key, outputs_key}",
+                file=path,
+            )
         self._info = src
         return src
 
@@ -397,8 +431,7 @@ class RslearnDialect(Dialect):
         missing = [k for k in INFO_FIELDS if not isinstance(entry, dict) or k not in entry]
         if missing:
             raise ConfigError(
-                f"task '{task}' in the dataset-info file {src.path} lacks "
-                f"{', '.join(missing)}",
+                f"task '{task}' in the dataset-info file {src.path} lacks {', '.join(missing)}",
             )
         if not isinstance(entry["num_outputs_key"], str) or not entry["num_outputs_key"]:
             raise ConfigError(

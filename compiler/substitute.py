@@ -85,9 +85,7 @@ def _check(node: ast.expr) -> None:
     elif isinstance(node, ast.Constant) and type(node.value) in (int, float):
         pass
     else:
-        raise ExpressionError(
-            "only names, numbers, parentheses and + - * / // % are allowed"
-        )
+        raise ExpressionError("only names, numbers, parentheses and + - * / // % are allowed")
 
 
 def _eval(node: ast.expr, values: dict[str, Any]) -> Any:
@@ -153,8 +151,7 @@ class Substituter:
     _room: int = 0
     _sizes: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
 
-    def check_size(self, what: str, base_size: int, file: Any, line: int | None = None
-                   ) -> None:
+    def check_size(self, what: str, base_size: int, file: Any, line: int | None = None) -> None:
         """Refuse a document that substitution grew past the size cap."""
         from .bounds import size_error
 
@@ -171,8 +168,9 @@ class Substituter:
             self.inserted += len(out) - len(text)
             return out
         except _TooLong as exc:
-            self.failed.append((exc.placeholder, "the text it builds would exceed the size "
-                                                 "cap (--max-file-size)"))
+            self.failed.append(
+                (exc.placeholder, "the text it builds would exceed the size cap (--max-file-size)")
+            )
             return text
 
     def _text(self, match: re.Match) -> str:
@@ -245,9 +243,14 @@ class Substituter:
                 known = self._sizes[id(value)] = measure(value)
             size, value_depth = known
             if depth + value_depth > MAX_DEPTH:
-                self.failed.append((placeholder, f"places a value {value_depth} levels deep "
-                                                 f"at depth {depth}, past the depth cap of "
-                                                 f"{MAX_DEPTH}"))
+                self.failed.append(
+                    (
+                        placeholder,
+                        f"places a value {value_depth} levels deep "
+                        f"at depth {depth}, past the depth cap of "
+                        f"{MAX_DEPTH}",
+                    )
+                )
                 return placeholder
             self.inserted += size
         return value
@@ -286,8 +289,9 @@ _NAME = re.compile(r"[A-Za-z_]\w*")
 MAX_CHAIN = 100
 
 
-def resolve_values(values: dict[str, Any], where: Callable[[str], tuple[Any, int | None]]
-                   ) -> tuple[dict[str, Any], list[tuple[Any, str, int | None, str]]]:
+def resolve_values(
+    values: dict[str, Any], where: Callable[[str], tuple[Any, int | None]]
+) -> tuple[dict[str, Any], list[tuple[Any, str, int | None, str]]]:
     """Substitution values with the placeholders inside them resolved (a value may use
     another). Returns the values and the problems (file, placeholder, line, reason); a cycle
     is refused at once, naming it. ``where(name)`` gives the file and line that set ``name``.
@@ -302,14 +306,19 @@ def resolve_values(values: dict[str, Any], where: Callable[[str], tuple[Any, int
         if name in resolved:
             return
         if name in chain:
-            cycle = " -> ".join([*chain[chain.index(name):], name])
+            cycle = " -> ".join([*chain[chain.index(name) :], name])
             file, line = where(name)
-            raise ConfigError(f"substitutions form a cycle: {cycle}", file=file, line=line,
-                              key=("substitutions", name))
+            raise ConfigError(
+                f"substitutions form a cycle: {cycle}",
+                file=file,
+                line=line,
+                key=("substitutions", name),
+            )
         if len(chain) >= MAX_CHAIN:
             file, line = where(name)
-            raise ConfigError(f"substitutions use one another more than {MAX_CHAIN} deep",
-                              file=file, line=line)
+            raise ConfigError(
+                f"substitutions use one another more than {MAX_CHAIN} deep", file=file, line=line
+            )
         value = values[name]
         deps = [d for d in placeholder_names(value) if d in values]
         if deps:

@@ -33,8 +33,7 @@ class PathError(ConfigError, KeyError):
         return ConfigError.__str__(self)
 
 
-def set_path(tree: Any, path: tuple, value: Any, create: bool = True,
-             _at: tuple = ()) -> Any:
+def set_path(tree: Any, path: tuple, value: Any, create: bool = True, _at: tuple = ()) -> Any:
     """A copy of ``tree`` with ``value`` at ``path``; missing mappings are created.
 
     A value on the way that is neither a mapping nor (for an index) a list raises
@@ -75,11 +74,14 @@ def parse_key(text: str, what: str = "key") -> tuple:
 
     parts = text.split(".")
     if not text.strip():
-        raise ConfigError(f"{what}: the key is empty; give a dotted key path like "
-                          "model.init_args.lr")
+        raise ConfigError(
+            f"{what}: the key is empty; give a dotted key path like model.init_args.lr"
+        )
     if any(not part for part in parts):
-        raise ConfigError(f"{what} '{text}': not a dotted key path like model.init_args.lr "
-                          "(an empty part between dots)")
+        raise ConfigError(
+            f"{what} '{text}': not a dotted key path like model.init_args.lr "
+            "(an empty part between dots)"
+        )
     if len(parts) > MAX_DEPTH:
         raise ConfigError(f"{what}: the key path has more than {MAX_DEPTH} parts")
     return tuple(int(p) if p.lstrip("-").isdigit() and len(p) < 10 else p for p in parts)
@@ -104,7 +106,9 @@ def set_dotted(tree: Any, path: tuple, value: Any) -> Any:
         return set_path(tree, path, value)
     except KeyError:
         parent = get_path(tree, path[:-1])
-        hint = did_you_mean(str(path[-1]), [str(k) for k in parent]) if isinstance(
-            parent, dict
-        ) else ""
+        hint = (
+            did_you_mean(str(path[-1]), [str(k) for k in parent])
+            if isinstance(parent, dict)
+            else ""
+        )
         raise ConfigError(f"cannot set '{format_key(path)}': no such key{hint}") from None

@@ -126,8 +126,7 @@ def read_source(path: Path, what: str = "file") -> Source:
         if stat.S_ISDIR(info.st_mode):
             raise ConfigError(f"{what} is a directory, not a YAML file", file=path)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{what} is not a regular file (a device, FIFO or socket)",
-                              file=path)
+            raise ConfigError(f"{what} is not a regular file (a device, FIFO or socket)", file=path)
         if info.st_size > limit:
             raise ConfigError(_too_big(what, info.st_size, limit), file=path)
         with os.fdopen(fd, "rb", closefd=False) as fh:
@@ -150,8 +149,10 @@ def read_source(path: Path, what: str = "file") -> Source:
 
 
 def _too_big(what: str, size: int, limit: int) -> str:
-    return (f"{what} is {size:,} bytes, over the size cap of {limit:,} bytes (raise it with "
-            f"--max-file-size or {MAX_FILE_SIZE_ENV})")
+    return (
+        f"{what} is {size:,} bytes, over the size cap of {limit:,} bytes (raise it with "
+        f"--max-file-size or {MAX_FILE_SIZE_ENV})"
+    )
 
 
 def parse(text: str, path: Path, schema: str = "1.2") -> Any:

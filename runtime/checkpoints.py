@@ -42,8 +42,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     or a full disk never leaves a truncated ``last.ckpt``/``best.ckpt`` and the previous one
     stays until the new one is complete (Lightning's own writer copies across file systems)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
-                        storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         with atomic_file(Path(path)) as handle:
             torch.save(checkpoint, handle)
 
@@ -68,14 +69,16 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        skip = (self._should_skip_saving_checkpoint(trainer)
-                or self._should_save_on_train_epoch_end(trainer))
+        skip = self._should_skip_saving_checkpoint(trainer) or self._should_save_on_train_epoch_end(
+            trainer
+        )
         super().on_validation_end(trainer, pl_module)
         self._keep_last_current(trainer, skip)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        skip = (self._should_skip_saving_checkpoint(trainer)
-                or not self._should_save_on_train_epoch_end(trainer))
+        skip = self._should_skip_saving_checkpoint(
+            trainer
+        ) or not self._should_save_on_train_epoch_end(trainer)
         super().on_train_epoch_end(trainer, pl_module)
         self._keep_last_current(trainer, skip)
 
@@ -85,10 +88,13 @@ class RunCheckpoint(ModelCheckpoint):
         return f"ModelCheckpoint{self._state_key_fields()!r}"
 
     def _state_key_fields(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "mode": self.mode,
-                "every_n_train_steps": self._every_n_train_steps,
-                "every_n_epochs": self._every_n_epochs,
-                "train_time_interval": self._train_time_interval}
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "every_n_train_steps": self._every_n_train_steps,
+            "every_n_epochs": self._every_n_epochs,
+            "train_time_interval": self._train_time_interval,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")

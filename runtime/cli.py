@@ -94,8 +94,13 @@ class RunOptions:
 class RunCLI(LightningCLI):
     """LightningCLI without subcommand dispatch: ``run_command`` runs the subcommand itself."""
 
-    def __init__(self, subcommand: str, config_path: Path | None, args: list[str],
-                 source: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        subcommand: str,
+        config_path: Path | None,
+        args: list[str],
+        source: dict[str, Any] | None = None,
+    ) -> None:
         self.subcommand_name = subcommand
         self.config_path = config_path
         self.source = source  # a run config given as a dict (the Python API), not a file
@@ -122,23 +127,38 @@ class RunCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_argument("--run_dir", "--run-dir", type=str | None, default=None,
-                            help="Run directory (default: runs/<config stem>/).")
+        parser.add_argument(
+            "--run_dir",
+            "--run-dir",
+            type=str | None,
+            default=None,
+            help="Run directory (default: runs/<config stem>/).",
+        )
         for flag, text in (
             ("--resume", "Continue the run in --run_dir from its newest checkpoint."),
             ("--force", "Delete an existing run directory and start over."),
-            ("--check", "Build everything fit builds, set up the data and run one batch per "
-                        "dataset through the model and loss; train nothing, write nothing."),
+            (
+                "--check",
+                "Build everything fit builds, set up the data and run one batch per "
+                "dataset through the model and loss; train nothing, write nothing.",
+            ),
         ):
-            parser.add_argument(flag, action=ActionYesNo(yes_prefix="", no_prefix="no_"),
-                                default=False, help=text)
+            parser.add_argument(
+                flag, action=ActionYesNo(yes_prefix="", no_prefix="no_"), default=False, help=text
+            )
         parser.add_argument(
-            "--ckpt_path", type=str | None, default=None,
-            help="validate/test/predict: checkpoint to load (default: the run's best).")
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="validate/test/predict: checkpoint to load (default: the run's best).",
+        )
         parser.add_argument(
-            "--device", type=str | None, default=None,
+            "--device",
+            type=str | None,
+            default=None,
             help=f"Run on one device: {DEVICE_HELP.split(' (')[0]} or auto (sets "
-            "trainer.accelerator and trainer.devices); default: the config's trainer settings.")
+            "trainer.accelerator and trainer.devices); default: the config's trainer settings.",
+        )
         parser.add_class_arguments(RunOptions, "run")
         # Lightning's class docstrings make poor group titles (the data one is cut mid-sentence).
         for name, title in (
@@ -172,15 +192,19 @@ class RunCLI(LightningCLI):
         problem = check_run_config(self.config)
         if problem:
             raise ConfigError(f"{where}{problem}")
-        self.run_dir = Path(self.config.run_dir) if self.config.run_dir else (
-            default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
+        self.run_dir = (
+            Path(self.config.run_dir)
+            if self.config.run_dir
+            else (default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
+        )
         RUN.run_dir = self.run_dir
         self._choose_device()
         if self.config.check:
             pass  # --check writes nothing and looks at no run directory
         elif self.subcommand_name == "fit":
-            found = prepare_fit_dir(self.run_dir, self.config.resume, self.config.force,
-                                    launched_as_rank_zero())
+            found = prepare_fit_dir(
+                self.run_dir, self.config.resume, self.config.force, launched_as_rank_zero()
+            )
             if found is not None:
                 self.resume_from, self.resume_step = found
         else:
@@ -200,15 +224,19 @@ class RunCLI(LightningCLI):
         assert self.run_dir is not None
         kwargs["default_root_dir"] = str(self.run_dir)
         kwargs["logger"] = (
-            [RunCSVLogger(self.run_dir, resume_step=self.resume_step),
-             *([tensorboard_logger(self.run_dir)] if self.config.run.tensorboard else [])]
-            if self.subcommand_name == "fit" and not self.config.check else False
+            [
+                RunCSVLogger(self.run_dir, resume_step=self.resume_step),
+                *([tensorboard_logger(self.run_dir)] if self.config.run.tensorboard else []),
+            ]
+            if self.subcommand_name == "fit" and not self.config.check
+            else False
         )
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         if not isinstance(configured, list):
             configured = [configured]
-        summary_args, summary_callbacks = summary_kwargs(self._get(self.config_init, "trainer",
-                                                                   default={}))
+        summary_args, summary_callbacks = summary_kwargs(
+            self._get(self.config_init, "trainer", default={})
+        )
         kwargs.update(summary_args)
         kwargs["callbacks"] = [*configured, *self._run_callbacks(), *summary_callbacks]
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
@@ -223,21 +251,37 @@ class RunCLI(LightningCLI):
         ckpt_dir = str(self.run_dir / "checkpoints")
         callbacks: list[Callback] = [
             ValidationHistory(),
-            RunCheckpoint(dirpath=ckpt_dir, filename="best", monitor=opts.monitor,
-                            mode=opts.mode, save_last=True, auto_insert_metric_name=False),
+            RunCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best",
+                monitor=opts.monitor,
+                mode=opts.mode,
+                save_last=True,
+                auto_insert_metric_name=False,
+            ),
         ]
         if opts.per_task_monitors:
             callbacks += task_checkpoints(self.model, ckpt_dir)
         if opts.checkpoint_every_n_steps:
-            callbacks.append(RunCheckpoint(
-                dirpath=ckpt_dir, filename="step-{step}", monitor="step", mode="max",
-                every_n_train_steps=opts.checkpoint_every_n_steps,
-                save_top_k=opts.keep_step_checkpoints, auto_insert_metric_name=False))
+            callbacks.append(
+                RunCheckpoint(
+                    dirpath=ckpt_dir,
+                    filename="step-{step}",
+                    monitor="step",
+                    mode="max",
+                    every_n_train_steps=opts.checkpoint_every_n_steps,
+                    save_top_k=opts.keep_step_checkpoints,
+                    auto_insert_metric_name=False,
+                )
+            )
         if self.subcommand_name == "fit":
             callbacks.append(GracefulStop(self.run_dir / "checkpoints" / "last.ckpt"))
         if opts.early_stopping_patience is not None:
-            callbacks.append(EarlyStopping(monitor=opts.monitor, mode=opts.mode,
-                                           patience=opts.early_stopping_patience))
+            callbacks.append(
+                EarlyStopping(
+                    monitor=opts.monitor, mode=opts.mode, patience=opts.early_stopping_patience
+                )
+            )
         return callbacks
 
     def instantiate_classes(self) -> None:
@@ -245,8 +289,9 @@ class RunCLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, TypeError, KeyError, MisconfigurationException) as err:
             where = f"{self.config_path}: " if self.config_path else ""
-            raise ConfigError(f"{where}could not build the objects of the config: "
-                              f"{constructor_error(err)}") from err
+            raise ConfigError(
+                f"{where}could not build the objects of the config: {constructor_error(err)}"
+            ) from err
 
 
 def constructor_error(err: Exception) -> str:
@@ -255,8 +300,11 @@ def constructor_error(err: Exception) -> str:
     text = str(err)
     if "Given value" not in text:
         return text
-    causes = [line.strip()[2:] for line in text.splitlines()
-              if line.startswith("  - ") and "NoneType" not in line]
+    causes = [
+        line.strip()[2:]
+        for line in text.splitlines()
+        if line.startswith("  - ") and "NoneType" not in line
+    ]
     return "; ".join(causes) or text
 
 
@@ -267,8 +315,15 @@ def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
     for name, task in tasks.items():
         metric = f"val/{name}/{task.primary_metric}"
         mode = "min" if task.primary_metric in task.lower_is_better else "max"
-        out.append(RunCheckpoint(dirpath=ckpt_dir, filename=f"best-{name}", monitor=metric,
-                                   mode=mode, auto_insert_metric_name=False))
+        out.append(
+            RunCheckpoint(
+                dirpath=ckpt_dir,
+                filename=f"best-{name}",
+                monitor=metric,
+                mode=mode,
+                auto_insert_metric_name=False,
+            )
+        )
     return out
 
 
@@ -285,8 +340,10 @@ def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI
         try:
             text = yaml.safe_dump(source, sort_keys=False)
         except yaml.YAMLError as err:
-            raise ConfigError(f"the run config holds a value that is not plain data "
-                              f"(numbers, strings, lists, dicts): {err}") from None
+            raise ConfigError(
+                f"the run config holds a value that is not plain data "
+                f"(numbers, strings, lists, dicts): {err}"
+            ) from None
         args = ["--config", text, *args]
     try:
         try:
@@ -325,8 +382,6 @@ def _main(argv: list[str]) -> int:
     if cli.trainer.is_global_zero:  # the last line of stdout, once per launch
         print(cli.run_dir)
     return 0
-
-
 
 
 if __name__ == "__main__":

@@ -193,8 +193,9 @@ def _nested_class(node: Any, reason: str) -> str | None:
     return match.group(1) if match else None
 
 
-def explain_argument_error(err: Exception, config: Any = None,
-                           top_level: dict[str, list[str]] | None = None) -> str:
+def explain_argument_error(
+    err: Exception, config: Any = None, top_level: dict[str, list[str]] | None = None
+) -> str:
     """One paragraph: where (key path), why (jsonargparse), and close matches."""
     message = str(err)
     chain = _parse(message)
@@ -206,7 +207,7 @@ def explain_argument_error(err: Exception, config: Any = None,
         if kind == "key":
             locator.key(value)
         else:
-            nxt = next((v for k, v in steps[i + 1:] if k == "key"), None)
+            nxt = next((v for k, v in steps[i + 1 :] if k == "key"), None)
             hint = nxt or (leaf.group(1).split(".")[0] if leaf else None)
             locator.klass(value, hint)
     path, hint = list(locator.path), ""
@@ -233,8 +234,11 @@ def explain_argument_error(err: Exception, config: Any = None,
         path += m.group(1).split(".")
         hint = did_you_mean(name, (top_level or {}).get(group, []))
         known = group in (top_level or {}) or not group
-        reason = (f"'{name}' is not an option of '{group}'" if group and known
-                  else f"unknown option --{m.group(1)}")
+        reason = (
+            f"'{name}' is not an option of '{group}'"
+            if group and known
+            else f"unknown option --{m.group(1)}"
+        )
     elif (m := _NO_ATTR.search(reason)) is not None:
         path += ["class_path"]
         hint = did_you_mean(m.group(2), _module_members(m.group(1)))

@@ -23,8 +23,9 @@ def kept_rows(path: Path, keep_until_step: int) -> tuple[list[str], list[dict[st
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a text file (bad byte at offset {exc.start}); {fix}"
-                          ) from None
+        raise ConfigError(
+            f"{path}: not a text file (bad byte at offset {exc.start}); {fix}"
+        ) from None
     if "\0" in text:
         raise ConfigError(f"{path}: not a text file (it contains NUL bytes); {fix}")
     lines = text.splitlines(keepends=True)
@@ -42,8 +43,9 @@ def kept_rows(path: Path, keep_until_step: int) -> tuple[list[str], list[dict[st
                     raise ValueError("wrong number of columns")
                 step = int(float(row["step"]))
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{path}:{reader.line_num}: not a metrics row ({exc}); {fix}"
-                                  ) from None
+                raise ConfigError(
+                    f"{path}:{reader.line_num}: not a metrics row ({exc}); {fix}"
+                ) from None
             if step <= keep_until_step:
                 rows.append(row)
     except csv.Error as exc:
@@ -107,7 +109,10 @@ def tensorboard_logger(run_dir: Path) -> Logger:
     from lightning.pytorch.loggers.tensorboard import _TENSORBOARD_AVAILABLE
 
     if not _TENSORBOARD_AVAILABLE:
-        raise ConfigError("run.tensorboard: true needs the tensorboard package: "
-                          "pip install 'mtl-toolkit[tensorboard]'")
-    return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="",
-                             default_hp_metric=False)
+        raise ConfigError(
+            "run.tensorboard: true needs the tensorboard package: "
+            "pip install 'mtl-toolkit[tensorboard]'"
+        )
+    return TensorBoardLogger(
+        save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+    )

@@ -61,7 +61,8 @@ def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:
         except json.JSONDecodeError:
             raise TaskEmbeddingsError(
                 f"metadata '{key}' is not JSON; was this file written by mtl-task-embeds?",
-                file=path) from None
+                file=path,
+            ) from None
     return meta
 
 
@@ -69,15 +70,19 @@ def read_task_embeddings(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """The whole table (rows in the file's ``tasks`` order) and the decoded metadata."""
     path = Path(path)
     if not path.is_file():
-        raise TaskEmbeddingsError("task embeddings file not found (make one with "
-                                  "mtl-task-embeds SOURCE -o FILE)", file=path)
+        raise TaskEmbeddingsError(
+            "task embeddings file not found (make one with mtl-task-embeds SOURCE -o FILE)",
+            file=path,
+        )
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = fh.metadata() or {}
             if TENSOR not in fh.keys():
                 raise TaskEmbeddingsError(
                     f"no '{TENSOR}' tensor in this safetensors file (it holds: "
-                    f"{', '.join(fh.keys()) or 'nothing'})", file=path)
+                    f"{', '.join(fh.keys()) or 'nothing'})",
+                    file=path,
+                )
             table = fh.get_tensor(TENSOR)
     except SafetensorError as exc:
         raise TaskEmbeddingsError(f"not a readable safetensors file ({exc})", file=path) from None
@@ -88,7 +93,9 @@ def read_task_embeddings(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     if table.ndim != 2 or table.shape[0] != len(names) or len(set(names)) != len(names):
         raise TaskEmbeddingsError(
             f"'{TENSOR}' has shape {list(table.shape)} but the header names "
-            f"{len(names)} task(s) ({len(set(names))} distinct)", file=path)
+            f"{len(names)} task(s) ({len(set(names))} distinct)",
+            file=path,
+        )
     return table.float(), meta
 
 
@@ -108,6 +115,8 @@ def load_task_embeddings(
         raise TaskEmbeddingsError(
             f"no embedding for task{'s' if len(missing) > 1 else ''} {listed}; the file holds "
             f"{', '.join(names) or 'no tasks'} (re-run mtl-task-embeds on a source that "
-            "describes every task of the run)", file=path)
+            "describes every task of the run)",
+            file=path,
+        )
     index = torch.tensor([names.index(t) for t in tasks], dtype=torch.long)
     return table.index_select(0, index).contiguous(), meta

@@ -133,8 +133,14 @@ class CNNEncoder(nn.Module):
         blocks: list[nn.Module] = []
         for i, out in enumerate(channels):
             blocks += [
-                nn.Conv2d(in_channels, out, kernel_size, stride=1 if i == 0 else 2,
-                          padding=kernel_size // 2, bias=False),
+                nn.Conv2d(
+                    in_channels,
+                    out,
+                    kernel_size,
+                    stride=1 if i == 0 else 2,
+                    padding=kernel_size // 2,
+                    bias=False,
+                ),
                 nn.BatchNorm2d(out),
                 nn.ReLU(),
             ]

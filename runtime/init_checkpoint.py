@@ -72,8 +72,9 @@ def _torch_state(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-        raise ValueError(f"init checkpoint {path}: not a loadable state dict "
-                         f"({first_line(exc)})") from None
+        raise ValueError(
+            f"init checkpoint {path}: not a loadable state dict ({first_line(exc)})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         raise ValueError(
             f"init checkpoint {path} is a Lightning checkpoint; convert it first with "
@@ -84,11 +85,16 @@ def _torch_state(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _shape_error(path: Path, prefix: str, wanted: dict[str, tuple[int, ...]],
-                 available: dict[str, tuple[int, ...]]) -> ValueError:
+def _shape_error(
+    path: Path,
+    prefix: str,
+    wanted: dict[str, tuple[int, ...]],
+    available: dict[str, tuple[int, ...]],
+) -> ValueError:
     held = {prefix + n: available[prefix + n] for n in wanted}
-    problem = describe_mismatch({prefix + n: s for n, s in wanted.items()}, held, "the file",
-                                "the module")
+    problem = describe_mismatch(
+        {prefix + n: s for n, s in wanted.items()}, held, "the file", "the module"
+    )
     return ValueError(f"init checkpoint {path} does not fit the module: {problem}")
 
 
@@ -112,7 +118,7 @@ def match_prefix(
     counts = _prefix_counts(set(wanted), set(available))
 
     def under(prefix: str) -> set[str]:
-        return {k[len(prefix):] for k in available if k.startswith(prefix)}
+        return {k[len(prefix) :] for k in available if k.startswith(prefix)}
 
     named = sorted(p for p, n in counts.items() if n == len(wanted) and under(p) == set(wanted))
     shaped = [p for p in named if all(available[p + n] == s for n, s in wanted.items())]
@@ -129,8 +135,11 @@ def match_prefix(
     held = under(best)
     missing, unexpected = set(wanted) - held, held - set(wanted)
     where = f" under prefix {best!r}" if best else ""
-    problems = [f"{what} {len(names)} tensors ({listing(names)})"
-                for what, names in (("missing", missing), ("unexpected", unexpected)) if names]
+    problems = [
+        f"{what} {len(names)} tensors ({listing(names)})"
+        for what, names in (("missing", missing), ("unexpected", unexpected))
+        if names
+    ]
     raise ValueError(
         f"init checkpoint {path} does not fit the module{where}: {', '.join(problems)}"
     )
@@ -142,8 +151,9 @@ def read_weights(path: str | Path, template: dict[str, Tensor]) -> dict[str, Ten
     Checks names (allowing one prefix) and shapes before loading; dtypes follow the file.
     """
     fmt, source = checkpoint_format(Path(path))
-    prefix = match_prefix({k: tuple(v.shape) for k, v in template.items()},
-                          _shapes(fmt, source), source)
+    prefix = match_prefix(
+        {k: tuple(v.shape) for k, v in template.items()}, _shapes(fmt, source), source
+    )
     if fmt == "dcp":
         import torch.distributed.checkpoint as dcp
 
@@ -171,5 +181,8 @@ def load_init_checkpoint(module: nn.Module, path: str | Path | None) -> None:
     module.load_state_dict(state, strict=True)
     if launched_as_rank_zero():  # say what was loaded, once per launch
         values = sum(t.numel() for t in state.values())
-        print(f"init_checkpoint {path}: loaded {len(state)} tensors ({values:,} values) into "
-              f"{type(module).__name__}", file=sys.stderr)
+        print(
+            f"init_checkpoint {path}: loaded {len(state)} tensors ({values:,} values) into "
+            f"{type(module).__name__}",
+            file=sys.stderr,
+        )

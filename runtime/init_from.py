@@ -58,16 +58,21 @@ class InitReport:
     def summary(self, source: str) -> str:
         rows = ", ".join(f"{new} <- {old}" for new, old in self.rows.items()) or "none"
         fresh = ", ".join(self.fresh[:6]) + (" ..." if len(self.fresh) > 6 else "")
-        return (f"init_from {source}: {len(self.loaded)} tensors loaded; per-task rows: {rows}; "
-                f"kept fresh: {fresh or 'none'}")
+        return (
+            f"init_from {source}: {len(self.loaded)} tensors loaded; per-task rows: {rows}; "
+            f"kept fresh: {fresh or 'none'}"
+        )
 
 
 def _switch_buffers(model: nn.Module) -> set[str]:
     from runtime.lora import adapter_switches
 
     owners = {id(m) for m in adapter_switches(model)}
-    return {f"{prefix}.enabled" if prefix else "enabled"
-            for prefix, module in model.named_modules() if id(module) in owners}
+    return {
+        f"{prefix}.enabled" if prefix else "enabled"
+        for prefix, module in model.named_modules()
+        if id(module) in owners
+    }
 
 
 def _plain(name: str) -> str:
@@ -78,37 +83,52 @@ def _plain(name: str) -> str:
 def _source_tasks(checkpoint: dict[str, Any], path: Path) -> list[str]:
     tasks = checkpoint.get(TASKS_KEY)
     if not isinstance(tasks, list):
-        raise ConfigError(f"init_from: {path} does not record its task names (it was not "
-                          "written by this mtl-run); its per-task rows cannot be matched")
+        raise ConfigError(
+            f"init_from: {path} does not record its task names (it was not "
+            "written by this mtl-run); its per-task rows cannot be matched"
+        )
     return tasks
 
 
-def _check_task_init(model: Any, task_init: dict[str, str], source_tasks: list[str],
-                     path: Path) -> None:
+def _check_task_init(
+    model: Any, task_init: dict[str, str], source_tasks: list[str], path: Path
+) -> None:
     unknown_new = sorted(set(task_init) - set(model.task_names))
     if unknown_new:
-        raise ConfigError(f"init_from.task_init names {unknown_new}, which are not tasks of "
-                          f"this run ({', '.join(model.task_names)})")
+        raise ConfigError(
+            f"init_from.task_init names {unknown_new}, which are not tasks of "
+            f"this run ({', '.join(model.task_names)})"
+        )
     unknown_old = sorted(set(task_init.values()) - set(source_tasks))
     if unknown_old:
-        raise ConfigError(f"init_from.task_init starts from {unknown_old}, which are not tasks "
-                          f"of {path} ({', '.join(source_tasks)})")
+        raise ConfigError(
+            f"init_from.task_init starts from {unknown_old}, which are not tasks "
+            f"of {path} ({', '.join(source_tasks)})"
+        )
 
 
-def initial_state(model: Any, checkpoint: dict[str, Any], init: InitFrom,
-                  path: Path) -> tuple[dict[str, Tensor], InitReport]:
+def initial_state(
+    model: Any, checkpoint: dict[str, Any], init: InitFrom, path: Path
+) -> tuple[dict[str, Tensor], InitReport]:
     """The tensors to copy into ``model`` (a ``MultiTaskModel``) and a report."""
-    source = {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
-              if k.startswith(MODEL_PREFIX)}
+    source = {
+        k[len(MODEL_PREFIX) :]: v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(MODEL_PREFIX)
+    }
     by_plain = {_plain(k): k for k in source}
     per_task = per_task_tensors(model)
     source_tasks = _source_tasks(checkpoint, path) if per_task or init.task_init else []
     _check_task_init(model, init.task_init, source_tasks, path)
     routing = checkpoint.get(ROUTING_KEY)
-    served_before = ({d: {t for t, dd in routing.items() if dd == d} for d in routing.values()}
-                     if isinstance(routing, dict) else None)
-    served_now = {d: {t for t, dd in model.task_to_decoder.items() if dd == d}
-                  for d in model.decoders}
+    served_before = (
+        {d: {t for t, dd in routing.items() if dd == d} for d in routing.values()}
+        if isinstance(routing, dict)
+        else None
+    )
+    served_now = {
+        d: {t for t, dd in model.task_to_decoder.items() if dd == d} for d in model.decoders
+    }
     report = InitReport()
     out: dict[str, Tensor] = {}
     switches = _switch_buffers(model)
@@ -134,20 +154,32 @@ def initial_state(model: Any, checkpoint: dict[str, Any], init: InitFrom,
             raise ConfigError(
                 f"init_from: {path} holds '{key}' with shape {list(tensor.shape)} but this "
                 f"model's '{name}' is {list(target.shape)}: the shared parts must be built "
-                "the same way as in the source run")
+                "the same way as in the source run"
+            )
         out[name] = tensor
         report.loaded.append(name)
     if not any(not n.startswith("decoders.") for n in report.loaded):
-        raise ConfigError(f"init_from: {path} shares no tensor with this model's encoder or "
-                          "trunk; is it a checkpoint of the run you meant?")
+        raise ConfigError(
+            f"init_from: {path} shares no tensor with this model's encoder or "
+            "trunk; is it a checkpoint of the run you meant?"
+        )
     return out, report
 
 
-def _rows(name: str, target: Tensor, tensor: Tensor, tasks: list[str], source_tasks: list[str],
-          init: InitFrom, report: InitReport) -> Tensor:
+def _rows(
+    name: str,
+    target: Tensor,
+    tensor: Tensor,
+    tasks: list[str],
+    source_tasks: list[str],
+    init: InitFrom,
+    report: InitReport,
+) -> Tensor:
     if tensor.shape[1:] != target.shape[1:] or tensor.shape[0] != len(source_tasks):
-        raise ConfigError(f"init_from: per-task tensor '{name}' has shape {list(tensor.shape)} "
-                          f"in the checkpoint, which does not fit {list(target.shape)}")
+        raise ConfigError(
+            f"init_from: per-task tensor '{name}' has shape {list(tensor.shape)} "
+            f"in the checkpoint, which does not fit {list(target.shape)}"
+        )
     rows = target.detach().clone()
     for i, task in enumerate(tasks):
         start = init.task_init.get(task, task if task in source_tasks else None)

@@ -34,12 +34,16 @@ def match_modules(root: nn.Module, targets: list[str], kind: type = nn.Linear) -
     candidates = [n for n, m in root.named_modules() if n and isinstance(m, kind)]
     chosen: list[str] = []
     for target in targets:
-        hits = [n for n in candidates
-                if n == target or n.endswith("." + target) or fnmatch.fnmatchcase(n, target)]
+        hits = [
+            n
+            for n in candidates
+            if n == target or n.endswith("." + target) or fnmatch.fnmatchcase(n, target)
+        ]
         if not hits:
             raise ValueError(
                 f"LoRA target {target!r} matches no {kind.__name__} layer of the encoder; "
-                f"its {kind.__name__} layers are: {', '.join(candidates) or 'none'}")
+                f"its {kind.__name__} layers are: {', '.join(candidates) or 'none'}"
+            )
         chosen += [n for n in hits if n not in chosen]
     return chosen
 
@@ -89,8 +93,9 @@ class TaskLoRA(_Switch):
         if not target_modules:
             raise ValueError("TaskLoRA.target_modules must name at least one linear layer")
         if rank < 1 or hidden_size < 1:
-            raise ValueError(f"TaskLoRA rank and hidden_size must be >= 1, got {rank}, "
-                             f"{hidden_size}")
+            raise ValueError(
+                f"TaskLoRA rank and hidden_size must be >= 1, got {rank}, {hidden_size}"
+            )
         self.target_modules = list(target_modules)
         self.rank, self.hidden_size = rank, hidden_size
         self.scale = (alpha if alpha is not None else rank) / rank
@@ -121,8 +126,10 @@ class TaskLoRA(_Switch):
         r = self.rank
         a_parts = self.to_a(h).split([r * i for i, _ in self._shapes])
         b_parts = self.to_b(h).split([r * o for _, o in self._shapes])
-        return [(a.view(r, i), b.view(o, r))
-                for a, b, (i, o) in zip(a_parts, b_parts, self._shapes, strict=True)]
+        return [
+            (a.view(r, i), b.view(o, r))
+            for a, b, (i, o) in zip(a_parts, b_parts, self._shapes, strict=True)
+        ]
 
     @contextmanager
     def conditioned(self, task_embedding: Tensor) -> Iterator[None]:
@@ -146,8 +153,10 @@ class TaskLoRA(_Switch):
         return add_update
 
     def extra_repr(self) -> str:
-        return (f"layers={self.layer_names}, rank={self.rank}, hidden_size={self.hidden_size}, "
-                f"enabled={self._on}")
+        return (
+            f"layers={self.layer_names}, rank={self.rank}, hidden_size={self.hidden_size}, "
+            f"enabled={self._on}"
+        )
 
 
 class StaticLoRA(_Switch):
@@ -182,8 +191,9 @@ class StaticLoRA(_Switch):
 
         trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
         names = match_modules(encoder, self.target_modules)  # globs, and clear errors
-        config = LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                            target_modules=names)
+        config = LoraConfig(
+            r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=names
+        )
         inject_adapter_in_model(config, encoder)
         if self.train_base:
             for name, param in encoder.named_parameters():

@@ -31,8 +31,13 @@ def classification_loss(
     """
     valid = target != ignore_index
     if class_weights is None and focal_gamma is None:  # the common case, in fewer kernels
-        total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum",
-                                label_smoothing=label_smoothing)
+        total = F.cross_entropy(
+            logits,
+            target,
+            ignore_index=ignore_index,
+            reduction="sum",
+            label_smoothing=label_smoothing,
+        )
         return total / valid.sum().clamp(min=1)
     safe_target = torch.where(valid, target, torch.zeros_like(target))
     weight = valid.to(logits.dtype)

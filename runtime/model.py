@@ -78,9 +78,11 @@ class MultiTaskModel(nn.Module):
         self._bind_task_conditioning()
         # Fixed once built: looked up per step, so computed here, not on every forward.
         self._conditioned_encoder = self.task_lora is not None or any(
-            getattr(m, "task_conditioned", False) for m in self.encoder)
-        self._aux_named = [(n, m) for n, m in self.named_modules()
-                           if callable(getattr(m, "aux_loss", None))]
+            getattr(m, "task_conditioned", False) for m in self.encoder
+        )
+        self._aux_named = [
+            (n, m) for n, m in self.named_modules() if callable(getattr(m, "aux_loss", None))
+        ]
 
     def _check_slice(self, task: str) -> None:
         """A task's label slice must lie inside its decoder's outputs (else the first step
@@ -90,12 +92,15 @@ class MultiTaskModel(nn.Module):
         total = getattr(self.decoders[decoder][-1], "num_outputs", None)
         where = f"model.init_args.model.init_args.task_label_offsets.{task}"
         if offset < 0 or width < 1:
-            raise ValueError(f"{where}: offset must be >= 0 and num_outputs >= 1, got offset "
-                             f"{offset}, num_outputs {width}")
+            raise ValueError(
+                f"{where}: offset must be >= 0 and num_outputs >= 1, got offset "
+                f"{offset}, num_outputs {width}"
+            )
         if isinstance(total, int) and offset + width > total:
             raise ValueError(
                 f"{where}: outputs {offset}:{offset + width} do not fit decoder '{decoder}', "
-                f"whose head (decoders.{decoder}[-1]) has num_outputs {total}")
+                f"whose head (decoders.{decoder}[-1]) has num_outputs {total}"
+            )
 
     def _bind_task_conditioning(self) -> None:
         """Give the task-conditioned parts the task list and the embedding size."""
@@ -103,13 +108,18 @@ class MultiTaskModel(nn.Module):
             self.static_lora.attach(self.encoder)
         needs = ["trunk"] if getattr(self.trunk, "add_embedding", False) else []
         needs += ["task_lora"] if self.task_lora is not None else []
-        needs += [f"encoder.{i}" for i, m in enumerate(self.encoder)
-                  if getattr(m, "task_conditioned", False)]
+        needs += [
+            f"encoder.{i}"
+            for i, m in enumerate(self.encoder)
+            if getattr(m, "task_conditioned", False)
+        ]
         if self.task_embedding is None:
             if needs:
-                raise ValueError(f"{', '.join(needs)} need a task embedding: give "
-                                 "MultiTaskModel a task_embedding (runtime.task_embedding."
-                                 "TaskEmbedding)")
+                raise ValueError(
+                    f"{', '.join(needs)} need a task embedding: give "
+                    "MultiTaskModel a task_embedding (runtime.task_embedding."
+                    "TaskEmbedding)"
+                )
             return
         dim = self.task_embedding.bind(self.task_names)
         if self.trunk is not None and hasattr(self.trunk, "bind_embedding"):
@@ -148,8 +158,11 @@ class MultiTaskModel(nn.Module):
         if not self.task_conditioned_encoder:
             return self.encoder(inputs)
         x = inputs
-        context = (self.task_lora.conditioned(embedding)
-                   if self.task_lora is not None and embedding is not None else nullcontext())
+        context = (
+            self.task_lora.conditioned(embedding)
+            if self.task_lora is not None and embedding is not None
+            else nullcontext()
+        )
         with context:
             for module in self.encoder:
                 conditioned = getattr(module, "task_conditioned", False)

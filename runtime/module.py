@@ -142,8 +142,9 @@ class MultiTaskModule(LightningModule):
         total, losses = multitask_loss(self.tasks, outputs, targets)
         if stage != "train":
             for name, loss in losses.items():
-                self.log(f"{stage}/{name}/loss", loss, on_step=False, on_epoch=True,
-                         batch_size=size)
+                self.log(
+                    f"{stage}/{name}/loss", loss, on_step=False, on_epoch=True, batch_size=size
+                )
                 self.metrics[stage][name].update(outputs[name].detach(), targets[name])
             self.log(f"{stage}/loss", total, on_epoch=True, batch_size=size)
             return total
@@ -212,11 +213,13 @@ class MultiTaskModule(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._check_losses()
-        self.log_dict(self.step_stats.logged("epoch", self._sum_over_processes),
-                      on_step=False, on_epoch=True)
+        self.log_dict(
+            self.step_stats.logged("epoch", self._sum_over_processes), on_step=False, on_epoch=True
+        )
 
     def _check_losses(self) -> None:
         """Raise ``NonFiniteLossError`` for a NaN/inf training loss on any process."""
+
         def reduce_min(code: Tensor) -> Tensor:
             return self.trainer.strategy.reduce(code, reduce_op="min")
 

@@ -54,8 +54,12 @@ class MoEFeedForward(nn.Module):
         self.aux_loss_weight = aux_loss_weight
         hidden = hidden or 2 * d_model
         self.experts = nn.ModuleList(
-            nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Dropout(dropout),
-                          nn.Linear(hidden, d_model))
+            nn.Sequential(
+                nn.Linear(d_model, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, d_model),
+            )
             for _ in range(num_experts)
         )
         self.router: nn.Module | None = None
@@ -75,8 +79,10 @@ class MoEFeedForward(nn.Module):
     def gates(self, tokens: Tensor, task_embedding: Tensor | None) -> tuple[Tensor, Tensor]:
         """(routing weights ``[N, E]``, router probabilities ``[N, E]``) for ``N`` tokens."""
         if self.router is None:
-            raise RuntimeError("MoE routed by task has no router: it needs a task embedding "
-                               "(put it in a TaskTrunk of a model with a task_embedding)")
+            raise RuntimeError(
+                "MoE routed by task has no router: it needs a task embedding "
+                "(put it in a TaskTrunk of a model with a task_embedding)"
+            )
         if self.route_by == "task":
             if task_embedding is None:
                 raise ValueError("MoE with route_by: task needs the task embedding")
@@ -145,8 +151,15 @@ class MoETransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(d_model)
-        self.moe = MoEFeedForward(d_model, num_experts, expert_hidden, top_k, route_by,
-                                  aux_loss_weight=aux_loss_weight, dropout=dropout)
+        self.moe = MoEFeedForward(
+            d_model,
+            num_experts,
+            expert_hidden,
+            top_k,
+            route_by,
+            aux_loss_weight=aux_loss_weight,
+            dropout=dropout,
+        )
         self.dropout = nn.Dropout(dropout)
 
     def bind_embedding(self, embedding_dim: int) -> None:

@@ -24,8 +24,15 @@ from runtime.plots import fit_title
 from runtime.tasks import RegressionTask, Task
 
 _HASH_LINE = re.compile(r"^#\s*sha256\s+([0-9a-fA-F]{64})\s+(.+?)\s*$")
-_PACKAGES = ("mtl-toolkit", "torch", "lightning", "jsonargparse", "torchmetrics", "numpy",
-             "scikit-learn")
+_PACKAGES = (
+    "mtl-toolkit",
+    "torch",
+    "lightning",
+    "jsonargparse",
+    "torchmetrics",
+    "numpy",
+    "scikit-learn",
+)
 
 
 class ValidationHistory(Callback):
@@ -39,16 +46,16 @@ class ValidationHistory(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        metrics = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
-        }
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         confusion = getattr(pl_module, "confusion_matrices", {}).get("val", {})
-        self.entries.append({
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            "metrics": metrics,
-            "confusion": {t: cm.tolist() for t, cm in confusion.items()},
-        })
+        self.entries.append(
+            {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "metrics": metrics,
+                "confusion": {t: cm.tolist() for t, cm in confusion.items()},
+            }
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"entries": self.entries}
@@ -70,7 +77,7 @@ class ValidationHistory(Callback):
 def task_metrics(metrics: dict[str, float], stage: str, task: str) -> dict[str, float]:
     """``{metric: value}`` of one task from ``<stage>/<task>/<metric>`` keys."""
     prefix = f"{stage}/{task}/"
-    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def per_task_report(metrics: dict[str, float], stage: str, tasks: list[str]) -> dict[str, Any]:
@@ -97,12 +104,14 @@ def absent_metrics(task: Task) -> dict[str, None]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, json.dumps(json_safe(data), indent=2, sort_keys=False,
-                                  allow_nan=False) + "\n")
+    atomic_write(
+        path, json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    )
 
 
-def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path,
-                          title: str) -> None:
+def plot_confusion_matrix(
+    matrix: list[list[int]], class_names: list[str], path: Path, title: str
+) -> None:
     """Counts with row-normalised colours (true label on rows)."""
     import matplotlib
 
@@ -123,8 +132,15 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -167,8 +183,13 @@ def plot_task_weights(run_dir: Path) -> Path | None:
     return out
 
 
-def write_confusion_matrices(run_dir: Path, confusion: dict[str, list[list[int]]],
-                             tasks: dict[str, Task], prefix: str, title: str) -> list[Path]:
+def write_confusion_matrices(
+    run_dir: Path,
+    confusion: dict[str, list[list[int]]],
+    tasks: dict[str, Task],
+    prefix: str,
+    title: str,
+) -> list[Path]:
     paths = []
     for name, matrix in confusion.items():
         path = run_dir / f"{prefix}{name}.png"
@@ -203,8 +224,11 @@ def write_predictions(run_dir: Path, batches: list[Any], tasks: dict[str, Task])
     for task, outputs in collected.items():
         rows = len(datasets[task])
         # index/target only when every batch had them (a column must cover every row)
-        tensors = {k: torch.cat(v).contiguous() for k, v in outputs.items()
-                   if sum(len(t) for t in v) == rows}
+        tensors = {
+            k: torch.cat(v).contiguous()
+            for k, v in outputs.items()
+            if sum(len(t) for t in v) == rows
+        }
         path = out_dir / f"{task}.safetensors"
         atomic_write(path, save(tensors))
         paths.append(path)
@@ -213,8 +237,9 @@ def write_predictions(run_dir: Path, batches: list[Any], tasks: dict[str, Task])
     return paths
 
 
-def _write_csv(path: Path, datasets: list[str], tensors: dict[str, torch.Tensor],
-               task: Task) -> Path:
+def _write_csv(
+    path: Path, datasets: list[str], tensors: dict[str, torch.Tensor], task: Task
+) -> Path:
     names = getattr(task, "class_names", None) or getattr(task, "label_names", None)
     columns: list[str] = ["dataset"]
     values: list[torch.Tensor] = []
@@ -234,8 +259,12 @@ def _write_csv(path: Path, datasets: list[str], tensors: dict[str, torch.Tensor]
     writer = csv.writer(handle)
     writer.writerow(columns)
     for dataset, row in zip(datasets, table, strict=True):
-        writer.writerow([dataset, *(_cell(x, missing if i in target_columns else None)
-                                    for i, x in enumerate(row))])
+        writer.writerow(
+            [
+                dataset,
+                *(_cell(x, missing if i in target_columns else None) for i, x in enumerate(row)),
+            ]
+        )
     atomic_write(path, handle.getvalue())
     return path
 
@@ -259,7 +288,8 @@ def header_comments(config_path: Path) -> dict[str, Any]:
         lines.append(line)
     inputs = [
         {"sha256": m.group(1), "path": m.group(2)}
-        for m in (_HASH_LINE.match(line) for line in lines) if m
+        for m in (_HASH_LINE.match(line) for line in lines)
+        if m
     ]
     return {"header": lines, "inputs": inputs}
 
@@ -267,12 +297,14 @@ def header_comments(config_path: Path) -> dict[str, Any]:
 def git_commit(cwd: Path) -> dict[str, Any] | None:
     """HEAD of the git checkout around ``cwd`` and whether it has local changes."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return None
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True,
-                                text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}

@@ -83,8 +83,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def check_fits(path: Path, checkpoint: dict[str, Any], module: Any, model_name: str) -> None:
     """Refuse a checkpoint whose weights do not fit ``module`` exactly, naming the first few
     missing, unexpected and wrongly shaped tensors (before anything loads or is written)."""
-    problem = describe_mismatch(shapes_of(module.state_dict()),
-                                shapes_of(checkpoint["state_dict"]), "the checkpoint", model_name)
+    problem = describe_mismatch(
+        shapes_of(module.state_dict()),
+        shapes_of(checkpoint["state_dict"]),
+        "the checkpoint",
+        model_name,
+    )
     if problem is not None:
         raise ConfigError(f"{path} does not fit {model_name}: {problem}")
 
@@ -113,9 +117,7 @@ def build_objects(
     return objects.model, datamodule
 
 
-def load_run(
-    target: str | Path, ckpt: str | None = "best", with_data: bool = True
-) -> LoadedRun:
+def load_run(target: str | Path, ckpt: str | None = "best", with_data: bool = True) -> LoadedRun:
     """Build a run's model (and data) and load a checkpoint into it.
 
     ``target`` is a run directory (its ``config.yaml``) or a run config file; ``ckpt`` is
@@ -132,8 +134,11 @@ def load_run(
         checkpoint = read_checkpoint(checkpoint_path)
         check_fits(checkpoint_path, checkpoint, module, f"the model of {config_path}")
         module.load_state_dict(checkpoint["state_dict"])
-        info = {k: checkpoint[k] for k in ("epoch", "global_step", "pytorch-lightning_version")
-                if k in checkpoint}
+        info = {
+            k: checkpoint[k]
+            for k in ("epoch", "global_step", "pytorch-lightning_version")
+            if k in checkpoint
+        }
     module.eval()
     return LoadedRun(config_path, config, module, datamodule, checkpoint_path, run_dir, info)
 
@@ -166,8 +171,9 @@ def create_run_dir(run_dir: Path, lock: bool) -> None:
         lock_run_dir(run_dir)
 
 
-def prepare_fit_dir(run_dir: Path, resume: bool, force: bool, launcher: bool
-                    ) -> tuple[Path, int] | None:
+def prepare_fit_dir(
+    run_dir: Path, resume: bool, force: bool, launcher: bool
+) -> tuple[Path, int] | None:
     """Check (and lock, if it exists) the run directory of a fit; the checkpoint to resume.
 
     Everything is checked before anything is written: a regular file or an unwritable
@@ -199,8 +205,10 @@ def prepare_fit_dir(run_dir: Path, resume: bool, force: bool, launcher: bool
     entries = [e for e in run_dir.iterdir() if e.name != LOCK_NAME] if run_dir.is_dir() else []
     ours = (run_dir / "run_info.json").exists() or (run_dir / LOCK_NAME).exists()
     if entries and not ours and force:
-        raise ConfigError(f"--force: {run_dir} is not an mtl-run run directory (no run_info.json)"
-                          "; refusing to delete it")
+        raise ConfigError(
+            f"--force: {run_dir} is not an mtl-run run directory (no run_info.json)"
+            "; refusing to delete it"
+        )
     if entries and (has_trained(run_dir) or not ours) and not force:
         from runtime.entry import existing_run_dir_message
 
@@ -210,7 +218,9 @@ def prepare_fit_dir(run_dir: Path, resume: bool, force: bool, launcher: bool
     lock_run_dir(run_dir)
     if entries:
         if not force:
-            print(f"mtl-run: reusing {run_dir}: its earlier fit never saved a checkpoint",
-                  file=sys.stderr)
+            print(
+                f"mtl-run: reusing {run_dir}: its earlier fit never saved a checkpoint",
+                file=sys.stderr,
+            )
         clear_run_dir(run_dir)
     return None

@@ -36,8 +36,12 @@ if TYPE_CHECKING:
 
 #: What each subcommand writes into the run directory (besides its ``*_info.json``).
 STAGE_OUTPUTS: dict[str, list[tuple[str, Literal["file", "dir"]]]] = {
-    "fit": [("config.yaml", "file"), ("summary.json", "file"), ("metrics.csv", "file"),
-            ("checkpoints", "dir")],
+    "fit": [
+        ("config.yaml", "file"),
+        ("summary.json", "file"),
+        ("metrics.csv", "file"),
+        ("checkpoints", "dir"),
+    ],
     "validate": [("validate_metrics.json", "file")],
     "test": [("test_metrics.json", "file")],
     "predict": [("predictions", "dir")],
@@ -76,8 +80,11 @@ def save_config(cli: RunCLI, path: Path) -> None:
 
 def task_embedding_sources(model: Any) -> list[dict[str, Any]]:
     """Metadata of every precomputed task-embedding file the model read (for run_info.json)."""
-    return [m.source_metadata for m in model.modules()
-            if getattr(m, "source_metadata", None) is not None]
+    return [
+        m.source_metadata
+        for m in model.modules()
+        if getattr(m, "source_metadata", None) is not None
+    ]
 
 
 def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
@@ -99,8 +106,11 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     config_path = cli.config_path or run_dir / "config.yaml"
     embeddings = task_embedding_sources(cli.model)
     for source in embeddings:
-        print(f"task embeddings: {source['path']} ({source['model']}, "
-              f"dim {source['dimension']}, options {source['options']})", file=sys.stderr)
+        print(
+            f"task embeddings: {source['path']} ({source['model']}, "
+            f"dim {source['dimension']}, options {source['options']})",
+            file=sys.stderr,
+        )
 
     def record() -> None:
         if stage == "fit":
@@ -157,9 +167,11 @@ def _fit(cli: RunCLI) -> None:
     for name in unscored:
         summary[name] = absent_metrics(tasks[name])
     if unscored:
-        print(f"mtl-run: warning: no validation metrics for {', '.join(unscored)} (no labelled "
-              "validation samples, or no validation ran): summary.json marks them null",
-              file=sys.stderr)
+        print(
+            f"mtl-run: warning: no validation metrics for {', '.join(unscored)} (no labelled "
+            "validation samples, or no validation ran): summary.json marks them null",
+            file=sys.stderr,
+        )
     if stopped is not None:  # recorded before summary.json: a kill in between is no success
         _record_exit(run_dir / "run_info.json", exitcodes.NON_FINITE_LOSS, str(stopped))
     write_json(run_dir / "summary.json", summary)
@@ -201,8 +213,7 @@ def checkpoint_for_evaluation(cli: RunCLI) -> str | None:
 def _checkpoint_for_evaluation(cli: RunCLI) -> str | None:
     ckpt = checkpoint_for_evaluation(cli)
     if ckpt is None:
-        print(f"mtl-run: no checkpoint in {cli.run_dir}/checkpoints: using freshly built "
-              "weights")
+        print(f"mtl-run: no checkpoint in {cli.run_dir}/checkpoints: using freshly built weights")
     return ckpt
 
 
@@ -217,20 +228,32 @@ def _evaluate(cli: RunCLI) -> None:
     prefix = "val" if stage == "validate" else "test"
     tasks = _tasks(cli)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    report = {t: m or absent_metrics(tasks[t])
-              for t, m in per_task_report(metrics, prefix, list(tasks)).items()}
+    report = {
+        t: m or absent_metrics(tasks[t])
+        for t, m in per_task_report(metrics, prefix, list(tasks)).items()
+    }
     write_json(run_dir / f"{stage}_metrics.json", report)
     confusion = getattr(cli.model, "confusion_matrices", {}).get(prefix, {})
-    write_confusion_matrices(run_dir, {t: cm.tolist() for t, cm in confusion.items()}, tasks,
-                             f"{stage}_confusion_matrix_", stage)
+    write_confusion_matrices(
+        run_dir,
+        {t: cm.tolist() for t, cm in confusion.items()},
+        tasks,
+        f"{stage}_confusion_matrix_",
+        stage,
+    )
     _print_results(stage, report)
 
 
 def _predict(cli: RunCLI) -> None:
     trainer, run_dir = cli.trainer, cli.run_dir
     ckpt = _checkpoint_for_evaluation(cli)
-    batches = trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt,
-                              return_predictions=True, weights_only=True)
+    batches = trainer.predict(
+        cli.model,
+        datamodule=cli.datamodule,
+        ckpt_path=ckpt,
+        return_predictions=True,
+        weights_only=True,
+    )
     if trainer.is_global_zero and batches:
         for path in write_predictions(run_dir, batches, _tasks(cli)):
             print(f"wrote {path}")
@@ -241,6 +264,7 @@ def _print_results(title: str, report: dict[str, dict[str, float]]) -> None:
     for task, metrics in report.items():
         shown = ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={'n/a' if v is None else v}"
-            for k, v in metrics.items() if not k.startswith("f1_")
+            for k, v in metrics.items()
+            if not k.startswith("f1_")
         )
         print(f"  {task}: {shown}")

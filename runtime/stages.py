@@ -62,8 +62,11 @@ def select(model: nn.Module, selector: str) -> list[str]:
     names = [n for n, _ in model.named_parameters()]
     if pattern == ALL:
         return names
-    return [n for n in names
-            if n == pattern or n.startswith(pattern + ".") or fnmatch.fnmatchcase(n, pattern)]
+    return [
+        n
+        for n in names
+        if n == pattern or n.startswith(pattern + ".") or fnmatch.fnmatchcase(n, pattern)
+    ]
 
 
 class FineTuneStages(Callback):
@@ -77,8 +80,9 @@ class FineTuneStages(Callback):
         super().__init__()
         if not stages:
             raise ValueError("FineTuneStages.stages is empty: give at least one stage")
-        self.stages = sorted((s if isinstance(s, Stage) else Stage(**s) for s in stages),
-                             key=lambda s: s.epoch)
+        self.stages = sorted(
+            (s if isinstance(s, Stage) else Stage(**s) for s in stages), key=lambda s: s.epoch
+        )
         #: how many stages have been applied (saved in checkpoints)
         self.applied = 0
         #: current learning-rate factor per group selector (saved in checkpoints)
@@ -97,17 +101,23 @@ class FineTuneStages(Callback):
         if self._checked:
             return
         for i, stage in enumerate(self.stages):
-            for kind, selectors in (("freeze", stage.freeze), ("unfreeze", stage.unfreeze),
-                                    ("lr_scale", [k for k in stage.scales() if k != ALL])):
+            for kind, selectors in (
+                ("freeze", stage.freeze),
+                ("unfreeze", stage.unfreeze),
+                ("lr_scale", [k for k in stage.scales() if k != ALL]),
+            ):
                 for selector in selectors:
                     if not select(model, selector):
                         top = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
                         raise ValueError(
                             f"FineTuneStages.stages[{i}].{kind}: {selector!r} matches no "
-                            f"parameter of the model (its parts: {', '.join(top)})")
+                            f"parameter of the model (its parts: {', '.join(top)})"
+                        )
             if stage.adapters is not None and not adapter_switches(model):
-                raise ValueError(f"FineTuneStages.stages[{i}].adapters: the model has no "
-                                 "adapters (task_lora / static_lora) to switch")
+                raise ValueError(
+                    f"FineTuneStages.stages[{i}].adapters: the model has no "
+                    "adapters (task_lora / static_lora) to switch"
+                )
         self._checked = True
 
     def param_groups(self, module: LightningModule) -> list[dict[str, Any]]:
@@ -145,8 +155,10 @@ class FineTuneStages(Callback):
             self._apply_structure(_inner(pl_module), stage)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        while self.applied < len(self.stages) and \
-                self.stages[self.applied].epoch <= trainer.current_epoch:
+        while (
+            self.applied < len(self.stages)
+            and self.stages[self.applied].epoch <= trainer.current_epoch
+        ):
             stage = self.stages[self.applied]
             self._apply_structure(_inner(pl_module), stage)
             self._apply_scales(trainer, stage)
@@ -167,8 +179,11 @@ class FineTuneStages(Callback):
         if not wanted:
             return
         for optimizer in trainer.optimizers:
-            schedulers = [c.scheduler for c in trainer.lr_scheduler_configs
-                          if c.scheduler.optimizer is optimizer]
+            schedulers = [
+                c.scheduler
+                for c in trainer.lr_scheduler_configs
+                if c.scheduler.optimizer is optimizer
+            ]
             for i, group in enumerate(optimizer.param_groups):
                 key = group.get("stage_group", ALL)
                 new = wanted.get(key, wanted.get(ALL))

@@ -38,8 +38,10 @@ class TaskEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         if path is None and (dim is None or dim < 1):
-            raise ValueError("TaskEmbedding needs a positive dim (learned) or a path "
-                             "(precomputed by mtl-task-embeds)")
+            raise ValueError(
+                "TaskEmbedding needs a positive dim (learned) or a path "
+                "(precomputed by mtl-task-embeds)"
+            )
         self.path = path
         self.dim = dim
         self.trainable = trainable or path is None

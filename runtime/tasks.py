@@ -72,9 +72,7 @@ class Task(nn.Module):
     def score(self, values: dict[str, Tensor]) -> Tensor:
         """This task's contribution to ``val/score``: its primary metric, higher is better."""
         if self.primary_metric not in values:
-            raise KeyError(
-                f"primary_metric {self.primary_metric!r} is not one of {sorted(values)}"
-            )
+            raise KeyError(f"primary_metric {self.primary_metric!r} is not one of {sorted(values)}")
         value = values[self.primary_metric]
         return -value if self.primary_metric in self.lower_is_better else value
 

@@ -62,8 +62,11 @@ class TaskTrunk(nn.Module):
     def bind_embedding(self, embedding_dim: int) -> None:
         """Create the projection (identity when sizes match) and the layers' task parts."""
         if self.project is None:
-            self.project = (nn.Identity() if embedding_dim == self.in_features
-                            else nn.Linear(embedding_dim, self.in_features))
+            self.project = (
+                nn.Identity()
+                if embedding_dim == self.in_features
+                else nn.Linear(embedding_dim, self.in_features)
+            )
         for layer in self.layers:
             bind = getattr(layer, "bind_embedding", None)
             if bind is not None:
@@ -73,8 +76,10 @@ class TaskTrunk(nn.Module):
         x = features
         if self.add_embedding:
             if self.project is None:
-                raise RuntimeError("TaskTrunk is not bound to a task embedding (give the "
-                                   "MultiTaskModel a task_embedding)")
+                raise RuntimeError(
+                    "TaskTrunk is not bound to a task embedding (give the "
+                    "MultiTaskModel a task_embedding)"
+                )
             shift = self.project(task_embedding)
             if x.dim() == 4:  # channels-first maps [B, C, H, W]
                 shift = shift[:, None, None]

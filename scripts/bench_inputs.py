@@ -71,8 +71,14 @@ def gather_samples(datamodule: Any, tasks: list[str], needed: int) -> dict[str, 
     empty = [t for t in tasks if not parts[t]]
     if empty:
         raise ConfigError(f"the training data has no batch with targets for {', '.join(empty)}")
-    return {t: {**p[0], "inputs": _cat([b["inputs"] for b in p]),
-                "targets": _cat([b["targets"] for b in p])} for t, p in parts.items()}
+    return {
+        t: {
+            **p[0],
+            "inputs": _cat([b["inputs"] for b in p]),
+            "targets": _cat([b["targets"] for b in p]),
+        }
+        for t, p in parts.items()
+    }
 
 
 @runtime_checkable

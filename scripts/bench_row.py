@@ -113,8 +113,9 @@ def _next(batches: Batches) -> Batch:
     return batches() if callable(batches) else batches
 
 
-def _infer_step(module: Any, batches: Batches, task: str, spec: RowSpec,
-                device: torch.device) -> Callable[[int], None]:
+def _infer_step(
+    module: Any, batches: Batches, task: str, spec: RowSpec, device: torch.device
+) -> Callable[[int], None]:
     module.eval()
 
     def step(_: int) -> None:
@@ -125,8 +126,9 @@ def _infer_step(module: Any, batches: Batches, task: str, spec: RowSpec,
     return step
 
 
-def _train_step(module: Any, batches: Batches, task: str, spec: RowSpec,
-                device: torch.device) -> Callable[[int], None]:
+def _train_step(
+    module: Any, batches: Batches, task: str, spec: RowSpec, device: torch.device
+) -> Callable[[int], None]:
     """Forward + the task's own loss (``training_step``), backward, optimizer step. float16
     uses a GradScaler as Lightning's 16-mixed does; otherwise the module's ``optimizer_step``
     hook runs the step (so the runtime's weight EMA, when configured, is updated too)."""
@@ -150,8 +152,9 @@ def _train_step(module: Any, batches: Batches, task: str, spec: RowSpec,
     return step
 
 
-def time_steps(step: Callable[[int], None], warmup: int, iters: int,
-               device: torch.device) -> list[float]:
+def time_steps(
+    step: Callable[[int], None], warmup: int, iters: int, device: torch.device
+) -> list[float]:
     """Seconds per timed iteration, after ``warmup`` untimed ones."""
     for i in range(warmup):
         step(i)
@@ -169,8 +172,12 @@ def summarize(times: list[float], batch_size: int) -> dict[str, float]:
     """Median and p90 milliseconds; samples/s from the median."""
     ms = np.asarray(times) * 1000.0
     p50, p90 = (float(v) for v in np.percentile(ms, [50, 90]))
-    return {"samples_per_s": batch_size * 1000.0 / p50, "ms_p50": p50, "ms_p90": p90,
-            "ms_mean": float(ms.mean())}
+    return {
+        "samples_per_s": batch_size * 1000.0 / p50,
+        "ms_p50": p50,
+        "ms_p90": p90,
+        "ms_mean": float(ms.mean()),
+    }
 
 
 def measure(spec: RowSpec, sample: Batch) -> dict[str, Any]:
@@ -198,16 +205,25 @@ def measure(spec: RowSpec, sample: Batch) -> dict[str, Any]:
     if spec.compile:
         module.model.compile()
     build = _train_step if spec.mode == "train" else _infer_step
-    times = time_steps(build(module, batches, spec.task, spec, device), spec.warmup, spec.iters,
-                       device)
+    times = time_steps(
+        build(module, batches, spec.task, spec, device), spec.warmup, spec.iters, device
+    )
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
         memory = {"peak_mem_mb": peak, "peak_mem_kind": "cuda_allocator_peak"}
     else:
-        memory = {"peak_mem_mb": _peak_rss_mb(), "peak_mem_kind": "process_peak_rss",
-                  "base_mem_mb": base_mb}
-    return {**asdict(spec), **summarize(times, spec.batch_size), **memory,
-            "threads": torch.get_num_threads(), "error": None}
+        memory = {
+            "peak_mem_mb": _peak_rss_mb(),
+            "peak_mem_kind": "process_peak_rss",
+            "base_mem_mb": base_mb,
+        }
+    return {
+        **asdict(spec),
+        **summarize(times, spec.batch_size),
+        **memory,
+        "threads": torch.get_num_threads(),
+        "error": None,
+    }
 
 
 def measure_safely(spec: RowSpec, sample: Batch) -> dict[str, Any]:

@@ -78,8 +78,10 @@ def part_of(module: Any, config: dict[str, Any], part: str) -> tuple[nn.Module, 
     if part == "encoder":
         entries.update({k: model_args[k] for k in ENCODER_ATTACHMENTS if model_args.get(k)})
         if getattr(model, "task_lora", None) is not None:
-            _note("task LoRA lives beside the encoder (model.task_lora) and is not in an encoder "
-                  "export; use --part model to keep it")
+            _note(
+                "task LoRA lives beside the encoder (model.task_lora) and is not in an encoder "
+                "export; use --part model to keep it"
+            )
     return (model if part == "model" else model.encoder), entries
 
 
@@ -138,8 +140,10 @@ def export_config(
         "weights": weights,
         "tensor_names": "the exported module's own state_dict() names"
         + (" (the encoder list: 0.<name>, 1.<name>, ...)" if part == "encoder" else ""),
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-                    for k, v in state.items()},
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+            for k, v in state.items()
+        },
         "adapters": adapters,
         "source": {
             "run_dir": str(loaded.run_dir) if loaded.run_dir else None,
@@ -196,17 +200,37 @@ def convert(
 @version_option("mtl-ckpt-convert")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--to", "fmt", required=True, type=click.Choice(FORMATS), help="Output format.")
-@click.option("--part", default="encoder", show_default=True, type=click.Choice(PARTS),
-              help="encoder: the shared encoder list; model: the whole MultiTaskModel.")
-@click.option("--ckpt", default="best", show_default=True,
-              help="Checkpoint: best, last (in RUN_DIR/checkpoints) or a path.")
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-              help="Output folder (weights + config.json).")
+@click.option(
+    "--part",
+    default="encoder",
+    show_default=True,
+    type=click.Choice(PARTS),
+    help="encoder: the shared encoder list; model: the whole MultiTaskModel.",
+)
+@click.option(
+    "--ckpt",
+    default="best",
+    show_default=True,
+    help="Checkpoint: best, last (in RUN_DIR/checkpoints) or a path.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output folder (weights + config.json).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output.")
-@click.option("--merge-adapters", "merge", is_flag=True,
-              help="Fold adapters (peft LoRA, merge_and_unload wrappers) into the base weights.")
-def main(run_dir: Path, fmt: str, part: str, ckpt: str, out: Path, force: bool,
-         merge: bool) -> None:
+@click.option(
+    "--merge-adapters",
+    "merge",
+    is_flag=True,
+    help="Fold adapters (peft LoRA, merge_and_unload wrappers) into the base weights.",
+)
+def main(
+    run_dir: Path, fmt: str, part: str, ckpt: str, out: Path, force: bool, merge: bool
+) -> None:
     with bad_input_exits(PROG):
         convert(run_dir, fmt, part, ckpt, out, force, merge)
 

@@ -60,5 +60,9 @@ def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
     resolves it: the default is cuda when a GPU is available, else cpu)."""
     from runtime.hardware import DEVICE_HELP
 
-    return click.option("--device", default=None, metavar="cpu|cuda|cuda:N",
-                        help=f"Device to run on: {DEVICE_HELP}.")(command)
+    return click.option(
+        "--device",
+        default=None,
+        metavar="cpu|cuda|cuda:N",
+        help=f"Device to run on: {DEVICE_HELP}.",
+    )(command)

@@ -67,7 +67,7 @@ def balancer_label(record: Any) -> str:
     if not isinstance(record, dict):
         return "sum"
     name = str(record.get("class_path", "?")).rpartition(".")[2]
-    inner = ((record.get("init_args") or {}).get("aggregator") or {})
+    inner = (record.get("init_args") or {}).get("aggregator") or {}
     inner_path = inner.get("class_path") if isinstance(inner, dict) else None
     return f"{name}({str(inner_path).rpartition('.')[2]})" if inner_path else name
 
@@ -87,8 +87,9 @@ def _task_class(name: str, spec: Any, where: Path) -> type:
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError):
-        raise ConfigError(f"{where}: task '{name}': cannot import its class {class_path!r}"
-                          ) from None
+        raise ConfigError(
+            f"{where}: task '{name}': cannot import its class {class_path!r}"
+        ) from None
 
 
 def primary_metrics(name: str, spec: Any, where: Path) -> Primary:
@@ -101,8 +102,10 @@ def primary_metrics(name: str, spec: Any, where: Path) -> Primary:
         default = param.default if param is not None else None
         chosen = given or (default if isinstance(default, str) else None)
         if not chosen:
-            raise ConfigError(f"{where}: task '{name}' ({cls.__name__}) declares neither "
-                              "comparison_metrics nor a primary_metric")
+            raise ConfigError(
+                f"{where}: task '{name}' ({cls.__name__}) declares neither "
+                "comparison_metrics nor a primary_metric"
+            )
         metrics = (chosen,)
     return Primary(metrics, frozenset(getattr(cls, "lower_is_better", frozenset())))
 
@@ -119,8 +122,10 @@ def read_run(run_dir: Path) -> RunFigures:
     try:
         summary = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path} is missing: only runs trained by mtl-run fit have one "
-                          "(score other run directories with mtl-eval)") from None
+        raise ConfigError(
+            f"{path} is missing: only runs trained by mtl-run fit have one "
+            "(score other run directories with mtl-eval)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
@@ -134,8 +139,11 @@ def read_run(run_dir: Path) -> RunFigures:
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
 
 
 def _values(runs: list[RunFigures], task: str, metric: str) -> list[float]:
@@ -145,8 +153,10 @@ def _values(runs: list[RunFigures], task: str, metric: str) -> list[float]:
             continue
         value = run.summary[task].get(metric)
         if not isinstance(value, (int, float)):
-            raise ConfigError(f"{run.run_dir / 'summary.json'}: task '{task}' has no "
-                              f"'{metric}' (a primary metric of its task type)")
+            raise ConfigError(
+                f"{run.run_dir / 'summary.json'}: task '{task}' has no "
+                f"'{metric}' (a primary metric of its task type)"
+            )
         out.append(float(value))
     return out
 
@@ -177,20 +187,30 @@ def compare(multitask: list[RunFigures], baseline: list[RunFigures]) -> dict[str
             mt = task_stats(multitask, task, metric)
             st = task_stats(baseline, task, metric)
             if st["mean"] == 0:
-                raise ConfigError(f"task '{task}': the single-task baseline's {metric} is 0, so "
-                                  "the relative gain is undefined")
+                raise ConfigError(
+                    f"task '{task}': the single-task baseline's {metric} is 0, so "
+                    "the relative gain is undefined"
+                )
             sign = primary.sign(metric)
-            metrics[metric] = {"lower_is_better": sign < 0, "multitask": mt, "single_task": st,
-                               "delta_pct": 100 * sign * (mt["mean"] - st["mean"]) / st["mean"]}
+            metrics[metric] = {
+                "lower_is_better": sign < 0,
+                "multitask": mt,
+                "single_task": st,
+                "delta_pct": 100 * sign * (mt["mean"] - st["mean"]) / st["mean"],
+            }
             for i, value in enumerate(_values(multitask, task, metric)):
                 run_gains[i] += 100 * sign * (value - st["mean"]) / st["mean"]
         for i, gain in enumerate(run_gains):
             per_run[i].append(gain / len(primary.metrics))
-        result[task] = {"metrics": metrics, "delta_pct": statistics.fmean(
-            m["delta_pct"] for m in metrics.values())}
+        result[task] = {
+            "metrics": metrics,
+            "delta_pct": statistics.fmean(m["delta_pct"] for m in metrics.values()),
+        }
     if not result:
-        raise ConfigError("no task is in both the multitask and the baseline runs (multitask: "
-                          f"{', '.join(tasks)}; baselines: {', '.join(sorted(covered))})")
+        raise ConfigError(
+            "no task is in both the multitask and the baseline runs (multitask: "
+            f"{', '.join(tasks)}; baselines: {', '.join(sorted(covered))})"
+        )
     return {
         "delta_m_pct": _stats([statistics.fmean(gains) for gains in per_run]),
         "tasks": result,
@@ -213,17 +233,27 @@ def render(report: dict[str, Any]) -> str:
     for task, entry in report["tasks"].items():
         for i, (metric, m) in enumerate(entry["metrics"].items()):
             arrow = " (lower better)" if m["lower_is_better"] else ""
-            rows.append([task if i == 0 else "", metric + arrow, _cell(m["multitask"]),
-                         _cell(m["single_task"]), f"{m['delta_pct']:+.2f}"])
+            rows.append(
+                [
+                    task if i == 0 else "",
+                    metric + arrow,
+                    _cell(m["multitask"]),
+                    _cell(m["single_task"]),
+                    f"{m['delta_pct']:+.2f}",
+                ]
+            )
         rows.append(["", "task gain", "", "", f"{entry['delta_pct']:+.2f}"])
-    lines = [f"multitask balancer: {', '.join(report.get('balancers') or ['sum'])}",
-             format_table(["task", "metric", "multitask", "single-task", "delta %"], rows,
-                          left=2)]
+    lines = [
+        f"multitask balancer: {', '.join(report.get('balancers') or ['sum'])}",
+        format_table(["task", "metric", "multitask", "single-task", "delta %"], rows, left=2),
+    ]
     dm = report["delta_m_pct"]
     spread = f" ± {dm['std']:.2f}" if dm["std"] is not None else ""
-    lines.append(f"\ndelta-m = {dm['mean']:+.2f}%{spread} over {len(report['tasks'])} tasks "
-                 f"({dm['n']} multitask run{'s' if dm['n'] > 1 else ''}; positive: multitask "
-                 "helped)")
+    lines.append(
+        f"\ndelta-m = {dm['mean']:+.2f}%{spread} over {len(report['tasks'])} tasks "
+        f"({dm['n']} multitask run{'s' if dm['n'] > 1 else ''}; positive: multitask "
+        "helped)"
+    )
     for task, reason in report["skipped"].items():
         lines.append(f"skipped {task}: {reason}")
     return "\n".join(lines)
@@ -257,16 +287,33 @@ class _BaselinesCommand(click.Command):
     epilog=EXAMPLES,
 )
 @version_option("mtl-compare")
-@click.argument("multitask_run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path),
-                metavar="MULTITASK_RUN_DIR...")
-@click.option("--baseline", "baseline_dirs", multiple=True, required=True,
-              type=click.Path(path_type=Path), metavar="SINGLE_TASK_RUN_DIR...",
-              help="Single-task run directories (each covering one or more tasks); all "
-                   "arguments after --baseline up to the next option are baselines.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), metavar="PATH",
-              help="Also write the full comparison as JSON.")
-def main(multitask_run_dirs: tuple[Path, ...], baseline_dirs: tuple[Path, ...],
-         json_path: Path | None) -> None:
+@click.argument(
+    "multitask_run_dirs",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="MULTITASK_RUN_DIR...",
+)
+@click.option(
+    "--baseline",
+    "baseline_dirs",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="SINGLE_TASK_RUN_DIR...",
+    help="Single-task run directories (each covering one or more tasks); all "
+    "arguments after --baseline up to the next option are baselines.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="Also write the full comparison as JSON.",
+)
+def main(
+    multitask_run_dirs: tuple[Path, ...], baseline_dirs: tuple[Path, ...], json_path: Path | None
+) -> None:
     """Per-task metrics of multitask runs beside single-task baselines, and delta-m (%).
 
     Figures are each run's summary.json (validation, best checkpoint). Tasks are compared on
@@ -277,8 +324,9 @@ def main(multitask_run_dirs: tuple[Path, ...], baseline_dirs: tuple[Path, ...],
     with bad_input_exits(PROG):
         if json_path is not None:
             check_output(json_path, flag="--json")
-        report = compare([read_run(p) for p in multitask_run_dirs],
-                         [read_run(p) for p in baseline_dirs])
+        report = compare(
+            [read_run(p) for p in multitask_run_dirs], [read_run(p) for p in baseline_dirs]
+        )
         click.echo(render(report))
         if json_path is not None:
             atomic_write(json_path, json.dumps(report, indent=2) + "\n")

@@ -42,8 +42,9 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
-def evaluate(target: Path, ckpt: str = "best", split: str = "val",
-             device: str | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    target: Path, ckpt: str = "best", split: str = "val", device: str | None = None
+) -> dict[str, dict[str, float]]:
     """``{task: {metric: value}}`` of a run directory's checkpoint on one split."""
     import torch
     from lightning.pytorch import Trainer
@@ -65,11 +66,18 @@ def evaluate(target: Path, ckpt: str = "best", split: str = "val",
     apply_run_settings(settings)
     compile_model(run.module, settings.get("compile"))
     precision = (run.config.get("trainer") or {}).get("precision")
-    click.echo(f"{PROG}: scoring {target} ({run.checkpoint_path}) on the {split} split, "
-               f"on {chosen}", err=True)
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, **trainer_device(chosen),
-                      **({"precision": precision} if precision else {}))
+    click.echo(
+        f"{PROG}: scoring {target} ({run.checkpoint_path}) on the {split} split, on {chosen}",
+        err=True,
+    )
+    trainer = Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_device(chosen),
+        **({"precision": precision} if precision else {}),
+    )
     try:
         getattr(trainer, SPLITS[split])(run.module, datamodule=run.datamodule, verbose=False)
     except torch.OutOfMemoryError:
@@ -90,14 +98,23 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 )
 @version_option("mtl-eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--ckpt", default="best", show_default=True, metavar="last|best|PATH",
-              help="Checkpoint of RUN_DIR to score.")
+@click.option(
+    "--ckpt",
+    default="best",
+    show_default=True,
+    metavar="last|best|PATH",
+    help="Checkpoint of RUN_DIR to score.",
+)
 @click.option("--split", type=click.Choice(list(SPLITS)), default="val", show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), metavar="PATH",
-              help='Also write {"<task>": {"<metric>": value, ...}, ...} to PATH.')
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help='Also write {"<task>": {"<metric>": value, ...}, ...} to PATH.',
+)
 @device_option
-def main(run_dir: Path, ckpt: str, split: str, json_path: Path | None,
-         device: str | None) -> None:
+def main(run_dir: Path, ckpt: str, split: str, json_path: Path | None, device: str | None) -> None:
     """Per-task metrics of a run directory's checkpoint, as a table (and JSON with --json).
 
     Tasks are scored by the runtime's own task metrics; a task that no dataset of the split

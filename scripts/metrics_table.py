@@ -27,8 +27,10 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[str]], left: int
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
 
     def line(row: list[str]) -> str:
-        cells = [c.ljust(w) if i < left else c.rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            c.ljust(w) if i < left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
@@ -38,6 +40,5 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[str]], left: int
 def task_table(report: dict[str, dict[str, float]]) -> str:
     """One row per task, one column per summary metric."""
     columns = metric_columns(report.values())
-    rows = [[task, *(number(metrics.get(c)) for c in columns)]
-            for task, metrics in report.items()]
+    rows = [[task, *(number(metrics.get(c)) for c in columns)] for task, metrics in report.items()]
     return format_table(["task", *columns], rows)

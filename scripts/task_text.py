@@ -232,8 +232,9 @@ def _field_text(value: Any, src: Path, key: tuple) -> str:
     if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
         return _join(value)
     if value is None or isinstance(value, (dict, list)):
-        raise ConfigError("must be text (or, for classes/inputs, a list of names)",
-                          file=src, key=key)
+        raise ConfigError(
+            "must be text (or, for classes/inputs, a list of names)", file=src, key=key
+        )
     return str(value).strip()
 
 
@@ -244,14 +245,21 @@ def summarize_descriptions(doc: dict[Any, Any], src: Path) -> list[TaskSummary]:
         if isinstance(entry, str):
             entry = {"description": entry}
         if not isinstance(entry, dict) or not entry:
-            raise ConfigError("a task description must be text or a mapping of fields "
-                              f"({', '.join(DESCRIPTION_FIELDS)})", file=src, key=(task,))
+            raise ConfigError(
+                "a task description must be text or a mapping of fields "
+                f"({', '.join(DESCRIPTION_FIELDS)})",
+                file=src,
+                key=(task,),
+            )
         fields = {}
         for key, value in entry.items():
             if key not in DESCRIPTION_FIELDS:
                 raise ConfigError(
                     f"unknown description field '{key}'{did_you_mean(str(key), DESCRIPTION_FIELDS)}"
-                    f"; allowed: {', '.join(DESCRIPTION_FIELDS)}", file=src, key=(task, key))
+                    f"; allowed: {', '.join(DESCRIPTION_FIELDS)}",
+                    file=src,
+                    key=(task, key),
+                )
             fields[key] = _field_text(value, src, (task, key))
         ordered = tuple((k, fields[k]) for k in _LABELS if fields.get(k))
         if not ordered:
@@ -300,7 +308,9 @@ def _from_maker(path: Path) -> list[TaskSummary]:
         if not summaries:
             raise ConfigError(
                 "this dataset defines no tasks (expected model.init_args.tasks or "
-                "data.init_args.task.init_args.tasks)", file=" + ".join(map(str, files)))
+                "data.init_args.task.init_args.tasks)",
+                file=" + ".join(map(str, files)),
+            )
         out += summaries
     return out
 
@@ -320,7 +330,8 @@ def _from_folder(folder: Path) -> tuple[list[TaskSummary], list[Path]]:
         raise ConfigError(
             f"no dataset config in this folder defines tasks ({len(files)} YAML file(s) read; "
             "expected tasks under model.init_args.tasks or data.init_args.task.init_args.tasks)",
-            file=folder)
+            file=folder,
+        )
     return out, skipped
 
 
@@ -332,7 +343,8 @@ def _unique(summaries: list[TaskSummary]) -> list[TaskSummary]:
         if other.text != s.text:
             raise ConfigError(
                 f"task '{s.name}' is defined differently in {other.origin} and {s.origin}",
-                file=s.origin)
+                file=s.origin,
+            )
     return [seen[name] for name in sorted(seen)]
 
 
@@ -356,7 +368,11 @@ def load_summaries(source: Path) -> tuple[str, list[TaskSummary], list[Path]]:
     if isinstance(doc, dict) and {"model", "data"} & set(doc):
         raise ConfigError(
             "this config defines no tasks (expected them under model.init_args.tasks, or "
-            "data.init_args.task.init_args.tasks for rslearn-style configs)", file=source)
+            "data.init_args.task.init_args.tasks for rslearn-style configs)",
+            file=source,
+        )
     raise ConfigError(
         f"cannot tell what this is: expected {SOURCE_KINDS} (task descriptions map each task "
-        "name to text or to fields such as type, classes, inputs, description)", file=source)
+        "name to text or to fields such as type, classes, inputs, description)",
+        file=source,
+    )

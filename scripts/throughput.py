@@ -95,8 +95,11 @@ def run_rows(specs: list[Any], samples: dict[str, Any]) -> list[dict[str, Any]]:
         what = f"{spec.mode} {spec.task} batch {spec.batch_size} {spec.dtype}"
         _note(f"[{i}/{len(specs)}] {what} ...")
         sample = samples[spec.task]
-        row = _in_fresh_process(spec, sample) if spec.device == "cpu" else measure_safely(
-            spec, sample)
+        row = (
+            _in_fresh_process(spec, sample)
+            if spec.device == "cpu"
+            else measure_safely(spec, sample)
+        )
         rows.append(row)
         done = f"{row['samples_per_s']:,.1f} samples/s" if not row["error"] else row["error"]
         _note(f"[{i}/{len(specs)}] {what}: {done}")
@@ -141,15 +144,30 @@ def table(rows: list[dict[str, Any]]) -> str:
     """The terminal table: one line per row (a failed row shows its error last)."""
     lines = [("mode", "task", "batch", "dtype", "samples/s", "ms p50", "ms p90", "peak MB")]
     for r in rows:
-        lines.append((r["mode"], r["task"], str(r["batch_size"]), r["dtype"],
-                      _fmt(r.get("samples_per_s"), ",.1f"), _fmt(r.get("ms_p50"), ".3f"),
-                      _fmt(r.get("ms_p90"), ".3f"),
-                      r["error"] or _fmt(r.get("peak_mem_mb"), ",.1f")))
+        lines.append(
+            (
+                r["mode"],
+                r["task"],
+                str(r["batch_size"]),
+                r["dtype"],
+                _fmt(r.get("samples_per_s"), ",.1f"),
+                _fmt(r.get("ms_p50"), ".3f"),
+                _fmt(r.get("ms_p90"), ".3f"),
+                r["error"] or _fmt(r.get("peak_mem_mb"), ",.1f"),
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(7)]
     left = (0, 1, 3)
     return "\n".join(
-        "  ".join([*(c.ljust(w) if i in left else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(line, widths, strict=False))), line[7]])
+        "  ".join(
+            [
+                *(
+                    c.ljust(w) if i in left else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(line, widths, strict=False))
+                ),
+                line[7],
+            ]
+        )
         for line in lines
     )
 
@@ -173,8 +191,10 @@ def benchmark(
     module = loaded.module
     task_names = getattr(getattr(module, "model", None), "task_names", None)
     if task_names is None:
-        raise ConfigError(f"{loaded.config_path}: the model is not a MultiTaskModule over a "
-                          "MultiTaskModel (no model.task_names); nothing to measure per task")
+        raise ConfigError(
+            f"{loaded.config_path}: the model is not a MultiTaskModule over a "
+            "MultiTaskModel (no model.task_names); nothing to measure per task"
+        )
     chosen = choose_tasks(list(task_names), tasks)
     _note("reading input shapes from the run's training data")
     samples = gather_samples(loaded.datamodule, chosen, 1)  # shapes; real rows: the loader
@@ -197,8 +217,9 @@ def benchmark(
     ]  # fmt: skip
     rows = run_rows(specs, samples)
     extra = {k: facts[k] for k in ("total_params", "trainable_params", "inputs")}
-    return facts, [{**row, **extra, "input_shape": facts["input_shapes"][row["task"]]}
-                   for row in rows]
+    return facts, [
+        {**row, **extra, "input_shape": facts["input_shapes"][row["task"]]} for row in rows
+    ]
 
 
 @click.command(
@@ -210,41 +231,106 @@ def benchmark(
 )
 @version_option("mtl-throughput")
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--batch-sizes", default="1,16,64", show_default=True,
-              help="Comma-separated batch sizes.")
-@click.option("--mode", type=click.Choice(MODES), default="both", show_default=True,
-              help="infer (forward), train (forward, loss, backward, optimizer step) or both.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
-              help="Autocast dtype (float32: no autocast).")
+@click.option(
+    "--batch-sizes", default="1,16,64", show_default=True, help="Comma-separated batch sizes."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="both",
+    show_default=True,
+    help="infer (forward), train (forward, loss, backward, optimizer step) or both.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default="float32",
+    show_default=True,
+    help="Autocast dtype (float32: no autocast).",
+)
 @device_option
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first.")
-@click.option("--task", "tasks", multiple=True,
-              help="Only this task (repeatable); default: each task, one row per task.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Untimed iterations before timing.")
-@click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Timed iterations per row.")
-@click.option("--ckpt", default=None,
-              help="best, last (run directory), a checkpoint path, or none (random weights); "
-              "default: best for a run directory, none for a run config.")
-@click.option("--real-data", is_flag=True,
-              help="Take each step's batch from the run's own training DataLoader (workers, "
-              "pinning and the copy to the device are timed).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch CPU threads (default: the run's run.num_threads, else torch's).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the rows as a JSON list here.")
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    help="Only this task (repeatable); default: each task, one row per task.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed iterations before timing.",
+)
+@click.option(
+    "--iters",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Timed iterations per row.",
+)
+@click.option(
+    "--ckpt",
+    default=None,
+    help="best, last (run directory), a checkpoint path, or none (random weights); "
+    "default: best for a run directory, none for a run config.",
+)
+@click.option(
+    "--real-data",
+    is_flag=True,
+    help="Take each step's batch from the run's own training DataLoader (workers, "
+    "pinning and the copy to the device are timed).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch CPU threads (default: the run's run.num_threads, else torch's).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the rows as a JSON list here.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
-def main(target: Path, batch_sizes: str, mode: str, dtype: str, device: str | None,
-         compile_: bool, tasks: tuple[str, ...], warmup: int, iters: int, ckpt: str | None,
-         real_data: bool, threads: int | None, json_path: Path | None, force: bool) -> None:
+def main(
+    target: Path,
+    batch_sizes: str,
+    mode: str,
+    dtype: str,
+    device: str | None,
+    compile_: bool,
+    tasks: tuple[str, ...],
+    warmup: int,
+    iters: int,
+    ckpt: str | None,
+    real_data: bool,
+    threads: int | None,
+    json_path: Path | None,
+    force: bool,
+) -> None:
     with bad_input_exits(PROG):
         sizes = parse_batch_sizes(batch_sizes)
         if json_path is not None:
             check_output(json_path, flag="--json", replace=force)
         modes = ["infer", "train"] if mode == "both" else [mode]
-        facts, rows = benchmark(target, ckpt, sizes, modes, dtype, device, compile_, tasks,
-                                warmup, iters, threads, real_data)
+        facts, rows = benchmark(
+            target,
+            ckpt,
+            sizes,
+            modes,
+            dtype,
+            device,
+            compile_,
+            tasks,
+            warmup,
+            iters,
+            threads,
+            real_data,
+        )
     click.echo(
         f"{facts['target']} ({facts['checkpoint'] or 'random weights'}) on {facts['device']}; "
         f"parameters: {facts['total_params']:,} total, {facts['trainable_params']:,} "

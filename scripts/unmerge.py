@@ -48,18 +48,22 @@ def _chosen_tasks(config: dict[str, Any], run_dir: Path, tasks: tuple[str, ...])
         raise ConfigError(
             f"{run_dir} has no merged heads (its config's decoder_to_target gives no decoder "
             "several tasks or label slices): each task already has its own decoder, so there is "
-            "nothing to unmerge")
+            "nothing to unmerge"
+        )
     known = list(get_path(config, TASKS) or {})
     chosen = list(dict.fromkeys(tasks)) or [t for ts in merged.values() for t in ts]
     for task in chosen:
         if task not in known:
-            raise ConfigError(f"--task {task}: not a task of {run_dir}"
-                              f"{did_you_mean(task, known)}; its tasks: {', '.join(known)}")
+            raise ConfigError(
+                f"--task {task}: not a task of {run_dir}"
+                f"{did_you_mean(task, known)}; its tasks: {', '.join(known)}"
+            )
     return chosen
 
 
-def _checkpoint(source: dict[str, Any], module: Any, state: dict,
-                origin: dict[str, Any]) -> dict[str, Any]:
+def _checkpoint(
+    source: dict[str, Any], module: Any, state: dict, origin: dict[str, Any]
+) -> dict[str, Any]:
     """A Lightning checkpoint holding weights only (no optimizer, scheduler or loop state),
     plus what the module itself records in checkpoints (e.g. its task list)."""
     import lightning
@@ -68,8 +72,7 @@ def _checkpoint(source: dict[str, Any], module: Any, state: dict,
         "state_dict": state,
         "epoch": source.get("epoch", 0),
         "global_step": source.get("global_step", 0),
-        "pytorch-lightning_version": source.get("pytorch-lightning_version",
-                                                lightning.__version__),
+        "pytorch-lightning_version": source.get("pytorch-lightning_version", lightning.__version__),
         "unmerged_from": origin,
     }
     module.on_save_checkpoint(checkpoint)
@@ -109,13 +112,21 @@ def check_cut(merged: Any, single: Any, task: str, batches: list[Any], device: A
                 raise click.ClickException(
                     f"internal error: the cut model of task '{task}' does not reproduce the "
                     "merged model's outputs on its validation batches; nothing was written. "
-                    "Please report this with the run's config.yaml.")
+                    "Please report this with the run's config.yaml."
+                )
     merged.cpu()
     single.cpu()
 
 
-def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | None,
-            force: bool, argv: list[str], device: str | None = None) -> list[Path]:
+def unmerge(
+    run_dir: Path,
+    tasks: tuple[str, ...],
+    ckpt: str,
+    out_dir: Path | None,
+    force: bool,
+    argv: list[str],
+    device: str | None = None,
+) -> list[Path]:
     """Write one single-task run directory per chosen task; returns them."""
     import torch
 
@@ -152,8 +163,10 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
     source = run.checkpoint_info or {}
     dataset_tasks = getattr(run.datamodule, "dataset_tasks", None)
     if not isinstance(dataset_tasks, dict):
-        raise ConfigError(f"{config_path}: the data module {type(run.datamodule).__name__} does "
-                          "not tell which datasets carry which task (no dataset_tasks)")
+        raise ConfigError(
+            f"{config_path}: the data module {type(run.datamodule).__name__} does "
+            "not tell which datasets carry which task (no dataset_tasks)"
+        )
     merged_model = run.module.model
     old_state = run.module.state_dict()
     cuts = task_cuts(merged_model, dataset_tasks)
@@ -168,32 +181,45 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
         state = cut_state_dict(old_state, merged_model, module, cut)
         module.load_state_dict(state)
         check_cut(run.module, module, task, checks[task], chosen_device)
-        origin = {"run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt_path.resolve()),
-                  "task": task, "decoder": cut.decoder, "offset": cut.offset,
-                  "num_outputs": cut.num_outputs, "decoder_outputs": cut.decoder_outputs,
-                  "datasets": cut.datasets}
+        origin = {
+            "run_dir": str(run_dir.resolve()),
+            "checkpoint": str(ckpt_path.resolve()),
+            "task": task,
+            "decoder": cut.decoder,
+            "offset": cut.offset,
+            "num_outputs": cut.num_outputs,
+            "decoder_outputs": cut.decoder_outputs,
+            "datasets": cut.datasets,
+        }
         prepared.append((cut, cut_config, _checkpoint(source, module, state, origin), origin))
 
     checked = sum(len(b) for b in checks.values())
-    _note(f"checked the cut models against the merged one on {checked} validation batch(es) "
-          f"on {chosen_device}")
+    _note(
+        f"checked the cut models against the merged one on {checked} validation batch(es) "
+        f"on {chosen_device}"
+    )
     written = []
     for cut, cut_config, checkpoint, origin in prepared:
         target = targets[cut.task]
         with atomic_dir(target) as tmp:
-            note = (f"# Unmerged by {PROG}: task {cut.task} (outputs {cut.offset}:"
-                    f"{cut.offset + cut.num_outputs} of decoder {cut.decoder}) from "
-                    f"{origin['run_dir']} ({ckpt_path.name})")
-            (tmp / CONFIG_NAME).write_text("".join(f"{line}\n" for line in [note, *header])
-                                           + dump(cut_config))
+            note = (
+                f"# Unmerged by {PROG}: task {cut.task} (outputs {cut.offset}:"
+                f"{cut.offset + cut.num_outputs} of decoder {cut.decoder}) from "
+                f"{origin['run_dir']} ({ckpt_path.name})"
+            )
+            (tmp / CONFIG_NAME).write_text(
+                "".join(f"{line}\n" for line in [note, *header]) + dump(cut_config)
+            )
             (tmp / CHECKPOINTS).mkdir()
             for name in ("last.ckpt", "best.ckpt"):
                 torch.save(checkpoint, tmp / CHECKPOINTS / name)
             info = run_info(argv, "unmerge", tmp / CONFIG_NAME, cut_config.get("seed_everything"))
             info["config"] = str(target / CONFIG_NAME)
             write_json(tmp / "run_info.json", {**info, "unmerged_from": origin})
-        _note(f"wrote {target}/ (outputs {cut.offset}:{cut.offset + cut.num_outputs} of "
-              f"{cut.decoder}'s {cut.decoder_outputs}; datasets: {', '.join(cut.datasets)})")
+        _note(
+            f"wrote {target}/ (outputs {cut.offset}:{cut.offset + cut.num_outputs} of "
+            f"{cut.decoder}'s {cut.decoder_outputs}; datasets: {', '.join(cut.datasets)})"
+        )
         written.append(target)
     return written
 
@@ -204,16 +230,36 @@ def unmerge(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | No
 )
 @version_option("mtl-unmerge")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--task", "tasks", multiple=True, metavar="NAME",
-              help="Task to write (repeatable; default: every task of a merged decoder).")
-@click.option("--ckpt", default="best", show_default=True, metavar="last|best|PATH",
-              help="Checkpoint of RUN_DIR to cut.")
-@click.option("-o", "--out-dir", type=click.Path(path_type=Path),
-              help="Where the <task>/ run directories go (default: RUN_DIR/unmerged/).")
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    metavar="NAME",
+    help="Task to write (repeatable; default: every task of a merged decoder).",
+)
+@click.option(
+    "--ckpt",
+    default="best",
+    show_default=True,
+    metavar="last|best|PATH",
+    help="Checkpoint of RUN_DIR to cut.",
+)
+@click.option(
+    "-o",
+    "--out-dir",
+    type=click.Path(path_type=Path),
+    help="Where the <task>/ run directories go (default: RUN_DIR/unmerged/).",
+)
 @click.option("--force", is_flag=True, help="Replace existing <task>/ output directories.")
 @device_option
-def main(run_dir: Path, tasks: tuple[str, ...], ckpt: str, out_dir: Path | None,
-         force: bool, device: str | None) -> None:
+def main(
+    run_dir: Path,
+    tasks: tuple[str, ...],
+    ckpt: str,
+    out_dir: Path | None,
+    force: bool,
+    device: str | None,
+) -> None:
     """Write each task of a run with merged heads as a standalone single-task run directory.
 
     Each OUT_DIR/<task>/ gets config.yaml (only that task: its decoder named after it, its

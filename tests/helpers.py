@@ -19,8 +19,10 @@ BASE: dict[str, Any] = {
                 "class_path": "runtime.model.MultiTaskModel",
                 "init_args": {
                     "encoder": [
-                        {"class_path": "runtime.encoders.MLPEncoder",
-                         "init_args": {"in_features": 64, "hidden_sizes": ["${hidden}"]}}
+                        {
+                            "class_path": "runtime.encoders.MLPEncoder",
+                            "init_args": {"in_features": 64, "hidden_sizes": ["${hidden}"]},
+                        }
                     ],
                     "decoders": {},
                 },
@@ -28,28 +30,54 @@ BASE: dict[str, Any] = {
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": "${lr}"}},
         },
     },
-    "data": {"class_path": "runtime.data.MultiDatasetDataModule",
-             "init_args": {"sample_mode": "random_cycle"}},
+    "data": {
+        "class_path": "runtime.data.MultiDatasetDataModule",
+        "init_args": {"sample_mode": "random_cycle"},
+    },
     "trainer": {"max_epochs": 2, "callbacks": [{"class_path": "cb.A"}]},
 }
 
 
-def dataset(tasks: dict[str, int], name: str | None = None, head: str = "runtime.heads.Cls",
-            batch_size: int = 16) -> dict[str, Any]:
+def dataset(
+    tasks: dict[str, int],
+    name: str | None = None,
+    head: str = "runtime.heads.Cls",
+    batch_size: int = 16,
+) -> dict[str, Any]:
     """A native dataset config with one classification decoder per task."""
     doc: dict[str, Any] = {
-        "model": {"init_args": {
-            "model": {"init_args": {"decoders": {
-                t: [{"class_path": head, "init_args": {"in_features": "${hidden}",
-                                                         "num_outputs": n}}]
-                for t, n in tasks.items()
-            }}},
-            "tasks": {t: {"class_path": "runtime.tasks.ClassificationTask",
-                          "init_args": {"weight": 1.0}} for t in tasks},
-        }},
-        "data": {"class_path": "runtime.data.SklearnDataModule",
-                 "init_args": {"dataset": "digits", "batch_size": batch_size,
-                               "path": "relative/data/stays.csv"}},
+        "model": {
+            "init_args": {
+                "model": {
+                    "init_args": {
+                        "decoders": {
+                            t: [
+                                {
+                                    "class_path": head,
+                                    "init_args": {"in_features": "${hidden}", "num_outputs": n},
+                                }
+                            ]
+                            for t, n in tasks.items()
+                        }
+                    }
+                },
+                "tasks": {
+                    t: {
+                        "class_path": "runtime.tasks.ClassificationTask",
+                        "init_args": {"weight": 1.0},
+                    }
+                    for t in tasks
+                },
+            }
+        },
+        "data": {
+            "class_path": "runtime.data.SklearnDataModule",
+            "init_args": {
+                "dataset": "digits",
+                "batch_size": batch_size,
+                "path": "relative/data/stays.csv",
+            },
+        },
     }
     if name:
         doc["name"] = name
@@ -86,8 +114,6 @@ class Project:
         }
         doc.update(maker)
         return self.write("makers/maker.yaml", doc)
-
-
 
 
 def assert_bad_input(result, *needles: str) -> None:

@@ -135,8 +135,9 @@ class ToyDataModule(L.LightningDataModule):
 class SlowEncoder(nn.Module):
     """A linear encoder that sleeps in training, so a test can kill a run mid-epoch."""
 
-    def __init__(self, in_features: int, out_features: int, sleep_s: float = 0.0,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, sleep_s: float = 0.0, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, out_features)
         self.dropout = nn.Dropout(dropout)
@@ -163,49 +164,81 @@ def toy_config(
     kinds = task_kinds or {}
     tasks = [t for ts in datasets.values() for t in ts]
     task_defs: dict[str, Any] = {}
-    heads = {"classification": "ClassificationHead", "regression": "RegressionHead",
-             "multilabel": "MultiLabelHead"}
+    heads = {
+        "classification": "ClassificationHead",
+        "regression": "RegressionHead",
+        "multilabel": "MultiLabelHead",
+    }
     decoders: dict[str, Any] = {}
     for t in tasks:
         kind = kinds.get(t, "classification")
         if kind == "classification":
-            task_defs[t] = {"class_path": "runtime.tasks.ClassificationTask",
-                            "init_args": {"class_names": ["x", "y", "z"]}}
+            task_defs[t] = {
+                "class_path": "runtime.tasks.ClassificationTask",
+                "init_args": {"class_names": ["x", "y", "z"]},
+            }
         elif kind == "regression":
             task_defs[t] = {"class_path": "runtime.tasks.RegressionTask"}
         else:
-            task_defs[t] = {"class_path": "runtime.tasks.MultiLabelTask",
-                            "init_args": {"num_labels": 3}}
+            task_defs[t] = {
+                "class_path": "runtime.tasks.MultiLabelTask",
+                "init_args": {"num_labels": 3},
+            }
         width = 1 if kind == "regression" else 3
-        decoders[t] = [{"class_path": f"runtime.heads.{heads[kind]}",
-                        "init_args": {"in_features": 16, "num_outputs": width}}]
+        decoders[t] = [
+            {
+                "class_path": f"runtime.heads.{heads[kind]}",
+                "init_args": {"in_features": 16, "num_outputs": width},
+            }
+        ]
     model_args: dict[str, Any] = {
-        "encoder": [encoder or {"class_path": "runtime.encoders.MLPEncoder",
-                                "init_args": {"in_features": 8, "hidden_sizes": [16]}}],
+        "encoder": [
+            encoder
+            or {
+                "class_path": "runtime.encoders.MLPEncoder",
+                "init_args": {"in_features": 8, "hidden_sizes": [16]},
+            }
+        ],
         "decoders": decoders,
     }
     if merged:
-        model_args["decoders"] = {"ClassificationHead": [{
-            "class_path": "runtime.heads.ClassificationHead",
-            "init_args": {"in_features": 16, "num_outputs": 3 * len(tasks)}}]}
+        model_args["decoders"] = {
+            "ClassificationHead": [
+                {
+                    "class_path": "runtime.heads.ClassificationHead",
+                    "init_args": {"in_features": 16, "num_outputs": 3 * len(tasks)},
+                }
+            ]
+        }
         model_args["decoder_to_target"] = {"ClassificationHead": tasks}
         model_args["task_label_offsets"] = {
-            t: {"offset": 3 * i, "num_outputs": 3} for i, t in enumerate(tasks)}
+            t: {"offset": 3 * i, "num_outputs": 3} for i, t in enumerate(tasks)
+        }
     module_args: dict[str, Any] = {
         "model": {"class_path": "runtime.model.MultiTaskModel", "init_args": model_args},
         "tasks": task_defs,
         "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.02}},
-        "scheduler": {"class_path": "runtime.schedulers.WarmupCosine",
-                      "init_args": {"warmup_steps": 3}},
+        "scheduler": {
+            "class_path": "runtime.schedulers.WarmupCosine",
+            "init_args": {"warmup_steps": 3},
+        },
     }
     if ema_decay is not None:
         module_args["ema_decay"] = ema_decay
     return {
         "seed_everything": 0,
         "model": {"class_path": "runtime.module.MultiTaskModule", "init_args": module_args},
-        "data": {"class_path": "runtime_toy.ToyDataModule",
-                 "init_args": {"datasets": datasets, "task_kinds": kinds}},
-        "trainer": {"max_epochs": max_epochs, "accelerator": "cpu", "devices": 1,
-                    "log_every_n_steps": 2, "enable_model_summary": False, **(trainer or {})},
+        "data": {
+            "class_path": "runtime_toy.ToyDataModule",
+            "init_args": {"datasets": datasets, "task_kinds": kinds},
+        },
+        "trainer": {
+            "max_epochs": max_epochs,
+            "accelerator": "cpu",
+            "devices": 1,
+            "log_every_n_steps": 2,
+            "enable_model_summary": False,
+            **(trainer or {}),
+        },
         "run": {"num_threads": 1, **(run or {})},
     }

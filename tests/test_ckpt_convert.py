@@ -60,8 +60,11 @@ def test_init_checkpoint_says_what_it_loaded(run_dir, tmp_path, capsys, monkeypa
     capsys.readouterr()
     MLPEncoder(8, [16], init_checkpoint=str(out))
     err = capsys.readouterr().err
-    assert re.search(rf"init_checkpoint {re.escape(str(out))}: loaded \d+ tensors "
-                     r"\([\d,]+ values\) into MLPEncoder", err), err
+    assert re.search(
+        rf"init_checkpoint {re.escape(str(out))}: loaded \d+ tensors "
+        r"\([\d,]+ values\) into MLPEncoder",
+        err,
+    ), err
     monkeypatch.setenv("LOCAL_RANK", "1")  # other ranks of a launch stay quiet
     MLPEncoder(8, [16], init_checkpoint=str(out))
     assert capsys.readouterr().err == ""
@@ -92,7 +95,8 @@ def test_encoder_export_rebuilds_and_starts_a_new_run_with_identical_outputs(run
 
     new_run = toy_config()
     new_run["model"]["init_args"]["model"]["init_args"]["encoder"][0]["init_args"][
-        "init_checkpoint"] = str(tmp_path / "safetensors")
+        "init_checkpoint"
+    ] = str(tmp_path / "safetensors")
     (tmp_path / "new.yaml").write_text(yaml.safe_dump(new_run))
     started = load_run(tmp_path / "new.yaml", ckpt=None, with_data=False).module.model.encoder
     assert torch.equal(started.eval()(x), expected)
@@ -134,7 +138,8 @@ def test_init_checkpoint_errors_name_the_file_and_the_mismatch(run_dir, tmp_path
     # inside a run config it is a one-paragraph config error naming the file
     bad = toy_config()
     bad["model"]["init_args"]["model"]["init_args"]["encoder"][0]["init_args"].update(
-        hidden_sizes=[32], init_checkpoint=str(out))
+        hidden_sizes=[32], init_checkpoint=str(out)
+    )
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match=f"{out}.*another shape"):
         load_run(tmp_path / "bad.yaml", ckpt=None, with_data=False)
@@ -142,13 +147,17 @@ def test_init_checkpoint_errors_name_the_file_and_the_mismatch(run_dir, tmp_path
 
 def test_bad_input_exits_2_and_writes_nothing(run_dir, tmp_path):
     out = tmp_path / "out"
-    assert_bad_input(convert(tmp_path / "missing", "--to", "dcp", "-o", out),
-                     "no such run directory")
-    assert_bad_input(convert(run_dir, "--to", "dcp", "--ckpt", tmp_path / "x.ckpt", "-o", out),
-                     "x.ckpt does not exist")
+    assert_bad_input(
+        convert(tmp_path / "missing", "--to", "dcp", "-o", out), "no such run directory"
+    )
+    assert_bad_input(
+        convert(run_dir, "--to", "dcp", "--ckpt", tmp_path / "x.ckpt", "-o", out),
+        "x.ckpt does not exist",
+    )
     assert_bad_input(convert(run_dir, "--to", "onnx", "-o", out), "'onnx' is not one of")
-    assert_bad_input(convert(run_dir, "--to", "dcp", "--part", "trunk", "-o", out),
-                     "'trunk' is not one of")
+    assert_bad_input(
+        convert(run_dir, "--to", "dcp", "--part", "trunk", "-o", out), "'trunk' is not one of"
+    )
     assert not out.exists()
     out.mkdir()
     (out / "keep").write_text("old")
@@ -162,9 +171,13 @@ def test_bad_input_exits_2_and_writes_nothing(run_dir, tmp_path):
 
 @pytest.mark.parametrize("style", ["wrapper", "inject"])
 def test_merge_adapters_folds_peft_lora_into_the_base_weights(tmp_path, style):
-    config = toy_config(max_epochs=1, encoder={
-        "class_path": "test_ckpt_convert.LoraMLP",
-        "init_args": {"in_features": 8, "hidden": 16, "style": style}})
+    config = toy_config(
+        max_epochs=1,
+        encoder={
+            "class_path": "test_ckpt_convert.LoraMLP",
+            "init_args": {"in_features": 8, "hidden": 16, "style": style},
+        },
+    )
     run_dir = train_toy_run(tmp_path, config)
     encoder = load_run(run_dir, "best", with_data=False).module.model.encoder
     x = torch.randn(5, 8)
@@ -199,7 +212,8 @@ def test_runtime_static_lora_exports_as_is_or_merged_and_rebuilds(tmp_path):
     config = toy_config(max_epochs=1)
     config["model"]["init_args"]["model"]["init_args"]["static_lora"] = {
         "class_path": "runtime.lora.StaticLoRA",
-        "init_args": {"target_modules": ["0.net.0"], "rank": 2}}
+        "init_args": {"target_modules": ["0.net.0"], "rank": 2},
+    }
     run_dir = train_toy_run(tmp_path, config)
     model = load_run(run_dir, "best", with_data=False).module.model
     x = torch.randn(5, 8)

@@ -80,8 +80,11 @@ def test_the_full_option_list_shows_run_yaml_and_no_four_dash_flags():
     assert "----" not in done.stdout and "--no_resume" in done.stdout
     assert "--trainer.max_epochs" in done.stdout and "--run.tensorboard" in done.stdout
     # Group titles are whole sentences of ours, not Lightning docstrings cut mid-sentence.
-    titles = [line for line in done.stdout.splitlines() if line and not line[0].isspace()
-              and line.endswith(":")]
+    titles = [
+        line
+        for line in done.stdout.splitlines()
+        if line and not line[0].isspace() and line.endswith(":")
+    ]
     assert "The data (data: section; class_path and init_args):" in titles
     assert not [t for t in titles if t.endswith("is:") or "<class" in t]
 

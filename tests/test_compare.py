@@ -13,8 +13,11 @@ from helpers import assert_bad_input
 from runtime.tasks import Task
 from scripts.compare import main, primary_metrics
 
-TASK_CLASSES = {"c": "runtime.tasks.ClassificationTask", "r": "runtime.tasks.RegressionTask",
-                "m": "runtime.tasks.MultiLabelTask"}
+TASK_CLASSES = {
+    "c": "runtime.tasks.ClassificationTask",
+    "r": "runtime.tasks.RegressionTask",
+    "m": "runtime.tasks.MultiLabelTask",
+}
 
 
 def compare(*args: object):
@@ -27,19 +30,30 @@ def run_dir(root: Path, name: str, summary: dict[str, dict[str, float]]) -> Path
     path.mkdir()
     tasks = {t: {"class_path": TASK_CLASSES[t]} for t in summary}
     (path / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"tasks": tasks}}}))
-    (path / "summary.json").write_text(json.dumps(
-        {t: {**m, "loss": 0.1, "epoch": 3} for t, m in summary.items()}))
+    (path / "summary.json").write_text(
+        json.dumps({t: {**m, "loss": 0.1, "epoch": 3} for t, m in summary.items()})
+    )
     return path
 
 
 def test_delta_m_matches_a_hand_computation(tmp_path):
-    mt = [run_dir(tmp_path, "mt0", {"c": {"accuracy": 0.9, "macro_f1": 0.85, "f1_x": 0.1},
-                                    "r": {"mae": 1.0, "rmse": 2.0}}),
-          run_dir(tmp_path, "mt1", {"c": {"accuracy": 0.8, "macro_f1": 0.75, "f1_x": 0.9},
-                                    "r": {"mae": 1.2, "rmse": 2.2}})]
-    st = [run_dir(tmp_path, "st_c", {"c": {"accuracy": 0.8, "macro_f1": 0.5}}),
-          run_dir(tmp_path, "st_r0", {"r": {"mae": 1.0, "rmse": 2.0}}),
-          run_dir(tmp_path, "st_r1", {"r": {"mae": 1.4, "rmse": 2.0}})]
+    mt = [
+        run_dir(
+            tmp_path,
+            "mt0",
+            {"c": {"accuracy": 0.9, "macro_f1": 0.85, "f1_x": 0.1}, "r": {"mae": 1.0, "rmse": 2.0}},
+        ),
+        run_dir(
+            tmp_path,
+            "mt1",
+            {"c": {"accuracy": 0.8, "macro_f1": 0.75, "f1_x": 0.9}, "r": {"mae": 1.2, "rmse": 2.2}},
+        ),
+    ]
+    st = [
+        run_dir(tmp_path, "st_c", {"c": {"accuracy": 0.8, "macro_f1": 0.5}}),
+        run_dir(tmp_path, "st_r0", {"r": {"mae": 1.0, "rmse": 2.0}}),
+        run_dir(tmp_path, "st_r1", {"r": {"mae": 1.4, "rmse": 2.0}}),
+    ]
     out = tmp_path / "gain.json"
     result = compare(*mt, "--baseline", *st, "--json", out)
     assert result.exit_code == 0, result.output
@@ -52,23 +66,29 @@ def test_delta_m_matches_a_hand_computation(tmp_path):
     assert set(c["metrics"]) == {"accuracy", "macro_f1"}  # not per-class F1
     assert r["metrics"]["mae"]["delta_pct"] == pytest.approx(100 / 12)
     assert r["metrics"]["rmse"]["delta_pct"] == pytest.approx(-5.0)
-    assert r["metrics"]["mae"]["single_task"] == {"mean": pytest.approx(1.2),
-                                                 "std": pytest.approx(0.4 / 2 ** 0.5), "n": 2}
+    assert r["metrics"]["mae"]["single_task"] == {
+        "mean": pytest.approx(1.2),
+        "std": pytest.approx(0.4 / 2**0.5),
+        "n": 2,
+    }
     assert c["delta_pct"] == pytest.approx(33.125)
     # per multitask run: run 0 gains (41.25 + 8.33) / 2, run 1 (25 - 5) / 2
     run_gains = [(41.25 + 100 / 12) / 2, (25 - 5) / 2]
     delta = report["delta_m_pct"]
     assert delta["mean"] == pytest.approx((33.125 + (100 / 12 - 5) / 2) / 2)
     assert delta["mean"] == pytest.approx(sum(run_gains) / 2)
-    assert delta["std"] == pytest.approx(abs(run_gains[0] - run_gains[1]) / 2 ** 0.5)
+    assert delta["std"] == pytest.approx(abs(run_gains[0] - run_gains[1]) / 2**0.5)
     assert delta["n"] == 2 and report["skipped"] == {}
     assert f"delta-m = +{delta['mean']:.2f}% ± {delta['std']:.2f} over 2 tasks" in result.stdout
     assert "mae (lower better)" in result.stdout
 
 
 def test_tasks_without_baseline_are_skipped_and_no_common_task_is_an_error(tmp_path):
-    mt = run_dir(tmp_path, "mt", {"c": {"accuracy": 0.9, "macro_f1": 0.9},
-                                  "m": {"accuracy": 0.9, "macro_f1": 0.6}})
+    mt = run_dir(
+        tmp_path,
+        "mt",
+        {"c": {"accuracy": 0.9, "macro_f1": 0.9}, "m": {"accuracy": 0.9, "macro_f1": 0.6}},
+    )
     st = run_dir(tmp_path, "st", {"c": {"accuracy": 0.9, "macro_f1": 0.9}})
     result = compare(mt, "--baseline", st)
     assert result.exit_code == 0, result.output
@@ -108,7 +128,9 @@ def test_primary_metrics_come_from_the_task_classes(tmp_path):
 
     assert metrics("runtime.tasks.ClassificationTask").metrics == ("accuracy", "macro_f1")
     assert metrics("runtime.tasks.PerPositionClassificationTask").metrics == (
-        "accuracy", "macro_f1")
+        "accuracy",
+        "macro_f1",
+    )
     assert metrics("runtime.tasks.MultiLabelTask").metrics == ("macro_f1",)
     regression = metrics("runtime.tasks.RegressionTask")
     assert regression.metrics == ("mae", "rmse") and regression.sign("mae") == -1

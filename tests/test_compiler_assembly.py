@@ -42,12 +42,16 @@ def test_assembly_places_every_piece(project):
 
 def test_dataset_name_from_config_and_list_entries_merge_in_order(project):
     project.standard()
-    project.write("configs/datasets/a_extra.yaml",
-                  {"name": "alpha", "data": {"init_args": {"batch_size": 99, "extra": 1}}})
-    maker = project.standard(dataset_cfgs=[
-        ["../configs/datasets/a.yaml", "../configs/datasets/a_extra.yaml"],
-        "../configs/datasets/b.yaml",
-    ])
+    project.write(
+        "configs/datasets/a_extra.yaml",
+        {"name": "alpha", "data": {"init_args": {"batch_size": 99, "extra": 1}}},
+    )
+    maker = project.standard(
+        dataset_cfgs=[
+            ["../configs/datasets/a.yaml", "../configs/datasets/a_extra.yaml"],
+            "../configs/datasets/b.yaml",
+        ]
+    )
     run = run_of(maker)
     data = run["data"]["init_args"]
     assert data["batch_sizes"] == {"alpha": 99, "b": 8}
@@ -82,10 +86,16 @@ def test_label_merging_sorted_layout_and_groups(project):
     project.standard()
     project.write("configs/datasets/c.yaml", dataset({"c": 2}, head="runtime.heads.Other"))
     maker = project.standard(
-        dataset_cfgs=["../configs/datasets/b.yaml", "../configs/datasets/a.yaml",
-                      "../configs/datasets/c.yaml"],
-        merge_options={"merge_heads": True, "merge_task_labels": True,
-                       "same_label_groups": [["b2", "b1"]]},
+        dataset_cfgs=[
+            "../configs/datasets/b.yaml",
+            "../configs/datasets/a.yaml",
+            "../configs/datasets/c.yaml",
+        ],
+        merge_options={
+            "merge_heads": True,
+            "merge_task_labels": True,
+            "same_label_groups": [["b2", "b1"]],
+        },
     )
     args = run_of(maker)["model"]["init_args"]["model"]["init_args"]
     assert list(args["decoders"]) == ["Cls", "Other"]
@@ -104,20 +114,25 @@ def test_offsets_do_not_depend_on_file_order(project):
     opts = {"merge_heads": True, "merge_task_labels": True}
     one = project.standard(merge_options=opts)
     first = run_of(one)["model"]["init_args"]["model"]["init_args"]["task_label_offsets"]
-    two = project.standard(merge_options=opts, dataset_cfgs=[
-        "../configs/datasets/b.yaml", "../configs/datasets/a.yaml"])
+    two = project.standard(
+        merge_options=opts,
+        dataset_cfgs=["../configs/datasets/b.yaml", "../configs/datasets/a.yaml"],
+    )
     second = run_of(two)["model"]["init_args"]["model"]["init_args"]["task_label_offsets"]
     assert first == second
 
 
 def test_merge_heads_without_label_merge_shares_equal_counts(project):
     project.standard()
-    maker = project.standard(dataset_cfgs=["../configs/datasets/b.yaml"],
-                             merge_options={"merge_heads": True})
+    maker = project.standard(
+        dataset_cfgs=["../configs/datasets/b.yaml"], merge_options={"merge_heads": True}
+    )
     args = run_of(maker)["model"]["init_args"]["model"]["init_args"]
     assert args["decoders"]["Cls"][0]["init_args"]["num_outputs"] == 2
-    assert args["task_label_offsets"] == {"b1": {"offset": 0, "num_outputs": 2},
-                                          "b2": {"offset": 0, "num_outputs": 2}}
+    assert args["task_label_offsets"] == {
+        "b1": {"offset": 0, "num_outputs": 2},
+        "b2": {"offset": 0, "num_outputs": 2},
+    }
     with pytest.raises(ConfigError, match="equal output counts"):
         run_of(project.standard(merge_options={"merge_heads": True}))
 
@@ -126,20 +141,25 @@ def test_merging_refuses_decoders_that_differ_beyond_num_outputs(project):
     project.standard()
     other = dataset({"a": 3})
     other["model"]["init_args"]["model"]["init_args"]["decoders"]["a"][0]["init_args"][
-        "dropout"] = 0.5
+        "dropout"
+    ] = 0.5
     project.write("configs/datasets/a.yaml", other)
     with pytest.raises(ConfigError, match=r"differ at '0\.init_args\.dropout'"):
         run_of(project.standard(merge_options={"merge_heads": True, "merge_task_labels": True}))
 
 
-@pytest.mark.parametrize(("groups", "message"), [
-    ([["a", "nope"]], "names task 'nope'"),
-    ([["a", "b1"]], "same output count"),
-    ([["b1", "b2"], ["b2"]], "in two label groups"),
-])
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ([["a", "nope"]], "names task 'nope'"),
+        ([["a", "b1"]], "same output count"),
+        ([["b1", "b2"], ["b2"]], "in two label groups"),
+    ],
+)
 def test_label_group_errors(project, groups, message):
-    maker = project.standard(merge_options={"merge_heads": True, "merge_task_labels": True,
-                                            "same_label_groups": groups})
+    maker = project.standard(
+        merge_options={"merge_heads": True, "merge_task_labels": True, "same_label_groups": groups}
+    )
     with pytest.raises(ConfigError, match=message) as err:
         run_of(maker)
     assert err.value.file.endswith("maker.yaml")
@@ -158,8 +178,12 @@ def test_output_is_deterministic_standalone_with_header(project, cli, tmp_path):
     assert header[0].startswith("# Generated by mtl-make-config")
     assert "# maker: ../makers/maker.yaml" in header
     hashes = [line.split()[2:] for line in header if line.startswith("# sha256")]
-    assert [h[1] for h in hashes] == ["../makers/maker.yaml", "../configs/base.yaml",
-                                      "../configs/datasets/a.yaml", "../configs/datasets/b.yaml"]
+    assert [h[1] for h in hashes] == [
+        "../makers/maker.yaml",
+        "../configs/base.yaml",
+        "../configs/datasets/a.yaml",
+        "../configs/datasets/b.yaml",
+    ]
     # standalone: the parsed run config is the same with every input gone
     parsed = yaml.safe_load(text)
     shutil.rmtree(project.root / "configs")
@@ -178,8 +202,15 @@ def test_default_and_maker_output_paths(project, cli):
 
 def test_set_overrides_substitutions_and_keys(project):
     maker = project.standard()
-    run = run_of(maker, sets=["lr=0.5", "trainer.max_epochs=7",
-                              "trainer.callbacks.0.init_args.x=[1, 2]", "data.init_args.new=yes"])
+    run = run_of(
+        maker,
+        sets=[
+            "lr=0.5",
+            "trainer.max_epochs=7",
+            "trainer.callbacks.0.init_args.x=[1, 2]",
+            "data.init_args.new=yes",
+        ],
+    )
     assert run["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.5
     assert run["trainer"]["max_epochs"] == 7
     assert run["trainer"]["callbacks"][0]["init_args"]["x"] == [1, 2]
@@ -204,9 +235,17 @@ def test_print_schema_and_dialect_message(project, cli):
 
 def test_explain_chain(project, cli):
     maker = project.standard(global_overrides={"trainer": {"max_epochs": 9}})
-    result = cli(maker, "--explain", "trainer.max_epochs",
-                 "--explain", "model.init_args.optimizer.init_args.lr",
-                 "--explain", "data.init_args.batch_sizes.b", "--set", "trainer.max_epochs=11")
+    result = cli(
+        maker,
+        "--explain",
+        "trainer.max_epochs",
+        "--explain",
+        "model.init_args.optimizer.init_args.lr",
+        "--explain",
+        "data.init_args.batch_sizes.b",
+        "--set",
+        "trainer.max_epochs=11",
+    )
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "trainer.max_epochs = 11" in out
@@ -233,8 +272,11 @@ def test_warns_about_ignored_dataset_keys(project):
 
 def test_single_task_baselines(project, cli):
     maker = project.standard(
-        merge_options={"merge_heads": True, "merge_task_labels": True,
-                       "same_label_groups": [["b1", "b2"]]},
+        merge_options={
+            "merge_heads": True,
+            "merge_task_labels": True,
+            "same_label_groups": [["b1", "b2"]],
+        },
         global_overrides={
             "trainer": {"max_epochs": 5},
             "data": {"init_args": {"batch_sizes": {"a": 3, "b": 4}}},
@@ -253,7 +295,9 @@ def test_single_task_baselines(project, cli):
     assert set(b["model"]["init_args"]["tasks"]) == {"b1", "b2"}
     assert b["model"]["init_args"]["tasks"]["b1"]["init_args"] == {"weight": 1.0}
     args = b["model"]["init_args"]["model"]["init_args"]
-    assert args["task_label_offsets"] == {"b1": {"offset": 0, "num_outputs": 2},
-                                          "b2": {"offset": 0, "num_outputs": 2}}
+    assert args["task_label_offsets"] == {
+        "b1": {"offset": 0, "num_outputs": 2},
+        "b2": {"offset": 0, "num_outputs": 2},
+    }
     assert a["model"]["init_args"]["optimizer"] == b["model"]["init_args"]["optimizer"]
     assert "dropped" in result.stderr and "tasks.a" in result.stderr

@@ -10,8 +10,7 @@ import pytest
 from helpers import assert_bad_input, dataset
 
 BOMB = "a: &a ['lol','lol','lol','lol','lol','lol','lol','lol','lol']\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n"
-    for i in range(8)
+    f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8)
 )
 
 
@@ -43,21 +42,30 @@ def test_maker_not_a_mapping(cli, project):
 
 
 def test_unknown_maker_key_did_you_mean(cli, project):
-    result = check(cli, project, project.standard(dataset_cfg=["x"]),
-                   "maker.yaml:", "unknown maker key 'dataset_cfg'", "did you mean 'dataset_cfgs'")
+    result = check(
+        cli,
+        project,
+        project.standard(dataset_cfg=["x"]),
+        "maker.yaml:",
+        "unknown maker key 'dataset_cfg'",
+        "did you mean 'dataset_cfgs'",
+    )
     assert "maker.yaml:4" in result.output or "maker.yaml:" in result.output
 
 
-@pytest.mark.parametrize(("maker", "needle"), [
-    ({"dataset_cfgs": []}, "'dataset_cfgs' is empty"),
-    ({"dataset_cfgs": "a.yaml"}, "must be a list"),
-    ({"dataset_cfgs": [3]}, "must be a path"),
-    ({"substitutions": [1, 2]}, "must be a mapping"),
-    ({"merge_options": {"merge_heads": "yes please"}}, "must be true or false"),
-    ({"merge_options": {"merge_head": True}}, "did you mean 'merge_heads'"),
-    ({"merge_options": {"same_label_groups": ["a"]}}, "must be a list of task names"),
-    ({"base_cfg": "x.yaml"}, "not both"),
-])
+@pytest.mark.parametrize(
+    ("maker", "needle"),
+    [
+        ({"dataset_cfgs": []}, "'dataset_cfgs' is empty"),
+        ({"dataset_cfgs": "a.yaml"}, "must be a list"),
+        ({"dataset_cfgs": [3]}, "must be a path"),
+        ({"substitutions": [1, 2]}, "must be a mapping"),
+        ({"merge_options": {"merge_heads": "yes please"}}, "must be true or false"),
+        ({"merge_options": {"merge_head": True}}, "did you mean 'merge_heads'"),
+        ({"merge_options": {"same_label_groups": ["a"]}}, "must be a list of task names"),
+        ({"base_cfg": "x.yaml"}, "not both"),
+    ],
+)
 def test_wrong_types(cli, project, maker, needle):
     check(cli, project, project.standard(**maker), "maker.yaml:", needle)
 
@@ -73,16 +81,25 @@ def test_unresolved_placeholders_are_all_listed(cli, project):
     doc["data"]["init_args"]["x"] = "${missing_one}"
     doc["data"]["init_args"]["y"] = "prefix-${missing_two}"
     project.write("configs/datasets/a.yaml", doc)
-    result = check(cli, project, project.standard(substitutions={"lr": 1}),
-                   "${missing_one}", "${missing_two}", "${hidden}")
+    result = check(
+        cli,
+        project,
+        project.standard(substitutions={"lr": 1}),
+        "${missing_one}",
+        "${missing_two}",
+        "${hidden}",
+    )
     assert "configs/datasets/a.yaml:" in result.output and "configs/base.yaml:" in result.output
 
 
-@pytest.mark.parametrize(("expr", "needle"), [
-    ("${hidden // 0}", "division by zero"),
-    ("${hidden ** 2}", "only names, numbers"),
-    ("${(hidden}", "not a valid expression"),
-])
+@pytest.mark.parametrize(
+    ("expr", "needle"),
+    [
+        ("${hidden // 0}", "division by zero"),
+        ("${hidden ** 2}", "only names, numbers"),
+        ("${(hidden}", "not a valid expression"),
+    ],
+)
 def test_bad_expressions(cli, project, expr, needle):
     project.standard()
     doc = dataset({"a": 3})
@@ -91,14 +108,21 @@ def test_bad_expressions(cli, project, expr, needle):
     check(cli, project, project.standard(), "configs/datasets/a.yaml:", needle)
 
 
-@pytest.mark.parametrize(("content", "needle"), [
-    ("- just\n- a list\n", "must be a mapping"),
-    ({"model": {}, "data": {"class_path": "x"}}, "declares no task"),
-    ({"model": {"init_args": {"model": {"init_args": {"decoders": {"t": []}}}}}},
-     "non-empty list"),
-    ({"model": {"init_args": {"model": {"init_args": {"decoders": {"t": [{"a": 1}]}}}}}},
-     "no 'data'"),
-])
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("- just\n- a list\n", "must be a mapping"),
+        ({"model": {}, "data": {"class_path": "x"}}, "declares no task"),
+        (
+            {"model": {"init_args": {"model": {"init_args": {"decoders": {"t": []}}}}}},
+            "non-empty list",
+        ),
+        (
+            {"model": {"init_args": {"model": {"init_args": {"decoders": {"t": [{"a": 1}]}}}}}},
+            "no 'data'",
+        ),
+    ],
+)
 def test_bad_dataset_configs(cli, project, content, needle):
     project.standard()
     project.write("configs/datasets/a.yaml", content)
@@ -108,18 +132,25 @@ def test_bad_dataset_configs(cli, project, content, needle):
 def test_task_and_dataset_name_collisions_name_both_files(cli, project):
     project.standard()
     project.write("configs/datasets/c.yaml", dataset({"a": 3}))
-    maker = project.standard(dataset_cfgs=["../configs/datasets/a.yaml",
-                                           "../configs/datasets/c.yaml"])
+    maker = project.standard(
+        dataset_cfgs=["../configs/datasets/a.yaml", "../configs/datasets/c.yaml"]
+    )
     check(cli, project, maker, "task 'a'", "datasets/a.yaml", "datasets/c.yaml")
     project.write("configs/datasets/d.yaml", dataset({"d": 3}, name="a"))
-    maker = project.standard(dataset_cfgs=["../configs/datasets/a.yaml",
-                                           "../configs/datasets/d.yaml"])
+    maker = project.standard(
+        dataset_cfgs=["../configs/datasets/a.yaml", "../configs/datasets/d.yaml"]
+    )
     check(cli, project, maker, "dataset name 'a'", "datasets/a.yaml", "datasets/d.yaml")
 
 
 def test_label_group_problem_via_cli(cli, project):
-    maker = project.standard(merge_options={"merge_heads": True, "merge_task_labels": True,
-                                            "same_label_groups": [["a", "ghost"]]})
+    maker = project.standard(
+        merge_options={
+            "merge_heads": True,
+            "merge_task_labels": True,
+            "same_label_groups": [["a", "ghost"]],
+        }
+    )
     check(cli, project, maker, "maker.yaml:", "ghost")
 
 
@@ -166,7 +197,9 @@ def test_refuses_to_overwrite_an_input(cli, project):
 def test_real_process_exit_code_and_no_traceback(project):
     result = subprocess.run(
         [sys.executable, "-m", "compiler", str(project.root / "absent.yaml")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "absent.yaml" in result.stderr and "Traceback" not in result.stderr

@@ -11,13 +11,15 @@ from hypothesis import strategies as st
 from compiler.errors import ConfigError
 from compiler.merge import deep_merge
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                    st.text(max_size=5))
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)
+)
 plain_keys = st.text(alphabet="abcxyz", min_size=1, max_size=3)
 trees = st.recursive(
     scalars,
-    lambda children: st.one_of(st.lists(children, max_size=3),
-                               st.dictionaries(plain_keys, children, max_size=4)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(plain_keys, children, max_size=4)
+    ),
     max_leaves=20,
 )
 mappings = st.dictionaries(plain_keys, trees, max_size=5)

@@ -20,14 +20,20 @@ def test_compiler_never_imports_heavy_modules():
         "heavy = [m for m in ('torch', 'lightning', 'jsonargparse', 'numpy') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == ""
 
 
 def test_help_lists_every_option():
-    out = subprocess.run([sys.executable, "-m", "compiler", "--help"], capture_output=True,
-                         text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "compiler", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     for option in ("--output", "--dialect", "--set", "--explain", "--print", "--schema"):
         assert option in out
 
@@ -35,9 +41,9 @@ def test_help_lists_every_option():
 def test_quickstart_compiles_to_merged_heads():
     run = compile_maker(REPO / "maker_configs/quickstart.yaml").run
     args = run["model"]["init_args"]["model"]["init_args"]
-    assert args["decoder_to_target"] == {"ClassificationHead": ["digits_high", "digits_low",
-                                                                "parity"]}
+    assert args["decoder_to_target"] == {
+        "ClassificationHead": ["digits_high", "digits_low", "parity"]
+    }
     assert args["decoders"]["ClassificationHead"][-1]["init_args"]["num_outputs"] == 12
-    assert set(run["data"]["init_args"]["data_modules"]) == {"digits_low", "digits_high",
-                                                             "parity"}
+    assert set(run["data"]["init_args"]["data_modules"]) == {"digits_low", "digits_high", "parity"}
     assert yaml.safe_load(yaml.safe_dump(run)) == run

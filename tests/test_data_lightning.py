@@ -57,8 +57,11 @@ def test_ddp_two_ranks_see_every_sample_exactly_once(tmp_path) -> None:
     The worker finds the repository through PYTHONPATH too (a checkout run without an install,
     as benchmarks/gpu_check.sh does), and hides GPUs: the test means CPU."""
     path = [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p),
-           "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in path if p),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     done = subprocess.run(
         [sys.executable, str(TESTS / "data_ddp_worker.py"), str(tmp_path), "random_cycle"],
         timeout=240, env=env, cwd=tmp_path, capture_output=True, text=True,

@@ -20,8 +20,9 @@ TASKS = [t for tasks in LAYOUT.values() for t in tasks]
 
 def evaluate(*args: object):
     """mtl-eval on CPU, as the runs were trained (GPU runs: tests/test_gpu.py)."""
-    return CliRunner().invoke(main, [*(str(a) for a in args), "--device", "cpu"],
-                              catch_exceptions=True)
+    return CliRunner().invoke(
+        main, [*(str(a) for a in args), "--device", "cpu"], catch_exceptions=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,9 @@ def test_eval_reports_what_training_reported_for_the_best_checkpoint(trained, tm
     summary = json.loads((trained / "summary.json").read_text())
     for task in TASKS:
         assert {"accuracy", "macro_f1", "loss", "f1_c0"} <= set(report[task])
-        _assert_same(report[task], {k: v for k, v in summary[task].items()
-                                    if k not in ("epoch", "step")})
+        _assert_same(
+            report[task], {k: v for k, v in summary[task].items() if k not in ("epoch", "step")}
+        )
 
 
 def test_merged_run_and_its_unmerged_parts_give_identical_figures(trained, tmp_path):

@@ -18,15 +18,27 @@ CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "rslearn_corpus
 def _makers() -> list:
     configs = CORPUS / "configs"
     if not configs.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(
-            reason=f"rslearn corpus not found at {CORPUS} (it lives beside the repository)"))]
+        return [
+            pytest.param(
+                None,
+                marks=pytest.mark.skip(
+                    reason=f"rslearn corpus not found at {CORPUS} (it lives beside the repository)"
+                ),
+            )
+        ]
     found = [
         pytest.param(maker, id=f"{maker.parent.name}/{maker.stem}")
         for maker in sorted(configs.glob("*/*.yaml"))
         if (maker.parent / "expected" / f"OUT_{maker.stem}.yaml").is_file()
     ]
-    return found or [pytest.param(None, marks=pytest.mark.skip(
-        reason=f"no maker with an expected/OUT_<maker>.yaml under {configs}"))]
+    return found or [
+        pytest.param(
+            None,
+            marks=pytest.mark.skip(
+                reason=f"no maker with an expected/OUT_<maker>.yaml under {configs}"
+            ),
+        )
+    ]
 
 
 def _expected(maker: Path):

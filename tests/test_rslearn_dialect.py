@@ -43,18 +43,28 @@ trainer:
 all_dataset_info_path: INFO
 """
 
-CLS = ("rslearn.models.pooling_decoder.PoolingDecoder",
-       "rslearn.train.tasks.classification.ClassificationHead")
+CLS = (
+    "rslearn.models.pooling_decoder.PoolingDecoder",
+    "rslearn.train.tasks.classification.ClassificationHead",
+)
 DET = ("rslearn.models.faster_rcnn.FasterRCNN", None)
 
 
-def dataset_text(task: str, kind: tuple = CLS, count_key: str = "out_channels", count: int = 2,
-                 batch: int | None = 8, extra_task_args: str = "") -> str:
+def dataset_text(
+    task: str,
+    kind: tuple = CLS,
+    count_key: str = "out_channels",
+    count: int = 2,
+    batch: int | None = 8,
+    extra_task_args: str = "",
+) -> str:
     first, head = kind
-    layers = (f"            - class_path: {first}\n"
-              f"              init_args:\n"
-              f"                in_channels: {{ENCODER_EMBEDDING_SIZE}}\n"
-              f"                {count_key}: {count}\n")
+    layers = (
+        f"            - class_path: {first}\n"
+        f"              init_args:\n"
+        f"                in_channels: {{ENCODER_EMBEDDING_SIZE}}\n"
+        f"                {count_key}: {count}\n"
+    )
     if head:
         layers += f"            - class_path: {head}\n"
     batch_line = f"    batch_size: {batch}\n" if batch is not None else ""
@@ -92,33 +102,42 @@ class RsProject(Project):
     """A small rslearn project: base/, datasets/, info/ and makers/ under one root."""
 
     def info(self, entries: dict[str, tuple[int, str, str]]) -> None:
-        self.write("info/all.yaml", {
-            t: {"num_outputs": n, "num_outputs_key": key, "outputs_key": out, "task_type": "x"}
-            for t, (n, key, out) in entries.items()
-        })
+        self.write(
+            "info/all.yaml",
+            {
+                t: {"num_outputs": n, "num_outputs_key": key, "outputs_key": out, "task_type": "x"}
+                for t, (n, key, out) in entries.items()
+            },
+        )
 
     def maker(self, datasets: list, base: str | None = None, **fields: Any) -> Path:
-        self.write("base/base.yaml", base if base is not None
-                   else BASE.replace("INFO", "../info/all.yaml"))
+        self.write(
+            "base/base.yaml", base if base is not None else BASE.replace("INFO", "../info/all.yaml")
+        )
         doc: dict[str, Any] = {
             "base_cfg": "../base/base.yaml",
             "output_path": "OUT.yaml",
             "dataset_cfgs": datasets,
-            "substitutions": {"patch_size": 8, "encoder_embedding_size": 768,
-                              "helios_checkpoint_path": "/ckpt"},
+            "substitutions": {
+                "patch_size": 8,
+                "encoder_embedding_size": 768,
+                "helios_checkpoint_path": "/ckpt",
+            },
         }
         doc.update(fields)
         return self.write("makers/maker.yaml", doc)
 
-    def classifiers(self, tasks: dict[str, int], groups: Any = None, merge_labels: bool = True,
-                 **fields: Any) -> Path:
+    def classifiers(
+        self, tasks: dict[str, int], groups: Any = None, merge_labels: bool = True, **fields: Any
+    ) -> Path:
         """One classification dataset per task; merged heads; the info file to match."""
         self.info({t: (n, "out_channels", "class") for t, n in tasks.items()})
         for t, n in tasks.items():
             self.write(f"datasets/{t}.yaml", dataset_text(t, count=n))
-        fields.setdefault("merge_options", {"merge_heads": True,
-                                            "merge_task_labels": merge_labels,
-                                            "same_label_groups": groups})
+        fields.setdefault(
+            "merge_options",
+            {"merge_heads": True, "merge_task_labels": merge_labels, "same_label_groups": groups},
+        )
         return self.maker([f"../datasets/{t}.yaml" for t in tasks], **fields)
 
 
@@ -151,23 +170,37 @@ def merged(run: dict) -> dict:
 
 # -- substitution --------------------------------------------------------------------------
 
+
 def test_textual_substitution_in_upstream_order() -> None:
-    values = {"patch_size": 8, "encoder_embedding_size": 768,
-              "helios_checkpoint_path": "/c/{PATCH_SIZE}"}
-    text = ("a: {CHECKPOINT_PATH}\nb: {PATCH_SIZE}\nc: {256/PATCH_SIZE}\nd: {128/PATCH_SIZE}\n"
-            "e: [{ENCODER_EMBEDDING_SIZE}]\n{PATCH_SIZE}_key: 1\nf: ${native}\n")
+    values = {
+        "patch_size": 8,
+        "encoder_embedding_size": 768,
+        "helios_checkpoint_path": "/c/{PATCH_SIZE}",
+    }
+    text = (
+        "a: {CHECKPOINT_PATH}\nb: {PATCH_SIZE}\nc: {256/PATCH_SIZE}\nd: {128/PATCH_SIZE}\n"
+        "e: [{ENCODER_EMBEDDING_SIZE}]\n{PATCH_SIZE}_key: 1\nf: ${native}\n"
+    )
     out, problems = substitute_text(text, values)
     assert problems == []
     # the checkpoint value's own {PATCH_SIZE} is replaced too, as upstream's chain of replaces does
-    assert yaml.safe_load(out) == {"a": "/c/8", "b": 8, "c": 32, "d": 16, "e": [768],
-                                   "8_key": 1, "f": "${native}"}
+    assert yaml.safe_load(out) == {
+        "a": "/c/8",
+        "b": 8,
+        "c": 32,
+        "d": 16,
+        "e": [768],
+        "8_key": 1,
+        "f": "${native}",
+    }
 
 
 def test_substitution_problems_only_for_used_placeholders() -> None:
     out, problems = substitute_text("a: 1\n", {})
     assert (out, problems) == ("a: 1\n", [])
-    _, problems = substitute_text("a: {256/PATCH_SIZE}\nb: {ENCODER_EMBEDDING_SIZE}\n",
-                                  {"patch_size": "big"})
+    _, problems = substitute_text(
+        "a: {256/PATCH_SIZE}\nb: {ENCODER_EMBEDDING_SIZE}\n", {"patch_size": "big"}
+    )
     assert [p for p, _ in problems] == ["{256/PATCH_SIZE}", "{ENCODER_EMBEDDING_SIZE}"]
 
 
@@ -193,14 +226,20 @@ def test_maker_overrides_reach_output_verbatim(rs: RsProject) -> None:
 def test_missing_substitution_is_located_and_nothing_written(rs: RsProject) -> None:
     maker = rs.classifiers({"a": 2}, substitutions={"patch_size": 8})
     out = rs.root / "out.yaml"
-    text = bad(cli("--dialect", "rslearn", maker, "-o", out),
-               "base.yaml:10", "{CHECKPOINT_PATH}", "datasets/a.yaml:", "{ENCODER_EMBEDDING_SIZE}",
-               "substitutions.encoder_embedding_size")
+    text = bad(
+        cli("--dialect", "rslearn", maker, "-o", out),
+        "base.yaml:10",
+        "{CHECKPOINT_PATH}",
+        "datasets/a.yaml:",
+        "{ENCODER_EMBEDDING_SIZE}",
+        "substitutions.encoder_embedding_size",
+    )
     assert "2 unresolved placeholders" in text
     assert not out.exists()
 
 
 # -- one task per dataset --------------------------------------------------------------------
+
 
 def test_assembly_shapes(rs: RsProject) -> None:
     extra = "        extra_flag: true\n"
@@ -219,8 +258,10 @@ def test_assembly_shapes(rs: RsProject) -> None:
     task = run["model"]["init_args"]["task"]
     assert task["class_path"] == "rslearn.train.tasks.multi_task.MultiTask"
     assert list(task["init_args"]["tasks"]) == ["a", "b"]
-    assert task["init_args"]["input_mapping"] == {"a": {"label": "targets"},
-                                                  "b": {"label": "targets"}}
+    assert task["init_args"]["input_mapping"] == {
+        "a": {"label": "targets"},
+        "b": {"label": "targets"},
+    }
     assert task["init_args"]["extra_flag"] is True
     # the dataset's own model settings and trainer are dropped; the base's stay
     assert run["model"]["class_path"] == "rslp.Module"
@@ -232,11 +273,15 @@ def test_assembly_shapes(rs: RsProject) -> None:
 def test_dataset_list_is_deep_merged_with_list_append(rs: RsProject) -> None:
     rs.info({"a": (2, "out_channels", "class")})
     rs.write("datasets/a.yaml", dataset_text("a"))
-    rs.write("datasets/a_more.yaml", {"data": {"init_args": {
-        "batch_size": 2, "groups+": ["g2"], "path": "/other"}}})
-    maker = rs.maker([["../datasets/a.yaml", "../datasets/a_more.yaml"]],
-                     local_overrides={"data": {"init_args": {"groups+": ["g3"]}}},
-                     global_overrides={"trainer": {"callbacks+": [{"class_path": "cb.B"}]}})
+    rs.write(
+        "datasets/a_more.yaml",
+        {"data": {"init_args": {"batch_size": 2, "groups+": ["g2"], "path": "/other"}}},
+    )
+    maker = rs.maker(
+        [["../datasets/a.yaml", "../datasets/a_more.yaml"]],
+        local_overrides={"data": {"init_args": {"groups+": ["g3"]}}},
+        global_overrides={"trainer": {"callbacks+": [{"class_path": "cb.B"}]}},
+    )
     run = build(maker)
     module = run["data"]["init_args"]["data_modules"]["a"]["init_args"]
     assert module["groups"] == ["g2", "g3"] and module["path"] == "/other"
@@ -244,19 +289,30 @@ def test_dataset_list_is_deep_merged_with_list_append(rs: RsProject) -> None:
     assert [c["class_path"] for c in run["trainer"]["callbacks"]] == ["cb.A", "cb.B"]
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    (dataset_text("a").replace("          a:\n", "          a:\n", 1)
-     .replace("        decoders:\n", "        decoders:\n          z: [{class_path: x.Y}]\n"),
-     "exactly one task"),
-    (dataset_text("a", batch=None), "batch_size"),
-    (dataset_text("a").replace("    task:\n", "    not_task:\n"), "task definitions"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            dataset_text("a")
+            .replace("          a:\n", "          a:\n", 1)
+            .replace(
+                "        decoders:\n", "        decoders:\n          z: [{class_path: x.Y}]\n"
+            ),
+            "exactly one task",
+        ),
+        (dataset_text("a", batch=None), "batch_size"),
+        (dataset_text("a").replace("    task:\n", "    not_task:\n"), "task definitions"),
+    ],
+)
 def test_bad_dataset_is_located_and_nothing_written(rs: RsProject, text: str, needle: str) -> None:
     rs.info({"a": (2, "out_channels", "class")})
     rs.write("datasets/a.yaml", text)
     out = rs.root / "out.yaml"
-    bad(cli("--dialect", "rslearn", rs.maker(["../datasets/a.yaml"]), "-o", out),
-        "datasets/a.yaml:", needle)
+    bad(
+        cli("--dialect", "rslearn", rs.maker(["../datasets/a.yaml"]), "-o", out),
+        "datasets/a.yaml:",
+        needle,
+    )
     assert not out.exists()
 
 
@@ -265,18 +321,25 @@ def test_same_task_twice_is_an_error(rs: RsProject) -> None:
     rs.write("datasets/a.yaml", dataset_text("a"))
     rs.write("datasets/a2.yaml", dataset_text("a"))
     maker = rs.maker(["../datasets/a.yaml", "../datasets/a2.yaml"])
-    bad(cli("--dialect", "rslearn", maker, "-o", rs.root / "o.yaml"),
-        "datasets/a2.yaml:", "task 'a' is declared twice", "datasets/a.yaml and by")
+    bad(
+        cli("--dialect", "rslearn", maker, "-o", rs.root / "o.yaml"),
+        "datasets/a2.yaml:",
+        "task 'a' is declared twice",
+        "datasets/a.yaml and by",
+    )
 
 
 # -- dataset info ----------------------------------------------------------------------------
+
 
 def test_counts_and_keys_come_from_the_info_file(rs: RsProject) -> None:
     rs.info({"det": (5, "num_classes", "labels"), "det2": (4, "num_classes", "labels")})
     rs.write("datasets/det.yaml", dataset_text("det", DET, "num_classes", count=99))
     rs.write("datasets/det2.yaml", dataset_text("det2", DET, "num_classes", count=1))
-    maker = rs.maker(["../datasets/det.yaml", "../datasets/det2.yaml"],
-                     merge_options={"merge_heads": True, "merge_task_labels": True})
+    maker = rs.maker(
+        ["../datasets/det.yaml", "../datasets/det2.yaml"],
+        merge_options={"merge_heads": True, "merge_task_labels": True},
+    )
     compiled = compile_maker(maker, dialect="rslearn", output=rs.root / "x.yaml")
     args = merged(compiled.run)
     assert args["decoders"]["FasterRCNN"][0]["init_args"]["num_classes"] == 9
@@ -299,8 +362,12 @@ def test_task_missing_from_info_names_task_and_file(rs: RsProject) -> None:
     maker = rs.classifiers({"a": 2, "b": 3})
     rs.info({"a": (2, "out_channels", "class")})
     out = rs.root / "out.yaml"
-    bad(cli("--dialect", "rslearn", maker, "-o", out), "task 'b'", "info/all.yaml",
-        "datasets/b.yaml:")
+    bad(
+        cli("--dialect", "rslearn", maker, "-o", out),
+        "task 'b'",
+        "info/all.yaml",
+        "datasets/b.yaml:",
+    )
     assert not out.exists()
 
 
@@ -314,8 +381,12 @@ def test_info_entry_without_fields(rs: RsProject) -> None:
 def test_missing_info_file_points_at_the_base(rs: RsProject) -> None:
     maker = rs.classifiers({"a": 2})
     (rs.root / "info" / "all.yaml").unlink()
-    bad(cli("--dialect", "rslearn", maker, "-o", rs.root / "o.yaml"), "base/base.yaml:",
-        "all_dataset_info_path", "not found")
+    bad(
+        cli("--dialect", "rslearn", maker, "-o", rs.root / "o.yaml"),
+        "base/base.yaml:",
+        "all_dataset_info_path",
+        "not found",
+    )
 
 
 def test_info_only_needed_to_merge_heads(rs: RsProject) -> None:
@@ -333,6 +404,7 @@ def test_different_count_keys_in_one_head(rs: RsProject) -> None:
 
 
 # -- label layout ----------------------------------------------------------------------------
+
 
 def test_groups_first_then_dataset_order(rs: RsProject) -> None:
     tasks = {"c": 3, "a": 2, "d": 4, "b": 2}
@@ -373,8 +445,12 @@ def test_heads_split_by_last_layer_class_in_dataset_order(rs: RsProject) -> None
     rs.info({"det": (2, "num_classes", "labels"), "cls": (3, "out_channels", "class")})
     rs.write("datasets/det.yaml", dataset_text("det", DET, "num_classes"))
     rs.write("datasets/cls.yaml", dataset_text("cls", count=3))
-    run = build(rs.maker(["../datasets/det.yaml", "../datasets/cls.yaml"],
-                         merge_options={"merge_heads": True, "merge_task_labels": True}))
+    run = build(
+        rs.maker(
+            ["../datasets/det.yaml", "../datasets/cls.yaml"],
+            merge_options={"merge_heads": True, "merge_task_labels": True},
+        )
+    )
     args = merged(run)
     assert list(args["decoders"]) == ["FasterRCNN", "ClassificationHead"]
     assert args["decoder_to_target"] == {"FasterRCNN": ["det"], "ClassificationHead": ["cls"]}
@@ -383,8 +459,12 @@ def test_heads_split_by_last_layer_class_in_dataset_order(rs: RsProject) -> None
 
 def test_differing_decoders_warn_and_keep_the_last(rs: RsProject) -> None:
     maker = rs.classifiers({"a": 2, "b": 3})
-    rs.write("datasets/b.yaml", dataset_text("b", count=3).replace(
-        "in_channels: {ENCODER_EMBEDDING_SIZE}", "in_channels: 5"))
+    rs.write(
+        "datasets/b.yaml",
+        dataset_text("b", count=3).replace(
+            "in_channels: {ENCODER_EMBEDDING_SIZE}", "in_channels: 5"
+        ),
+    )
     compiled = compile_maker(maker, dialect="rslearn", output=rs.root / "x.yaml")
     layer = merged(compiled.run)["decoders"]["ClassificationHead"][0]["init_args"]
     assert layer == {"in_channels": 5, "out_channels": 5}
@@ -393,17 +473,40 @@ def test_differing_decoders_warn_and_keep_the_last(rs: RsProject) -> None:
 
 def test_heads_merge_after_global_overrides(rs: RsProject) -> None:
     """Upstream merges heads last, so global overrides address the per-task decoders."""
-    override = {"model": {"init_args": {"model": {"init_args": {"decoders": {
-        "b": [{"class_path": CLS[0], "init_args": {"in_channels": 768, "out_channels": 3,
-                                                    "dropout": 0.1}},
-              {"class_path": CLS[1]}]}}}}}}
-    compiled = compile_maker(rs.classifiers({"a": 2, "b": 3}, global_overrides=override),
-                             dialect="rslearn", output=rs.root / "x.yaml")
+    override = {
+        "model": {
+            "init_args": {
+                "model": {
+                    "init_args": {
+                        "decoders": {
+                            "b": [
+                                {
+                                    "class_path": CLS[0],
+                                    "init_args": {
+                                        "in_channels": 768,
+                                        "out_channels": 3,
+                                        "dropout": 0.1,
+                                    },
+                                },
+                                {"class_path": CLS[1]},
+                            ]
+                        }
+                    }
+                }
+            }
+        }
+    }
+    compiled = compile_maker(
+        rs.classifiers({"a": 2, "b": 3}, global_overrides=override),
+        dialect="rslearn",
+        output=rs.root / "x.yaml",
+    )
     layer = merged(compiled.run)["decoders"]["ClassificationHead"][0]["init_args"]
     assert layer == {"in_channels": 768, "out_channels": 5, "dropout": 0.1}
 
 
 # -- merge_heads without merge_task_labels ---------------------------------------------------
+
 
 def test_merge_heads_without_labels_shares_the_output_layer(rs: RsProject) -> None:
     run = build(rs.classifiers({"a": 2, "b": 2}, merge_labels=False))
@@ -417,12 +520,17 @@ def test_merge_heads_without_labels_shares_the_output_layer(rs: RsProject) -> No
 
 def test_merge_heads_without_labels_needs_equal_counts(rs: RsProject) -> None:
     maker = rs.classifiers({"a": 2, "b": 3}, merge_labels=False)
-    bad(cli("--dialect", "rslearn", maker, "-o", rs.root / "o.yaml"), "maker.yaml:",
-        "merge_task_labels", "a: 2, b: 3")
+    bad(
+        cli("--dialect", "rslearn", maker, "-o", rs.root / "o.yaml"),
+        "maker.yaml:",
+        "merge_task_labels",
+        "a: 2, b: 3",
+    )
     assert not (rs.root / "o.yaml").exists()
 
 
 # -- detection, CLI and provenance ------------------------------------------------------------
+
 
 def test_auto_detection_and_message(rs: RsProject) -> None:
     maker = rs.classifiers({"a": 2})
@@ -445,19 +553,33 @@ def test_auto_detection_by_placeholders(rs: RsProject) -> None:
 
 def test_merge_heads_without_info_path(rs: RsProject) -> None:
     rs.classifiers({"a": 2})
-    maker = rs.maker(["../datasets/a.yaml"], base=BASE.replace("all_dataset_info_path: INFO\n", ""),
-                     merge_options={"merge_heads": True, "merge_task_labels": True})
-    bad(cli("--dialect", "rslearn", maker, "-o", rs.root / "o.yaml"), "base/base.yaml",
-        "all_dataset_info_path")
+    maker = rs.maker(
+        ["../datasets/a.yaml"],
+        base=BASE.replace("all_dataset_info_path: INFO\n", ""),
+        merge_options={"merge_heads": True, "merge_task_labels": True},
+    )
+    bad(
+        cli("--dialect", "rslearn", maker, "-o", rs.root / "o.yaml"),
+        "base/base.yaml",
+        "all_dataset_info_path",
+    )
 
 
 def test_explain_points_at_datasets_and_info(rs: RsProject) -> None:
     maker = rs.classifiers({"a": 2, "b": 3})
     prefix = "model.init_args.model.init_args."
-    result = cli(maker, "-q", "--explain", "data.init_args.batch_sizes.b",
-                 "--explain", "model.init_args.task.init_args.tasks.a",
-                 "--explain", prefix + "task_label_offsets.b.num_outputs",
-                 "--explain", prefix + "decoders.ClassificationHead.0.init_args.out_channels")
+    result = cli(
+        maker,
+        "-q",
+        "--explain",
+        "data.init_args.batch_sizes.b",
+        "--explain",
+        "model.init_args.task.init_args.tasks.a",
+        "--explain",
+        prefix + "task_label_offsets.b.num_outputs",
+        "--explain",
+        prefix + "decoders.ClassificationHead.0.init_args.out_channels",
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     assert "datasets/b.yaml:" in out.split("data.init_args.batch_sizes.b", 1)[1]

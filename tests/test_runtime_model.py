@@ -38,8 +38,10 @@ def merged_model() -> MultiTaskModel:
         encoder=[nn.Identity()],
         decoders={"merged": [CountingHead(4, 5)], "solo": [CountingHead(4, 2)]},
         decoder_to_target={"merged": ["a", "b"], "solo": ["c"]},
-        task_label_offsets={"a": {"offset": 0, "num_outputs": 3},
-                            "b": {"offset": 3, "num_outputs": 2}},
+        task_label_offsets={
+            "a": {"offset": 0, "num_outputs": 3},
+            "b": {"offset": 3, "num_outputs": 2},
+        },
     )
 
 
@@ -75,11 +77,19 @@ def test_lazy_decoding_runs_only_the_batch_tasks_decoders():
 
 def test_per_task_metrics_use_local_labels_of_a_merged_head():
     model = merged_model()
-    module = MultiTaskModule(model, {"a": ClassificationTask(num_classes=3),
-                                     "b": ClassificationTask(num_classes=2),
-                                     "c": ClassificationTask(num_classes=2)})
-    batch = {"dataset": "d", "inputs": torch.randn(8, 4),
-             "targets": {"b": torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])}}
+    module = MultiTaskModule(
+        model,
+        {
+            "a": ClassificationTask(num_classes=3),
+            "b": ClassificationTask(num_classes=2),
+            "c": ClassificationTask(num_classes=2),
+        },
+    )
+    batch = {
+        "dataset": "d",
+        "inputs": torch.randn(8, 4),
+        "targets": {"b": torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])},
+    }
     module._step(batch, "val")
     metric = module.metrics["val"]["b"]
     assert metric.confusion_matrix.shape == (2, 2) and int(metric.confusion_matrix.sum()) == 8
@@ -89,12 +99,18 @@ def test_per_task_metrics_use_local_labels_of_a_merged_head():
 def test_module_rejects_task_head_width_mismatch():
     model = merged_model()
     with pytest.raises(ValueError, match=r"tasks\.b.*2 outputs.*3"):
-        MultiTaskModule(model, {"a": ClassificationTask(num_classes=3),
-                                "b": ClassificationTask(num_classes=3),
-                                "c": ClassificationTask(num_classes=2)})
+        MultiTaskModule(
+            model,
+            {
+                "a": ClassificationTask(num_classes=3),
+                "b": ClassificationTask(num_classes=3),
+                "c": ClassificationTask(num_classes=2),
+            },
+        )
     with pytest.raises(ValueError, match=r"missing definitions for \['c'\]"):
-        MultiTaskModule(model, {"a": ClassificationTask(num_classes=3),
-                                "b": ClassificationTask(num_classes=2)})
+        MultiTaskModule(
+            model, {"a": ClassificationTask(num_classes=3), "b": ClassificationTask(num_classes=2)}
+        )
 
 
 def test_cross_entropy_masks_missing_labels_with_smoothing_and_class_weights():
@@ -108,7 +124,8 @@ def test_cross_entropy_masks_missing_labels_with_smoothing_and_class_weights():
     assert not torch.isclose(ours, plain)
     keep = target != -100
     torch.testing.assert_close(
-        classification_loss(logits, target), F.cross_entropy(logits[keep], target[keep]))
+        classification_loss(logits, target), F.cross_entropy(logits[keep], target[keep])
+    )
 
 
 def test_all_missing_labels_give_zero_loss_not_nan():
@@ -121,8 +138,12 @@ def test_focal_loss_downweights_easy_examples():
     target = torch.tensor([0, 0])
     logits = torch.tensor([[4.0, 0.0], [0.2, 0.0]])  # easy, hard
     ce = F.cross_entropy(logits, target, reduction="none")
-    focal = torch.stack([classification_loss(logits[i:i + 1], target[i:i + 1], focal_gamma=2.0)
-                         for i in range(2)])
+    focal = torch.stack(
+        [
+            classification_loss(logits[i : i + 1], target[i : i + 1], focal_gamma=2.0)
+            for i in range(2)
+        ]
+    )
     assert (focal < ce).all() and focal[0] / ce[0] < focal[1] / ce[1]
     assert classification_loss(logits, target, focal_gamma=0.0) == pytest.approx(ce.mean().item())
 
@@ -135,8 +156,9 @@ def test_multilabel_bce_masks_entries():
     torch.testing.assert_close(multilabel_loss(logits, target), ref)
 
 
-@pytest.mark.parametrize("kind,fn", [("mse", F.mse_loss), ("l1", F.l1_loss),
-                                     ("huber", F.huber_loss)])
+@pytest.mark.parametrize(
+    "kind,fn", [("mse", F.mse_loss), ("l1", F.l1_loss), ("huber", F.huber_loss)]
+)
 def test_regression_losses_mask_nan_targets(kind, fn):
     preds = torch.randn(6, 1)
     target = torch.tensor([0.5, math.nan, 1.0, -2.0, math.nan, 3.0])
@@ -193,8 +215,9 @@ def test_encoders_shapes():
     assert MLPEncoder(6, [8, 4])(torch.randn(3, 6)).shape == (3, 4)
     seq = TransformerEncoder(6, d_model=16, num_layers=1, num_heads=2)
     assert seq(torch.randn(2, 5, 6)).shape == (2, 16)
-    patches = TransformerEncoder(3 * 4 * 4, d_model=16, num_layers=1, num_heads=2, patch_size=4,
-                                 pool="none")
+    patches = TransformerEncoder(
+        3 * 4 * 4, d_model=16, num_layers=1, num_heads=2, patch_size=4, pool="none"
+    )
     assert patches(torch.randn(2, 3, 8, 8)).shape == (2, 4, 16)
     assert CNNEncoder(1, [4, 8])(torch.randn(2, 1, 8, 8)).shape == (2, 8)
     assert ClassificationHead(16, 3)(torch.randn(2, 5, 16)).shape == (2, 3)
@@ -215,8 +238,11 @@ def test_warmup_cosine_schedule():
 
 def test_ema_weights_are_evaluated_and_saved_while_training_weights_resume():
     model = merged_model()
-    tasks = {"a": ClassificationTask(num_classes=3), "b": ClassificationTask(num_classes=2),
-             "c": ClassificationTask(num_classes=2)}
+    tasks = {
+        "a": ClassificationTask(num_classes=3),
+        "b": ClassificationTask(num_classes=2),
+        "c": ClassificationTask(num_classes=2),
+    }
     module = MultiTaskModule(model, tasks, ema_decay=0.5)
     weight = module.model.decoders["solo"][0].weight
     module.ema.update()  # shadow = current

@@ -18,23 +18,45 @@ STEPS_PER_EPOCH = 20  # 2 datasets x 320 train samples / batch 32
 
 
 def resume_config() -> dict:
-    config = toy_config(max_epochs=2, run={"checkpoint_every_n_steps": 3,
-                                           "keep_step_checkpoints": -1})
-    config["model"]["init_args"]["model"]["init_args"]["encoder"] = [{
-        "class_path": "runtime_toy.SlowEncoder",
-        "init_args": {"in_features": 8, "out_features": 16, "sleep_s": 0.04}}]
+    config = toy_config(
+        max_epochs=2, run={"checkpoint_every_n_steps": 3, "keep_step_checkpoints": -1}
+    )
+    config["model"]["init_args"]["model"]["init_args"]["encoder"] = [
+        {
+            "class_path": "runtime_toy.SlowEncoder",
+            "init_args": {"in_features": 8, "out_features": 16, "sleep_s": 0.04},
+        }
+    ]
     config["model"]["init_args"]["ema_decay"] = 0.9
-    synthetic = {"class_path": "runtime.data.SyntheticDataModule",
-                 "init_args": {"num_samples": 400, "input_shape": [8], "val_fraction": 0.1,
-                               "test_fraction": 0.1, "seed": 0}}
+    synthetic = {
+        "class_path": "runtime.data.SyntheticDataModule",
+        "init_args": {
+            "num_samples": 400,
+            "input_shape": [8],
+            "val_fraction": 0.1,
+            "test_fraction": 0.1,
+            "seed": 0,
+        },
+    }
     config["data"] = {
         "class_path": "runtime.data.MultiDatasetDataModule",
         "init_args": {
             "data_modules": {
-                "a": {**synthetic, "init_args": {**synthetic["init_args"],
-                      "tasks": {"ta": {"kind": "classification", "num_classes": 3}}}},
-                "b": {**synthetic, "init_args": {**synthetic["init_args"], "seed": 1,
-                      "tasks": {"tb": {"kind": "classification", "num_classes": 3}}}},
+                "a": {
+                    **synthetic,
+                    "init_args": {
+                        **synthetic["init_args"],
+                        "tasks": {"ta": {"kind": "classification", "num_classes": 3}},
+                    },
+                },
+                "b": {
+                    **synthetic,
+                    "init_args": {
+                        **synthetic["init_args"],
+                        "seed": 1,
+                        "tasks": {"tb": {"kind": "classification", "num_classes": 3}},
+                    },
+                },
             },
             "batch_sizes": {"a": 32, "b": 32},
             "dataset_tasks": {"a": ["ta"], "b": ["tb"]},
@@ -46,17 +68,29 @@ def resume_config() -> dict:
 
 
 def mtl_run(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                                       os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     ckpt = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * STEPS_PER_EPOCH
-    return {**ckpt["state_dict"], **{f"train:{k}": v for k, v in
-                                      ckpt["ema_training_weights"].items()}}
+    return {
+        **ckpt["state_dict"],
+        **{f"train:{k}": v for k, v in ckpt["ema_training_weights"].items()},
+    }
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path):

@@ -27,17 +27,22 @@ def test_loads_config_weights_and_data_without_touching_the_config(run_dir):
     assert run.config == config  # building objects leaves the config dict as plain data
     assert yaml.safe_dump(run.config)
     saved = torch.load(run.checkpoint_path, weights_only=True)["state_dict"]
-    torch.testing.assert_close(run.module.state_dict()["model.encoder.0.net.0.weight"],
-                               saved["model.encoder.0.net.0.weight"])
+    torch.testing.assert_close(
+        run.module.state_dict()["model.encoder.0.net.0.weight"],
+        saved["model.encoder.0.net.0.weight"],
+    )
     assert not run.module.training and run.datamodule.dataset_tasks["ds_a"] == ["ta", "tb"]
     fresh = load_run(run_dir / "config.yaml", None, with_data=False)
     assert fresh.datamodule is None and fresh.checkpoint_path is None and fresh.run_dir is None
 
 
-@pytest.mark.parametrize("where, needle", [
-    ("missing", "no such run directory or run config"),
-    ("empty", "is not a run directory: it has no config.yaml"),
-])
+@pytest.mark.parametrize(
+    "where, needle",
+    [
+        ("missing", "no such run directory or run config"),
+        ("empty", "is not a run directory: it has no config.yaml"),
+    ],
+)
 def test_missing_run_directory(tmp_path, where, needle):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=needle):
@@ -80,8 +85,11 @@ def test_corrupt_checkpoint(run_dir, corrupt):
     if corrupt == "code":
         torch.save({"state_dict": {}, "payload": Payload()}, path)
     else:
-        path.write_bytes({"garbage": b"\x80\x04not torch", "empty": b"",
-                          "truncated": good[: len(good) // 2]}[corrupt])
+        path.write_bytes(
+            {"garbage": b"\x80\x04not torch", "empty": b"", "truncated": good[: len(good) // 2]}[
+                corrupt
+            ]
+        )
     with pytest.raises(ConfigError, match="best.ckpt: not a loadable checkpoint"):
         load_run(run_dir)
 

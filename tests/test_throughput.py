@@ -27,8 +27,16 @@ from scripts.bench_row import (
 )
 from scripts.throughput import main, table
 
-ROW_KEYS = {"mode", "batch_size", "dtype", "task", "samples_per_s", "ms_p50", "ms_p90",
-            "peak_mem_mb"}
+ROW_KEYS = {
+    "mode",
+    "batch_size",
+    "dtype",
+    "task",
+    "samples_per_s",
+    "ms_p50",
+    "ms_p90",
+    "peak_mem_mb",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +54,30 @@ def bench_cpu(*args: object):
 
 def test_rows_table_and_json_for_a_run_directory(run_dir, tmp_path):
     out = tmp_path / "bench.json"
-    result = bench_cpu(run_dir, "--batch-sizes", "2,8", "--mode", "both", "--task", "ta",
-                       "--iters", "3", "--warmup", "1", "--json", out)
+    result = bench_cpu(
+        run_dir,
+        "--batch-sizes",
+        "2,8",
+        "--mode",
+        "both",
+        "--task",
+        "ta",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "best.ckpt" in result.output and "samples/s" in result.output
     rows = json.loads(out.read_text())
     assert [(r["mode"], r["batch_size"]) for r in rows] == [
-        ("infer", 2), ("infer", 8), ("train", 2), ("train", 8)]
+        ("infer", 2),
+        ("infer", 8),
+        ("train", 2),
+        ("train", 8),
+    ]
     params = sum(p.numel() for p in load_run(run_dir, with_data=False).module.parameters())
     for row in rows:
         assert ROW_KEYS <= set(row) and row["error"] is None
@@ -69,8 +94,21 @@ def test_rows_table_and_json_for_a_run_directory(run_dir, tmp_path):
 def test_each_row_measures_its_own_peak_memory(run_dir, tmp_path):
     """A large batch first, then a small one: the small row must not inherit the peak."""
     out = tmp_path / "rows.json"
-    result = bench_cpu(run_dir, "--batch-sizes", "400000,1", "--mode", "train", "--task", "tb",
-                       "--iters", "1", "--warmup", "0", "--json", out)
+    result = bench_cpu(
+        run_dir,
+        "--batch-sizes",
+        "400000,1",
+        "--mode",
+        "train",
+        "--task",
+        "tb",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        out,
+    )
     assert result.exit_code == 0, result.output
     big, small = json.loads(out.read_text())
     assert big["peak_mem_mb"] - big["base_mem_mb"] > 40  # inputs alone are 12.8 MB
@@ -80,8 +118,22 @@ def test_each_row_measures_its_own_peak_memory(run_dir, tmp_path):
 def test_config_file_uses_random_weights_and_real_data(tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(toy_config()))
-    result = bench_cpu(config, "--batch-sizes", "200", "--mode", "infer", "--real-data",
-                       "--iters", "2", "--warmup", "0", "--dtype", "bfloat16", "--threads", "1")
+    result = bench_cpu(
+        config,
+        "--batch-sizes",
+        "200",
+        "--mode",
+        "infer",
+        "--real-data",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+        "--dtype",
+        "bfloat16",
+        "--threads",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     assert "random weights" in result.output and "inputs: real" in result.output
     line = next(ln for ln in result.output.splitlines() if ln.startswith("infer  tb"))
@@ -89,8 +141,19 @@ def test_config_file_uses_random_weights_and_real_data(tmp_path):
 
 
 def test_config_file_with_an_explicit_checkpoint(run_dir):
-    result = bench_cpu(run_dir.parent / "run.yaml", "--ckpt", run_dir / "checkpoints/last.ckpt",
-                       "--task", "ta", "--batch-sizes", "4", "--mode", "infer", "--iters", "1")
+    result = bench_cpu(
+        run_dir.parent / "run.yaml",
+        "--ckpt",
+        run_dir / "checkpoints/last.ckpt",
+        "--task",
+        "ta",
+        "--batch-sizes",
+        "4",
+        "--mode",
+        "infer",
+        "--iters",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     assert "last.ckpt) on cpu" in result.output
 
@@ -113,8 +176,11 @@ def test_train_step_uses_the_task_loss_and_the_run_optimizer(run_dir):
     task = module.tasks["ta"]
     original = task.loss
     task.loss = lambda out, target: seen.append(out.shape) or original(out, target)
-    batch = {"dataset": "a", "inputs": torch.randn(4, 8),
-             "targets": {"ta": torch.tensor([0, 1, 2, 0])}}
+    batch = {
+        "dataset": "a",
+        "inputs": torch.randn(4, 8),
+        "targets": {"ta": torch.tensor([0, 1, 2, 0])},
+    }
     spec = RowSpec("x", None, "train", "ta", 4, "float32", "cpu", False, 0, 1, None, False)
     before = [p.detach().clone() for p in module.parameters()]
     step = _train_step(module, batch, "ta", spec, torch.device("cpu"))
@@ -142,10 +208,11 @@ def test_inputs_follow_the_data_modules_shapes_and_label_values():
 
 
 def test_refusals_exit_2_before_any_row(run_dir):
-    assert_bad_input(bench_cpu(run_dir, "--dtype", "float16", "--mode", "train"),
-                     "float16 training is not supported on CPU")
-    assert_bad_input(bench_cpu(run_dir, "--dtype", "float16", "--mode", "both"),
-                     "--dtype bfloat16")
+    assert_bad_input(
+        bench_cpu(run_dir, "--dtype", "float16", "--mode", "train"),
+        "float16 training is not supported on CPU",
+    )
+    assert_bad_input(bench_cpu(run_dir, "--dtype", "float16", "--mode", "both"), "--dtype bfloat16")
     if not torch.cuda.is_available():
         assert_bad_input(bench(run_dir, "--device", "cuda"), "no CUDA device")
     assert_bad_input(bench(run_dir, "--task", "tx"), "no such task", "its tasks: ta, tb")
@@ -154,13 +221,26 @@ def test_refusals_exit_2_before_any_row(run_dir):
     assert_bad_input(bench(run_dir, "--mode", "serve"), "'serve' is not one of")
     assert_bad_input(bench(run_dir / "nope"), "no such run directory")
     assert_bad_input(bench(run_dir, "--ckpt", "last.ckpt"), "last.ckpt does not exist")
-    assert_bad_input(bench(run_dir.parent / "run.yaml", "--ckpt", "best"),
-                     "--ckpt best needs a run directory")
+    assert_bad_input(
+        bench(run_dir.parent / "run.yaml", "--ckpt", "best"), "--ckpt best needs a run directory"
+    )
 
 
 def test_a_failing_row_is_reported_not_raised(tmp_path):
-    spec = RowSpec(str(tmp_path / "gone.yaml"), None, "infer", "ta", 4, "float32", "cpu",
-                   False, 0, 1, None, False)
+    spec = RowSpec(
+        str(tmp_path / "gone.yaml"),
+        None,
+        "infer",
+        "ta",
+        4,
+        "float32",
+        "cpu",
+        False,
+        0,
+        1,
+        None,
+        False,
+    )
     sample = {"dataset": "a", "inputs": torch.randn(2, 8), "targets": {"ta": torch.zeros(2)}}
     row = measure_safely(spec, sample)
     assert row["error"].startswith("ConfigError") and "gone.yaml" in row["error"]

@@ -40,8 +40,11 @@ def _renormalized_slice(kind: str, full: torch.Tensor, offset: int, width: int) 
     """The merged model's probabilities over all its outputs, cut to a task's labels and
     renormalized over them."""
     probs = _probabilities(kind, full).narrow(1, offset, width)
-    return probs / probs.sum(dim=1, keepdim=True) if kind not in ("multilabel",
-                                                                  "regression") else probs
+    return (
+        probs / probs.sum(dim=1, keepdim=True)
+        if kind not in ("multilabel", "regression")
+        else probs
+    )
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -57,7 +60,8 @@ def test_unmerged_probabilities_equal_the_merged_renormalized_slice(tmp_path, ki
         assert single.module.model.task_names == [task]
         single.datamodule.setup("validate")
         assert single.datamodule.dataset_tasks == {
-            d: [task] for d, ts in LAYOUT.items() if task in ts}
+            d: [task] for d, ts in LAYOUT.items() if task in ts
+        }
         offset, width = offsets[task]["offset"], offsets[task]["num_outputs"]
         checked = 0
         with torch.no_grad():
@@ -95,16 +99,18 @@ def test_unmerged_dir_is_a_run_directory_for_mtl_run(tmp_path, capsys, monkeypat
     assert list(data["data_modules"]) == ["ds_a"] and data["dataset_tasks"] == {"ds_a": ["tb"]}
     info = json.loads((part / "run_info.json").read_text())
     assert info["unmerged_from"]["task"] == "tb"
-    assert info["unmerged_from"]["checkpoint"] == str((run_dir / "checkpoints/last.ckpt")
-                                                       .resolve())
+    assert info["unmerged_from"]["checkpoint"] == str((run_dir / "checkpoints/last.ckpt").resolve())
     ckpt = torch.load(part / "checkpoints/last.ckpt", weights_only=True)
     assert "optimizer_states" not in ckpt
     assert ckpt["state_dict"]["model.decoders.tb.0.net.0.weight"].shape == (2, 8)
     merged_w = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    torch.testing.assert_close(ckpt["state_dict"]["model.decoders.tb.0.net.0.weight"],
-                               merged_w["model.decoders.Merged.0.net.0.weight"][3:5])
-    torch.testing.assert_close(ckpt["state_dict"]["model.encoder.0.net.0.weight"],
-                               merged_w["model.encoder.0.net.0.weight"])
+    torch.testing.assert_close(
+        ckpt["state_dict"]["model.decoders.tb.0.net.0.weight"],
+        merged_w["model.decoders.Merged.0.net.0.weight"][3:5],
+    )
+    torch.testing.assert_close(
+        ckpt["state_dict"]["model.encoder.0.net.0.weight"], merged_w["model.encoder.0.net.0.weight"]
+    )
 
     monkeypatch.chdir(tmp_path)
     assert mtl_run(["validate", str(part / "config.yaml")]) == 0
@@ -131,19 +137,25 @@ def test_per_task_tensors_keep_the_rows_of_the_kept_task():
 
     old, new = nn.Module(), nn.Module()
     old.model = MultiTaskModel(
-        [nn.Linear(4, 4)], {"Merged": [nn.Linear(4, 6)]}, TaskTable(3),
+        [nn.Linear(4, 4)],
+        {"Merged": [nn.Linear(4, 6)]},
+        TaskTable(3),
         decoder_to_target={"Merged": ["x", "y", "z"]},
-        task_label_offsets={"x": {"offset": 0, "num_outputs": 2},
-                            "y": {"offset": 2, "num_outputs": 3},
-                            "z": {"offset": 5, "num_outputs": 1}})
+        task_label_offsets={
+            "x": {"offset": 0, "num_outputs": 2},
+            "y": {"offset": 2, "num_outputs": 3},
+            "z": {"offset": 5, "num_outputs": 1},
+        },
+    )
     new.model = MultiTaskModel([nn.Linear(4, 4)], {"y": [nn.Linear(4, 3)]}, TaskTable(1))
     cut = TaskCut("y", "Merged", 2, 3, 6, ["d"])
     state = cut_state_dict(old.state_dict(), old.model, new, cut)
     new.load_state_dict(state)
     torch.testing.assert_close(new.model.trunk.table, old.model.trunk.table[1:2])
     assert new.model.trunk.counts.tolist() == [1.0]
-    torch.testing.assert_close(new.model.decoders["y"][0].weight,
-                               old.model.decoders["Merged"][0].weight[2:5])
+    torch.testing.assert_close(
+        new.model.decoders["y"][0].weight, old.model.decoders["Merged"][0].weight[2:5]
+    )
 
 
 # ---- bad input --------------------------------------------------------------------------------
@@ -163,16 +175,18 @@ def test_run_without_merged_heads_is_refused(tmp_path):
 
 
 def test_unknown_task_is_refused(merged_run):
-    assert_bad_input(unmerge(merged_run, "--task", "tbb"), "--task tbb", "did you mean 'tb'",
-                     "ta, tb, tc")
+    assert_bad_input(
+        unmerge(merged_run, "--task", "tbb"), "--task tbb", "did you mean 'tb'", "ta, tb, tc"
+    )
     _nothing_written(merged_run)
 
 
 def test_missing_checkpoint_is_refused(merged_run):
     (merged_run / "checkpoints" / "best.ckpt").unlink()
     assert_bad_input(unmerge(merged_run), "no best checkpoint")
-    assert_bad_input(unmerge(merged_run, "--ckpt", merged_run / "nope.ckpt"),
-                     "nope.ckpt does not exist")
+    assert_bad_input(
+        unmerge(merged_run, "--ckpt", merged_run / "nope.ckpt"), "nope.ckpt does not exist"
+    )
     _nothing_written(merged_run)
 
 

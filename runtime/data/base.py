@@ -148,8 +148,9 @@ class TensorSplitModule(DatasetModule):
 
     def checked(self, data: TaskTensorDataset, source: Source) -> TaskTensorDataset:
         """``data`` checked (finite inputs, target dtypes and ranges) and cast for its tasks."""
-        return TaskTensorDataset(data.inputs,
-                                 validated(data.inputs, data.targets, self.target_specs, source))
+        return TaskTensorDataset(
+            data.inputs, validated(data.inputs, data.targets, self.target_specs, source)
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:

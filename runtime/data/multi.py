@@ -200,23 +200,26 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         """Pass the tasks' target specs to each dataset's module (checked when it loads)."""
         for name, module in self.data_modules.items():
             if isinstance(module, ExpectsTargets):
-                module.expect_targets({t: specs[t] for t in self.dataset_tasks[name]
-                                       if t in specs})
+                module.expect_targets({t: specs[t] for t in self.dataset_tasks[name] if t in specs})
 
     def setup(self, stage: str | None = None) -> None:
         for name, module in self.data_modules.items():
             try:
                 module.setup(stage)
             except DataConfigError as exc:  # locate it: which dataset's module
-                raise DataConfigError(exc.message, file=exc.file, line=exc.line,
-                                      key=("data_modules", name,
-                                           *(("init_args", *exc.key) if exc.key else ())),
-                                      ) from None
+                raise DataConfigError(
+                    exc.message,
+                    file=exc.file,
+                    line=exc.line,
+                    key=("data_modules", name, *(("init_args", *exc.key) if exc.key else ())),
+                ) from None
 
     def split_sizes(self, split: str) -> dict[str, int]:
         """Dataset name -> samples of that split (0 where the split is missing or empty)."""
-        return {name: 0 if d is None else len(d)
-                for name, d in zip(self.names, self._datasets(split), strict=True)}
+        return {
+            name: 0 if d is None else len(d)
+            for name, d in zip(self.names, self._datasets(split), strict=True)
+        }
 
     def preview_batches(self, split: str) -> dict[str, Batch]:
         """One batch per dataset with samples in ``split``: its first rows, at its batch size
@@ -295,10 +298,16 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         times."""
         names = [n for n in self.names if task in self.dataset_tasks[n]]
         narrowed = MultiDatasetDataModule(
-            {n: self.data_modules[n] for n in names}, dict.fromkeys(names, batch_size),
-            {n: [task] for n in names}, sample_mode=self.sample_mode, refill=self.refill,
-            temperature=self.temperature, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, seed=self.seed)
+            {n: self.data_modules[n] for n in names},
+            dict.fromkeys(names, batch_size),
+            {n: [task] for n in names},
+            sample_mode=self.sample_mode,
+            refill=self.refill,
+            temperature=self.temperature,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            seed=self.seed,
+        )
         narrowed._device_hint = device
         return narrowed
 

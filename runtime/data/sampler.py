@@ -221,8 +221,9 @@ class MultiDatasetBatchSampler(DistributedSampler):
         if self.mode == ALL_DATASETS:
             for step in range(start, len(self)):
                 self._steps_yielded = step + 1
-                yield tuple(BatchKey(d, self.indices(epoch, d, step))
-                            for d in range(len(self.sizes)))
+                yield tuple(
+                    BatchKey(d, self.indices(epoch, d, step)) for d in range(len(self.sizes))
+                )
             return
         datasets, chunks = self.plan(epoch)
         for step in range(start, len(datasets)):

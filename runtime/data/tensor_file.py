@@ -37,8 +37,12 @@ def _csv_rows(path: Path) -> list[list[str]]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataConfigError(f"not a UTF-8 text file (byte {raw[exc.start]:#04x} at offset "
-                              f"{exc.start}): is it really a CSV?", file=path, line=line) from None
+        raise DataConfigError(
+            f"not a UTF-8 text file (byte {raw[exc.start]:#04x} at offset "
+            f"{exc.start}): is it really a CSV?",
+            file=path,
+            line=line,
+        ) from None
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise DataConfigError("holds NUL bytes: a binary file, not a CSV", file=path, line=line)
@@ -46,8 +50,9 @@ def _csv_rows(path: Path) -> list[list[str]]:
     try:
         return list(reader)
     except csv.Error as exc:
-        raise DataConfigError(f"not a readable CSV ({exc})", file=path,
-                              line=reader.line_num) from None
+        raise DataConfigError(
+            f"not a readable CSV ({exc})", file=path, line=reader.line_num
+        ) from None
 
 
 def _read_csv(path: Path) -> dict[str, torch.Tensor | TextColumn]:
@@ -172,8 +177,9 @@ class TensorFileDataModule(TensorSplitModule):
             )
         column = columns[name]
         if isinstance(column, TextColumn):
-            raise DataConfigError(f"column '{name}' is not numeric (first text cell at {column})",
-                                  file=path, key=key)
+            raise DataConfigError(
+                f"column '{name}' is not numeric (first text cell at {column})", file=path, key=key
+            )
         return column
 
     def read(self, path: str) -> TaskTensorDataset:
@@ -191,8 +197,10 @@ class TensorFileDataModule(TensorSplitModule):
             if len(parts[0]) == 0:
                 raise DataConfigError("the file has no data rows", file=path)
             x = torch.cat([p.reshape(len(p), -1) for p in parts], dim=1)
-        targets = {task: self._column(columns, name, path, ("targets", task))
-                   for task, name in self.targets.items()}
+        targets = {
+            task: self._column(columns, name, path, ("targets", task))
+            for task, name in self.targets.items()
+        }
         try:
             return TaskTensorDataset(x, targets)
         except DataConfigError as exc:
@@ -205,9 +213,14 @@ class TensorFileDataModule(TensorSplitModule):
         """The file ``path`` (default: ``path``) as a :class:`Source` for the checks."""
         path = path or self.path
         inputs = [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
-        return Source(name=f"file {path}", file=path, columns=self.targets, inputs=inputs,
-                      header_lines=1 if Path(path).suffix.lower() == ".csv" else None,
-                      dtypes=self.target_dtypes)
+        return Source(
+            name=f"file {path}",
+            file=path,
+            columns=self.targets,
+            inputs=inputs,
+            header_lines=1 if Path(path).suffix.lower() == ".csv" else None,
+            dtypes=self.target_dtypes,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
@@ -216,5 +229,4 @@ class TensorFileDataModule(TensorSplitModule):
         if self.val_path:
             self.val_dataset = self.checked(self.read(self.val_path), self.source(self.val_path))
         if self.test_path:
-            self.test_dataset = self.checked(self.read(self.test_path),
-                                             self.source(self.test_path))
+            self.test_dataset = self.checked(self.read(self.test_path), self.source(self.test_path))
