@@ -3,7 +3,12 @@
 ``sample_mode: all_datasets``). Each method runs in its own process so peak RSS (CPU) or peak
 CUDA memory is its own. Prints one row per method with ratios to equal weighting.
 
-    python benchmarks/balancing.py [--steps 20] [--batch 32] [--device cpu]
+    python benchmarks/balancing.py [--steps 20] [--batch 32] [--device cpu] [--repeats 5]
+
+One process's fastest step moves by up to 10 % from one process to the next (memory layout,
+frequency), more than the differences measured here; so each method runs in ``--repeats``
+processes, interleaved with the other methods, and the row shows the median of their fastest
+steps.
 
 Targets (docs/balancing.md): static, uncertainty, DWA, random and geometric-mean weighting
 within 1.05x of equal weighting; FAMO, GradNorm and gradient methods cost about one extra
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -135,37 +141,45 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5, help="processes per method")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.one:
         print(json.dumps(run_one(opts.one, opts.steps, opts.batch, opts.device)))
         return 0
-    rows = {}
-    for method in METHODS:
-        done = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--one",
-                method,
-                "--steps",
-                str(opts.steps),
-                "--batch",
-                str(opts.batch),
-                "--device",
-                opts.device,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            print(f"{method}: failed: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
-            continue
-        rows[method] = json.loads(done.stdout.strip().splitlines()[-1])
+    runs: dict[str, list[dict[str, float]]] = {method: [] for method in METHODS}
+    for _ in range(opts.repeats):  # interleaved: a slow minute of the machine hits every method
+        for method in METHODS:
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    method,
+                    "--steps",
+                    str(opts.steps),
+                    "--batch",
+                    str(opts.batch),
+                    "--device",
+                    opts.device,
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                print(f"{method}: failed: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+                continue
+            runs[method].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = {
+        method: {key: statistics.median(r[key] for r in found) for key in found[0]}
+        for method, found in runs.items()
+        if found
+    }
     base = rows["equal (sum)"]
     print(
         f"model: {base['params'] / 1e6:.2f}M parameters, 4 tasks, batch {opts.batch} per "
-        f"task, {opts.device}, fastest of {opts.steps} steps"
+        f"task, {opts.device}, median over {opts.repeats} processes of the fastest of "
+        f"{opts.steps} steps"
     )
     print(f"{'method':<20} {'ms/step':>8} {'x equal':>8} {'peak MB':>8} {'x equal':>8}")
     for method, r in rows.items():
