@@ -8,10 +8,13 @@ fine-tune").
       checkpoint: best                    # best | last | a checkpoint path
       task_init: {new_task: existing_task}
 
-compiles to the module's ``model.init_args.init_from: {checkpoint: ABSOLUTE_PATH, task_init}``,
-which the runtime (``runtime.init_from``) applies when the fit starts: shared weights and the
-decoders of tasks both runs have come from the checkpoint, new tasks' decoders start fresh and
-a new task's embedding row starts from the named existing task's.
+compiles to the module's ``model.init_args.init_from: {run_dir: ABSOLUTE_PATH, checkpoint:
+best|last|ABSOLUTE_PATH, task_init}``. The compiler names no file of the run directory: the
+runtime (``runtime.init_from``, through ``runtime.rundir.RunDir``) resolves the checkpoint when
+the fit starts, so a fine-tune config can be compiled before its source run has trained. Then
+shared weights and the decoders of tasks both runs have come from the checkpoint, new tasks'
+decoders start fresh and a new task's embedding row starts from the named existing task's
+(task names are checked against the checkpoint then).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .tree import get_path, set_path
-from .yamlio import Source, load_source, resolve_path
+from .yamlio import Source, resolve_path
 
 KEYS = ("run_dir", "checkpoint", "task_init")
 SCHEMA: dict[str, Any] = {
@@ -37,7 +40,7 @@ SCHEMA: dict[str, Any] = {
         "checkpoint": {
             "type": "string",
             "minLength": 1,
-            "description": "best, last, or a checkpoint path (default best).",
+            "description": "best, last, step-<N>, or a checkpoint path (default best).",
         },
         "task_init": {
             "type": "object",
@@ -89,47 +92,28 @@ def load_finetune_from(src: Source, value: Any) -> FinetuneFrom:
     return FinetuneFrom(resolve_path(folder, run_dir), checkpoint, dict(task_init))
 
 
-def _checkpoint_path(spec: FinetuneFrom, src: Source) -> Path:
-    if spec.checkpoint in ("best", "last"):
-        path = spec.run_dir / "checkpoints" / f"{spec.checkpoint}.ckpt"
-    else:
-        path = resolve_path(src.path.parent, spec.checkpoint)
-    if not spec.run_dir.is_dir():
-        raise src.error(
-            (*_WHERE, "run_dir"),
-            f"{spec.run_dir} is not a run directory (train the source run first)",
-        )
-    if not path.is_file():
-        raise src.error((*_WHERE, "checkpoint"), f"no checkpoint at {path}")
-    return path.resolve()
-
-
-def _source_tasks(spec: FinetuneFrom) -> list[str] | None:
-    """Task names of the source run (from its saved config.yaml), None when unreadable."""
-    config = spec.run_dir / "config.yaml"
-    if not config.is_file():
-        return None
-    tasks = get_path(load_source(config, "source run config").doc, _TASKS)
-    return list(tasks) if isinstance(tasks, dict) else None
+def _checkpoint_request(spec: FinetuneFrom, src: Source) -> str:
+    """A checkpoint name of the run (a bare word: ``best``, ``last``, ``step-500``) as given;
+    a path (it has a ``/`` or a ``.``) made absolute against the maker file's folder."""
+    if "/" in spec.checkpoint or "." in spec.checkpoint:
+        return str(resolve_path(src.path.parent, spec.checkpoint).absolute())
+    return spec.checkpoint
 
 
 def apply_finetune_from(run: dict, spec: FinetuneFrom, src: Source) -> dict:
-    """The run config with ``model.init_args.init_from`` filled in, after checking that the
-    checkpoint exists and ``task_init`` names tasks of both runs."""
-    checkpoint = _checkpoint_path(spec, src)
+    """The run config with ``model.init_args.init_from`` filled in, after checking that
+    ``task_init`` names tasks of this run (the source run's are checked when the fit starts)."""
     tasks = get_path(run, _TASKS)
     new_tasks = list(tasks) if isinstance(tasks, dict) else []
-    old_tasks = _source_tasks(spec)
-    for new, old in spec.task_init.items():
-        where = (*_WHERE, "task_init", new)
+    for new in spec.task_init:
         if new not in new_tasks:
             raise src.error(
-                where, f"'{new}' is not a task of this run ({', '.join(new_tasks) or 'none'})"
+                (*_WHERE, "task_init", new),
+                f"'{new}' is not a task of this run ({', '.join(new_tasks) or 'none'})",
             )
-        if old_tasks is not None and old not in old_tasks:
-            raise src.error(
-                where,
-                f"'{old}' is not a task of the source run {spec.run_dir} ({', '.join(old_tasks)})",
-            )
-    init = {"checkpoint": str(checkpoint), "task_init": dict(spec.task_init)}
+    init = {
+        "run_dir": str(spec.run_dir.absolute()),
+        "checkpoint": _checkpoint_request(spec, src),
+        "task_init": dict(spec.task_init),
+    }
     return set_path(run, INIT_FROM, init)

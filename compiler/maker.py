@@ -13,7 +13,7 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 from .finetune import SCHEMA as FINETUNE_SCHEMA
 from .finetune import FinetuneFrom, load_finetune_from
-from .sweep import SCHEMA as SWEEP_SCHEMA
+from .sweep_schema import SCHEMA as SWEEP_SCHEMA
 from .yamlio import Source, parse, read_source, resolve_path
 from .yamlload import unknown_top_level_key
 

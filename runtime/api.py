@@ -253,7 +253,9 @@ def train(
     finally:
         torch.set_num_threads(threads)
     assert cli.run_dir is not None
-    summary = cli.run_dir / "summary.json"
+    from runtime.rundir import RunDir
+
+    summary = RunDir(cli.run_dir).summary
     metrics = json.loads(summary.read_text()) if summary.exists() else {}  # rank 0 writes it
     return TrainResult(run_dir=cli.run_dir, metrics=metrics)
 

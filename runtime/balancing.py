@@ -46,6 +46,7 @@ import torch.distributed as dist
 from lightning.pytorch import Callback
 from torch import Tensor, nn
 
+from runtime import compat
 from runtime.stages import select
 from runtime.tasks import multitask_loss
 
@@ -326,38 +327,32 @@ class FAMO(Balancer):
     def _apply(self, fn: Any, recurse: bool = True) -> FAMO:
         super()._apply(fn, recurse)
         if "famo" in self.__dict__:
-            self.famo._apply(fn)
+            compat.apply_to_tensors(self.famo, fn)
         return self
 
     def combine(self, values: Tensor, present: Tensor, context: StepContext) -> Tensor:
         famo = self.famo
         total = famo(values)
-        famo._prev_losses = mean_over_ranks(values.detach())  # the same w update on every rank
-        z = torch.softmax(famo._w.detach(), dim=0)
+        # the same w update on every rank
+        compat.set_famo_previous_losses(famo, mean_over_ranks(values.detach()))
+        z = torch.softmax(compat.famo_logits(famo).detach(), dim=0)
         shifted = values.detach() - famo.min_losses + _EPS
         self.weights[present] = (z / shifted) / (z / shifted).sum()
         return total
 
     def after_step(self, values: Tensor) -> None:
-        if self.famo._prev_losses is not None:
+        if compat.famo_previous_losses(self.famo) is not None:
             self.famo.update(mean_over_ranks(values.detach()))
 
     def get_extra_state(self) -> dict[str, Any]:
         famo = self.famo
-        adam = None if famo._optimizer is None else famo._optimizer.state_dict()
-        return _detached({"w": famo._w, "prev": famo._prev_losses, "adam": adam})
+        adam = compat.famo_adam_state(famo)
+        prev = compat.famo_previous_losses(famo)
+        return _detached({"w": compat.famo_logits(famo), "prev": prev, "adam": adam})
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        famo = self.famo
-        with torch.no_grad():
-            famo._w.copy_(state["w"])
-        famo._prev_losses = state["prev"]
-        famo._optimizer = None
-        if state["adam"] is not None:  # FAMO's own Adam on its logits (torchjd builds it lazily)
-            famo._optimizer = torch.optim.Adam(
-                [famo._w], lr=famo.lr, weight_decay=famo.weight_decay
-            )
-            famo._optimizer.load_state_dict(state["adam"])
+        # FAMO's own Adam on its logits (torchjd builds it lazily)
+        compat.load_famo_state(self.famo, state["w"], state["prev"], state["adam"])
 
 
 def shared_parameters(model: nn.Module, selectors: Sequence[str] | None) -> list[str]:
@@ -622,7 +617,7 @@ def plain_state(module: nn.Module) -> dict[str, dict[str, Any]]:
     running cosine targets, NashMTL's previous weights), which ``state_dict`` leaves out."""
     out: dict[str, dict[str, Any]] = {}
     for name, sub in module.named_modules():
-        attrs = dict(sub._buffers)  # aggregators are kept out of the balancer's state_dict
+        attrs = compat.module_buffers(sub)  # aggregators are kept out of the state_dict
         for key, value in vars(sub).items():
             if (
                 key in _SKIP
@@ -644,9 +639,7 @@ def load_plain_state(module: nn.Module, state: Mapping[str, Mapping[str, Any]]) 
     for name, attrs in state.items():
         for key, value in attrs.items():
             setattr(subs[name], key, _unplain(value))
-        reinit = getattr(subs[name], "_init_optim_problem", None)  # NashMTL's cvxpy problem
-        if callable(reinit) and getattr(subs[name], "step", 0) and not hasattr(subs[name], "prob"):
-            reinit()
+        compat.rebuild_solver_problem(subs[name])  # NashMTL's cvxpy problem
 
 
 # ---- config checks ---------------------------------------------------------------------------
@@ -847,7 +840,7 @@ class BalancingHooks(Callback):
             return
         balancer: Balancer = pl_module.balancer
         # the weights of the step Lightning writes to the logger, not one log call per step
-        if trainer._logger_connector.should_update_logs:
+        if compat.should_update_logs(trainer):
             order = {t: i for i, t in enumerate(balancer.task_names)}
             pl_module.log_dict(
                 {

@@ -11,29 +11,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from compiler.files import atomic_file
+from runtime.compat import (
+    ModelCheckpointHooks,
+    checkpoint_schedule,
+    saves_on_train_epoch_end,
+    skips_saving,
+)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def newest_loadable(directory: Path) -> tuple[Path, int] | None:
-    """(path, global step) of the newest ``*.ckpt`` that loads (last or step checkpoints,
-    not best ones); a file cut short by a killed process is skipped."""
-    if not directory.is_dir():
-        return None
-    candidates = sorted(
-        (p for p in directory.glob("*.ckpt") if not p.name.startswith("best")),
-        key=lambda p: p.stat().st_mtime_ns,
-        reverse=True,
-    )
-    for path in candidates:
-        try:
-            step = int(load_checkpoint(path).get("global_step", 0))
-        except Exception:  # noqa: BLE001 - any unreadable file is skipped, not fatal
-            continue
-        return path, step
-    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
 
 
-class RunCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpointHooks, ModelCheckpoint):
     """``ModelCheckpoint`` that keeps its file names across resumes: no ``-v1`` versions, and a
     run directory moved or copied elsewhere takes its best/last bookkeeping along (Lightning
     drops it when the directory path changed, then writes ``best-v1.ckpt``)."""
@@ -58,27 +45,22 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(enable_version_counter=False, **kwargs)
         self._last_step_saved = -1
 
-    def _save_last_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
+    def after_save_last(self, trainer: Any) -> None:
         self._last_step_saved = trainer.global_step
 
     def _keep_last_current(self, trainer: Any, skip: bool) -> None:
         """Lightning 2.6 rewrites ``last.ckpt`` only when the monitored score improved; a
         killed run would then resume from an old epoch. Write it at every epoch's end."""
         if self.save_last and not skip and self._last_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.save_last_now(trainer)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        skip = self._should_skip_saving_checkpoint(trainer) or self._should_save_on_train_epoch_end(
-            trainer
-        )
+        skip = skips_saving(self, trainer) or saves_on_train_epoch_end(self, trainer)
         super().on_validation_end(trainer, pl_module)
         self._keep_last_current(trainer, skip)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        skip = self._should_skip_saving_checkpoint(
-            trainer
-        ) or not self._should_save_on_train_epoch_end(trainer)
+        skip = skips_saving(self, trainer) or not saves_on_train_epoch_end(self, trainer)
         super().on_train_epoch_end(trainer, pl_module)
         self._keep_last_current(trainer, skip)
 
@@ -88,13 +70,7 @@ class RunCheckpoint(ModelCheckpoint):
         return f"ModelCheckpoint{self._state_key_fields()!r}"
 
     def _state_key_fields(self) -> dict[str, Any]:
-        return {
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "every_n_train_steps": self._every_n_train_steps,
-            "every_n_epochs": self._every_n_epochs,
-            "train_time_interval": self._train_time_interval,
-        }
+        return {"monitor": self.monitor, "mode": self.mode, **checkpoint_schedule(self)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")

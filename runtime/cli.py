@@ -24,13 +24,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from compiler.files import check_output
 from runtime.checkpoints import AtomicCheckpointIO, RunCheckpoint
+from runtime.command_line import launched_as_rank_zero, split_command_line
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
 from runtime.csv_log import RunCSVLogger, tensorboard_logger
-from runtime.entry import (
-    default_run_dir,
-    launched_as_rank_zero,
-    split_command_line,
-)
 from runtime.exits import RUN, guarded
 from runtime.hardware import (
     DEVICE_HELP,
@@ -43,14 +39,12 @@ from runtime.hardware import (
     resolve_device,
     trainer_device,
 )
+from runtime.protocols import HasBatchSizes, HasTasks
 from runtime.quiet import quiet_lightning, summary_kwargs
 from runtime.reporting import ValidationHistory
 from runtime.run_lock import release_locks
-from runtime.rundir import prepare_fit_dir
+from runtime.rundir import RunDir, prepare_fit_dir
 from runtime.stop import GracefulStop
-
-_CLI_ONLY = ("run_dir", "resume", "force", "check", "ckpt_path", "device")
-
 
 KeepCount = restricted_number_type("KeepCount", int, (">=", -1))
 """How many files to keep: a count, or -1 for all (checked when the config is parsed)."""
@@ -150,7 +144,8 @@ class RunCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="validate/test/predict: checkpoint to load (default: the run's best).",
+            help="validate/test/predict: best (default), last, step-<N>, best-<task> or a "
+            "checkpoint path (see docs/file-formats.md).",
         )
         parser.add_argument(
             "--device",
@@ -192,11 +187,12 @@ class RunCLI(LightningCLI):
         problem = check_run_config(self.config)
         if problem:
             raise ConfigError(f"{where}{problem}")
-        self.run_dir = (
-            Path(self.config.run_dir)
-            if self.config.run_dir
-            else (default_run_dir(self.config_path) if self.config_path else Path("runs/run"))
-        )
+        if self.config.run_dir:
+            self.run_dir = Path(self.config.run_dir)
+        elif self.config_path:
+            self.run_dir = RunDir.default_for(self.config_path).path
+        else:
+            self.run_dir = Path("runs/run")
         RUN.run_dir = self.run_dir
         self._choose_device()
         if self.config.check:
@@ -223,10 +219,11 @@ class RunCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         assert self.run_dir is not None
         kwargs["default_root_dir"] = str(self.run_dir)
+        events = RunDir(self.run_dir).tensorboard
         kwargs["logger"] = (
             [
                 RunCSVLogger(self.run_dir, resume_step=self.resume_step),
-                *([tensorboard_logger(self.run_dir)] if self.config.run.tensorboard else []),
+                *([tensorboard_logger(events)] if self.config.run.tensorboard else []),
             ]
             if self.subcommand_name == "fit" and not self.config.check
             else False
@@ -248,12 +245,13 @@ class RunCLI(LightningCLI):
 
     def _run_callbacks(self) -> list[Callback]:
         opts = RunOptions(**vars(self.config.run))
-        ckpt_dir = str(self.run_dir / "checkpoints")
+        run = RunDir(self.run_dir)
+        ckpt_dir = str(run.checkpoints)
         callbacks: list[Callback] = [
             ValidationHistory(),
             RunCheckpoint(
                 dirpath=ckpt_dir,
-                filename="best",
+                filename=RunDir.BEST,
                 monitor=opts.monitor,
                 mode=opts.mode,
                 save_last=True,
@@ -266,7 +264,7 @@ class RunCLI(LightningCLI):
             callbacks.append(
                 RunCheckpoint(
                     dirpath=ckpt_dir,
-                    filename="step-{step}",
+                    filename=RunDir.STEP_TEMPLATE,
                     monitor="step",
                     mode="max",
                     every_n_train_steps=opts.checkpoint_every_n_steps,
@@ -275,7 +273,7 @@ class RunCLI(LightningCLI):
                 )
             )
         if self.subcommand_name == "fit":
-            callbacks.append(GracefulStop(self.run_dir / "checkpoints" / "last.ckpt"))
+            callbacks.append(GracefulStop(run.checkpoint_file("last")))
         if opts.early_stopping_patience is not None:
             callbacks.append(
                 EarlyStopping(
@@ -310,7 +308,7 @@ def constructor_error(err: Exception) -> str:
 
 def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
     """One ``best-<task>.ckpt`` per task, on its primary metric."""
-    tasks = getattr(model, "tasks", {})
+    tasks = model.tasks if isinstance(model, HasTasks) else {}
     out: list[Callback] = []
     for name, task in tasks.items():
         metric = f"val/{name}/{task.primary_metric}"
@@ -318,7 +316,7 @@ def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
         out.append(
             RunCheckpoint(
                 dirpath=ckpt_dir,
-                filename=f"best-{name}",
+                filename=RunDir.best_of(name),
                 monitor=metric,
                 mode=mode,
                 auto_insert_metric_name=False,
@@ -360,7 +358,8 @@ def run_command(argv: list[str], source: dict[str, Any] | None = None) -> RunCLI
         try:
             run_subcommand(cli, argv)  # ConfigErrors found once the objects exist
         except torch.OutOfMemoryError:
-            sizes = getattr(cli.datamodule, "batch_sizes", None)
+            data = cli.datamodule
+            sizes = data.batch_sizes if isinstance(data, HasBatchSizes) else None
             device = str(getattr(cli.model, "device", "the GPU"))
             raise DeviceMemoryError(out_of_memory_message(device, sizes)) from None
     finally:

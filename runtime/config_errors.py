@@ -20,16 +20,18 @@ import yaml
 
 from compiler.errors import ConfigError as CompilerConfigError
 from compiler.errors import did_you_mean
+from runtime import compat
 
-_KEY = re.compile(r'Parser key "([^"]+)":')
-_CLASS = re.compile(r"Problem with given class_path '([^']+)':")
-_OPTION = re.compile(r"Option '([^']+)' is not accepted")
-_GROUP = re.compile(r"Group '([^']+)' does not accept option '([^']+)'")
+# jsonargparse's error prose (runtime.compat holds every reliance on library internals)
+_KEY = compat.JSONARGPARSE_KEY
+_CLASS = compat.JSONARGPARSE_CLASS
+_OPTION = compat.JSONARGPARSE_OPTION
+_GROUP = compat.JSONARGPARSE_GROUP
 _NO_ATTR = re.compile(r"module '([^']+)' has no attribute '([^']+)'")
 _NO_MODULE = re.compile(r"No module named '([^']+)'")
-_REQUIRED = re.compile(r"the following arguments are required: (.+)")
-_UNRECOGNIZED = re.compile(r"unrecognized arguments: -*([^\s=]+)")
-_GOT_CLASS = re.compile(r"Got value: Namespace\(class_path='([^']+)'")
+_REQUIRED = compat.JSONARGPARSE_REQUIRED
+_UNRECOGNIZED = compat.JSONARGPARSE_UNRECOGNIZED
+_GOT_CLASS = compat.JSONARGPARSE_GOT_CLASS
 _NOISE = (
     "Does not validate against any of the Union subtypes",
     "Subtypes:",

@@ -10,9 +10,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from compiler.files import atomic_write
+from runtime.compat import ExperimentWriterHooks, tensorboard_available
 from runtime.config_errors import ConfigError
-
-METRICS_NAME = "metrics.csv"
 
 
 def kept_rows(path: Path, keep_until_step: int) -> tuple[list[str], list[dict[str, str]]]:
@@ -53,13 +52,13 @@ def kept_rows(path: Path, keep_until_step: int) -> tuple[list[str], list[dict[st
     return fields, rows
 
 
-class _ContinuingWriter(ExperimentWriter):
+class _ContinuingWriter(ExperimentWriterHooks, ExperimentWriter):
     """Keeps the rows of an earlier attempt up to ``keep_until_step`` (rows logged after the
     checkpoint being resumed would otherwise appear twice); Lightning's writer deletes them."""
 
     keep_until_step: int | None = None
 
-    def _check_log_dir_exists(self) -> None:
+    def on_existing_metrics_file(self) -> None:
         path = Path(self.metrics_file_path)
         if not path.is_file():
             return
@@ -70,7 +69,7 @@ class _ContinuingWriter(ExperimentWriter):
         _write_table(path, fields, rows)
         self.metrics_keys = sorted(fields)
 
-    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+    def rewrite_with_header(self, fieldnames: list[str]) -> None:
         """Lightning truncates the file and writes it again in place; a kill then loses it."""
         path = Path(self.metrics_file_path)
         with path.open(newline="") as handle:
@@ -102,17 +101,17 @@ class RunCSVLogger(CSVLogger):
         return self._experiment
 
 
-def tensorboard_logger(run_dir: Path) -> Logger:
-    """TensorBoard event files in ``RUN_DIR/tensorboard/`` (``run.tensorboard: true``), beside
+def tensorboard_logger(folder: Path) -> Logger:
+    """TensorBoard event files in ``folder`` (``RUN_DIR/tensorboard/``, with
+    ``run.tensorboard: true``), beside
     ``metrics.csv``; view them with ``tensorboard --logdir RUN_DIR/tensorboard``."""
     from lightning.pytorch.loggers import TensorBoardLogger
-    from lightning.pytorch.loggers.tensorboard import _TENSORBOARD_AVAILABLE
 
-    if not _TENSORBOARD_AVAILABLE:
+    if not tensorboard_available():
         raise ConfigError(
             "run.tensorboard: true needs the tensorboard package: "
             "pip install 'mtl-toolkit[tensorboard]'"
         )
     return TensorBoardLogger(
-        save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+        save_dir=str(folder.parent), name=folder.name, version="", default_hp_metric=False
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from runtime.compat import foreach_lerp_
+
 
 class WeightEMA:
     """Shadow copies of trainable parameters, updated after every optimizer step.
@@ -39,7 +41,7 @@ class WeightEMA:
         params = self._ensure()
         if self.swapped:
             raise RuntimeError("EMA update while EMA weights are swapped in")
-        torch._foreach_lerp_(self.shadow, params, 1.0 - self.decay)
+        foreach_lerp_(self.shadow, params, 1.0 - self.decay)
 
     @torch.no_grad()
     def swap(self) -> None:

@@ -8,16 +8,14 @@ torch-free compiler layer, answers what it can, and hands everything else to
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from compiler.errors import did_you_mean
+from runtime.command_line import launched_as_rank_zero, split_command_line
+from runtime.rundir import RunDir
 
 PROG = "mtl-run"
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# Switches that take no value (so the next argument is not theirs).
-_FLAGS = ("--resume", "--force", "--check", "--help", "-h", "--print_config")
 # Top-level options of the full parser (``mtl-run fit --help``); config keys go below them.
 RUN_OPTIONS = ("run_dir", "run-dir", "resume", "force", "check", "ckpt_path", "device")
 ROOT_OPTIONS = (
@@ -52,7 +50,8 @@ run options:
   --resume            continue the run in the run directory from its newest checkpoint
   --force             delete an existing run directory and start over
   --check             validate the config against the classes; train nothing
-  --ckpt_path PATH    validate/test/predict: the checkpoint (default: best, else last)
+  --ckpt_path CKPT    validate/test/predict: best (default; last if the run has no
+                      best), last, step-<N>, best-<task> or a checkpoint path
   --device DEVICE     cpu, cuda, cuda:N or auto: run on that one device (sets
                       trainer.accelerator and trainer.devices; default: the config's)
   --seed_everything N the run's seed
@@ -66,7 +65,7 @@ overrides: any key of the run config, applied after the file:
 examples:
   {PROG} maker_configs/quickstart.run.yaml
   {PROG} validate runs/quickstart/config.yaml
-  {PROG} predict runs/quickstart/config.yaml --ckpt_path runs/quickstart/checkpoints/last.ckpt
+  {PROG} predict runs/quickstart/config.yaml --ckpt_path last
 
 `{PROG} fit --help` lists every option of the run config, with the classes' docs.
 The last line printed on stdout is the run directory; bad input exits with code 2.
@@ -75,43 +74,6 @@ The last line printed on stdout is the run directory; bad input exits with code 
 
 class UsageError(Exception):
     """Bad command line or a refusal found before anything is built (exit code 2)."""
-
-
-def split_command_line(argv: list[str]) -> tuple[str, Path | None, list[str]]:
-    """(subcommand, positional config path, jsonargparse arguments with ``--config`` first)."""
-    args = list(argv)
-    subcommand = args.pop(0) if args and args[0] in SUBCOMMANDS else "fit"
-    for i, arg in enumerate(args):
-        previous = args[i - 1] if i else ""
-        takes_value = previous.startswith("-") and "=" not in previous and previous not in _FLAGS
-        if not arg.startswith("-") and not takes_value:
-            rest = args[:i] + args[i + 1 :]
-            return subcommand, Path(arg), ["--config", arg, *rest]
-    return subcommand, None, args
-
-
-def default_run_dir(config_path: Path) -> Path:
-    """``runs/<config stem>/`` (without a ``.run`` suffix), or the run directory a ``config.yaml``
-    was saved in."""
-    if config_path.name == "config.yaml" and (config_path.parent / "run_info.json").exists():
-        return config_path.parent
-    stem = config_path.stem
-    return Path("runs") / (stem.removesuffix(".run") or stem)  # quickstart.run.yaml -> quickstart
-
-
-def launched_as_rank_zero() -> bool:
-    """Whether this process is rank 0 of its launch (Lightning, torchrun, SLURM set these)."""
-    return all(
-        os.environ.get(var, "0") == "0"
-        for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK")
-    )
-
-
-def existing_run_dir_message(run_dir: Path) -> str:
-    return (
-        f"run directory {run_dir} already exists: pass --resume to continue it, "
-        "--force to delete it and start over, or --run-dir for another directory"
-    )
 
 
 def _option_value(args: list[str], *names: str) -> str | None:
@@ -152,7 +114,7 @@ def _check_options(args: list[str]) -> None:
 
 def _check_config_file(path: Path) -> None:
     if path.is_dir():
-        inside = path / "config.yaml"
+        inside = RunDir(path).config
         hint = f" (a run directory's config is {inside})" if inside.is_file() else ""
         raise UsageError(f"{path} is a directory, not a run config{hint}")
     if not path.exists():
@@ -171,9 +133,9 @@ def precheck(argv: list[str]) -> None:
     if subcommand != "fit" or check or resume or force or not launched_as_rank_zero():
         return
     given = _option_value(args, "--run-dir", "--run_dir")
-    run_dir = Path(given) if given else default_run_dir(Path(config))
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        raise UsageError(existing_run_dir_message(run_dir))
+    run_dir = RunDir(given) if given else RunDir.default_for(Path(config))
+    if run_dir.path.is_dir() and any(run_dir.path.iterdir()):
+        raise UsageError(run_dir.existing_message())
 
 
 def version() -> str:

@@ -60,8 +60,9 @@ def resume_command(argv: list[str], run_dir: Path | None) -> str:
 
 
 def _has_checkpoint() -> bool:
-    folder = RUN.run_dir / "checkpoints" if RUN.run_dir else None
-    return folder is not None and folder.is_dir() and any(folder.glob("*.ckpt"))
+    from runtime.rundir import RunDir
+
+    return RUN.run_dir is not None and RunDir(RUN.run_dir).has_checkpoint()
 
 
 def _say(message: str) -> None:

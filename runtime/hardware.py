@@ -92,7 +92,9 @@ def compile_model(module: torch.nn.Module, setting: bool | str | None) -> None:
         return
     from torch import nn
 
-    inner = getattr(module, "model", None)
+    from runtime.protocols import inner_model
+
+    inner = inner_model(module)
     target = inner if isinstance(inner, nn.Module) else module
     mode = None if setting is True or setting == "default" else str(setting)
     target.compile(mode=mode)

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from runtime.command_line import launched_as_rank_zero
 from runtime.config_errors import first_line
-from runtime.entry import launched_as_rank_zero
 from runtime.state_mismatch import describe_mismatch, listing
 
 DCP_METADATA = ".metadata"

@@ -1,8 +1,10 @@
 """Starting a run from a trained multitask run's weights ("isolate fine-tune").
 
 ``mtl-make-config`` compiles the maker key ``finetune_from`` into the module's ``init_from``
-(``{checkpoint, task_init}``); ``MultiTaskModule`` applies it when a fit starts fresh (never on
-``--resume``: the run's own checkpoint holds everything then). What is copied:
+(``{run_dir, checkpoint, task_init}``); ``MultiTaskModule`` applies it when a fit starts fresh
+(never on ``--resume``: the run's own checkpoint holds everything then), resolving the
+checkpoint in the source run directory by :meth:`runtime.rundir.RunDir.checkpoint`'s rule.
+What is copied:
 
 * shared tensors (encoder, trunk, adapters' hypernetwork, ...) whose names match; peft's
   ``base_layer`` wrapping is looked through, so static LoRA can be added at fine-tune time;
@@ -38,24 +40,44 @@ class InitFrom:
     """Initial weights from a trained run's checkpoint.
 
     Args:
-        checkpoint: the source Lightning checkpoint (e.g. ``RUN/checkpoints/best.ckpt``).
+        run_dir: the source run directory.
+        checkpoint: which of its checkpoints: ``best``, ``last``, ``step-<N>`` (resolved when
+            the fit starts, see :meth:`runtime.rundir.RunDir.checkpoint`), or a checkpoint
+            path (the only form without ``run_dir``, as configs compiled before it had).
         task_init: new task -> existing task of the source whose per-task rows (task
             embedding) it starts from.
     """
 
-    checkpoint: str
+    checkpoint: str = "best"
     task_init: dict[str, str] = field(default_factory=dict)
+    run_dir: str | None = None
+
+    def checkpoint_path(self) -> Path:
+        """The source checkpoint file, a ``ConfigError`` naming ``init_from`` if there is none."""
+        from runtime.rundir import RunDir, resolve_checkpoint
+
+        if self.run_dir is not None and not RunDir(self.run_dir).config.is_file():
+            raise ConfigError(
+                f"init_from.run_dir: {self.run_dir} is not a run directory (no "
+                f"{RunDir.CONFIG}; train the source run first)"
+            )
+        try:
+            return resolve_checkpoint(self.run_dir, self.checkpoint)
+        except ConfigError as err:
+            raise ConfigError(f"init_from.checkpoint: {err}") from None
 
 
 @dataclass
 class InitReport:
-    """What was copied, for the run's log."""
+    """What was copied (from ``source``), for the run's log."""
 
+    source: str = ""
     loaded: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)
     rows: dict[str, str] = field(default_factory=dict)
 
-    def summary(self, source: str) -> str:
+    def summary(self, source: str | None = None) -> str:
+        source = self.source if source is None else source
         rows = ", ".join(f"{new} <- {old}" for new, old in self.rows.items()) or "none"
         fresh = ", ".join(self.fresh[:6]) + (" ..." if len(self.fresh) > 6 else "")
         return (
@@ -194,10 +216,9 @@ def apply_init_from(model: nn.Module, init: InitFrom) -> InitReport:
     """Copy a trained run's weights into ``model`` in place (see the module docstring)."""
     from runtime.rundir import read_checkpoint
 
-    path = Path(init.checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"init_from.checkpoint {path} does not exist")
+    path = init.checkpoint_path()
     state, report = initial_state(model, read_checkpoint(path), init, path)
+    report.source = str(path)
     current = model.state_dict()
     with torch.no_grad():
         for name, tensor in state.items():

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from runtime.compat import set_adapter_disabled
+
 
 def match_modules(root: nn.Module, targets: list[str], kind: type = nn.Linear) -> list[str]:
     """Names of ``kind`` submodules of ``root`` matching ``targets``: a full name, a dotted
@@ -205,7 +207,7 @@ class StaticLoRA(_Switch):
     def set_enabled(self, on: bool) -> None:
         super().set_enabled(on)
         for layer in getattr(self, "_layers", []):
-            layer._disable_adapters = not self._on  # peft's flag, without touching requires_grad
+            set_adapter_disabled(layer, not self._on)  # without touching requires_grad
 
 
 def adapter_switches(model: nn.Module) -> list[_Switch]:

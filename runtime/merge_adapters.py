@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from runtime.protocols import Mergeable
+
 
 def _tuner_layer_type() -> type | None:
     try:
@@ -22,7 +24,7 @@ def _tuner_layer_type() -> type | None:
 
 
 def _mergeable(module: nn.Module, tuner_layer: type | None) -> bool:
-    return callable(getattr(module, "merge_and_unload", None)) or (
+    return isinstance(module, Mergeable) or (
         tuner_layer is not None and isinstance(module, tuner_layer)
     )
 
@@ -42,7 +44,7 @@ def merge_adapters(module: nn.Module) -> tuple[nn.Module, int]:
     submodules are replaced in place.
     """
     tuner_layer = _tuner_layer_type()
-    if callable(getattr(module, "merge_and_unload", None)):
+    if isinstance(module, Mergeable):
         return module.merge_and_unload(), 1
     if tuner_layer is not None and isinstance(module, tuner_layer):
         if not module.disable_adapters:  # a switched-off adapter does not change the output

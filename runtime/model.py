@@ -11,6 +11,14 @@ from contextlib import nullcontext
 from torch import Tensor, nn
 
 from runtime.lora import StaticLoRA, TaskLoRA
+from runtime.protocols import (
+    AddsEmbedding,
+    AuxLossSource,
+    EmbeddingConsumer,
+    PerTaskParameters,
+    SizedHead,
+    is_task_conditioned,
+)
 from runtime.task_embedding import TaskEmbedding
 
 
@@ -77,19 +85,17 @@ class MultiTaskModel(nn.Module):
         self.static_lora = static_lora
         self._bind_task_conditioning()
         # Fixed once built: looked up per step, so computed here, not on every forward.
-        self._conditioned_encoder = self.task_lora is not None or any(
-            getattr(m, "task_conditioned", False) for m in self.encoder
-        )
-        self._aux_named = [
-            (n, m) for n, m in self.named_modules() if callable(getattr(m, "aux_loss", None))
-        ]
+        self._conditioned_layers = [is_task_conditioned(m) for m in self.encoder]
+        self._conditioned_encoder = self.task_lora is not None or any(self._conditioned_layers)
+        self._aux_named = [(n, m) for n, m in self.named_modules() if isinstance(m, AuxLossSource)]
 
     def _check_slice(self, task: str) -> None:
         """A task's label slice must lie inside its decoder's outputs (else the first step
         fails on a narrow() deep in training)."""
         offset, width = self.task_slices[task]
         decoder = self.task_to_decoder[task]
-        total = getattr(self.decoders[decoder][-1], "num_outputs", None)
+        head = self.decoders[decoder][-1]
+        total = head.num_outputs if isinstance(head, SizedHead) else None
         where = f"model.init_args.model.init_args.task_label_offsets.{task}"
         if offset < 0 or width < 1:
             raise ValueError(
@@ -106,13 +112,10 @@ class MultiTaskModel(nn.Module):
         """Give the task-conditioned parts the task list and the embedding size."""
         if self.static_lora is not None:
             self.static_lora.attach(self.encoder)
-        needs = ["trunk"] if getattr(self.trunk, "add_embedding", False) else []
+        adds = isinstance(self.trunk, AddsEmbedding) and self.trunk.add_embedding
+        needs = ["trunk"] if adds else []
         needs += ["task_lora"] if self.task_lora is not None else []
-        needs += [
-            f"encoder.{i}"
-            for i, m in enumerate(self.encoder)
-            if getattr(m, "task_conditioned", False)
-        ]
+        needs += [f"encoder.{i}" for i, m in enumerate(self.encoder) if is_task_conditioned(m)]
         if self.task_embedding is None:
             if needs:
                 raise ValueError(
@@ -122,12 +125,12 @@ class MultiTaskModel(nn.Module):
                 )
             return
         dim = self.task_embedding.bind(self.task_names)
-        if self.trunk is not None and hasattr(self.trunk, "bind_embedding"):
+        if isinstance(self.trunk, EmbeddingConsumer):
             self.trunk.bind_embedding(dim)
         if self.task_lora is not None:
             self.task_lora.attach(self.encoder, dim)
         for module in self.encoder:
-            if hasattr(module, "bind_embedding"):
+            if isinstance(module, EmbeddingConsumer):
                 module.bind_embedding(dim)
 
     @property
@@ -142,7 +145,8 @@ class MultiTaskModel(nn.Module):
         """Outputs the task receives, when the head tells its ``num_outputs``."""
         if task in self.task_slices:
             return self.task_slices[task][1]
-        return getattr(self.head(task), "num_outputs", None)
+        head = self.head(task)
+        return head.num_outputs if isinstance(head, SizedHead) else None
 
     @property
     def task_conditioned_encoder(self) -> bool:
@@ -164,15 +168,14 @@ class MultiTaskModel(nn.Module):
             else nullcontext()
         )
         with context:
-            for module in self.encoder:
-                conditioned = getattr(module, "task_conditioned", False)
+            for module, conditioned in zip(self.encoder, self._conditioned_layers, strict=True):
                 x = module(x, embedding) if conditioned else module(x)
         return x
 
     def _run_trunk(self, features: Tensor, embedding: Tensor | None) -> Tensor:
         if self.trunk is None:
             return features
-        if getattr(self.trunk, "task_conditioned", False):
+        if is_task_conditioned(self.trunk):
             return self.trunk(features, embedding)
         return self.trunk(features)
 
@@ -245,6 +248,7 @@ def per_task_tensors(model: nn.Module) -> set[str]:
     those rows by task name, e.g. by ``init_from`` and ``mtl-unmerge``)."""
     names = set()
     for prefix, module in model.named_modules():
-        for name in getattr(module, "per_task_parameters", ()):
+        declared = module.per_task_parameters if isinstance(module, PerTaskParameters) else ()
+        for name in declared:
             names.add(f"{prefix}.{name}" if prefix else name)
     return names

@@ -20,12 +20,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from runtime import balancing
+from runtime import balancing, compat
 from runtime.balancing import Balancer
 from runtime.ema import WeightEMA
 from runtime.init_from import ROUTING_KEY, TASKS_KEY, InitFrom, apply_init_from
 from runtime.metrics import ConfusionMatrixMetrics
 from runtime.model import MultiTaskModel
+from runtime.protocols import DerivesTotalSteps, KnowsDatasetTasks, ParamGroupSplitter
 from runtime.step_stats import CHECKPOINT_KEY, NonFinitePolicy, StepStats
 from runtime.tasks import Task, multitask_loss
 
@@ -81,6 +82,10 @@ class MultiTaskModule(LightningModule):
     default, reported at the next log interval) or ``skip`` (that step's update is skipped;
     costs one host sync per step).
     """
+
+    #: splits the trainable parameters into optimizer groups; a callback that manages its
+    #: own groups (``FineTuneStages``) sets it in its ``setup`` hook
+    param_group_splitter: ParamGroupSplitter | None = None
 
     def __init__(
         self,
@@ -190,7 +195,8 @@ class MultiTaskModule(LightningModule):
     def _predict_tasks(self, batch: Mapping[str, Any]) -> list[str]:
         if batch.get("targets"):
             return list(batch["targets"])
-        by_dataset = getattr(getattr(self.trainer, "datamodule", None), "dataset_tasks", None)
+        data = getattr(self.trainer, "datamodule", None)
+        by_dataset = data.dataset_tasks if isinstance(data, KnowsDatasetTasks) else None
         if by_dataset and batch.get("dataset") in by_dataset:
             return list(by_dataset[batch["dataset"]])
         return self.model.task_names
@@ -202,7 +208,7 @@ class MultiTaskModule(LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Lightning's own decision, so these rows land on the steps it writes to the logger
-        if not self.trainer._logger_connector.should_update_logs:
+        if not compat.should_update_logs(self.trainer):
             return
         self._check_losses()
         skipped = self.step_stats.skip_report()
@@ -261,10 +267,8 @@ class MultiTaskModule(LightningModule):
     # ---- optimizer -------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         params: Any = [p for p in self.parameters() if p.requires_grad]
-        for callback in getattr(self._trainer, "callbacks", None) or []:
-            split = getattr(callback, "param_groups", None)  # e.g. FineTuneStages' lr groups
-            if callable(split):
-                params = split(self)
+        if self.param_group_splitter is not None:
+            params = self.param_group_splitter.param_groups(self)
         if self.optimizer_factory is None:
             optimizer = torch.optim.AdamW(params, lr=1e-3)
         else:
@@ -272,9 +276,8 @@ class MultiTaskModule(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        derive = getattr(scheduler, "derive_total_steps", None)
-        if derive is not None and getattr(scheduler, "total_steps", 0) is None:
-            derive(int(self.trainer.estimated_stepping_batches))
+        if isinstance(scheduler, DerivesTotalSteps) and scheduler.total_steps is None:
+            scheduler.derive_total_steps(int(self.trainer.estimated_stepping_batches))
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
         if isinstance(scheduler, ReduceLROnPlateau):
             config.update(monitor=SCORE, interval="epoch")
@@ -353,7 +356,7 @@ class MultiTaskModule(LightningModule):
         report = apply_init_from(self.model, self.init_from)
         self._init_applied = True
         if self._trainer is None or self.trainer.is_global_zero:
-            print(report.summary(self.init_from.checkpoint))
+            print(report.summary())
 
     def on_fit_start(self) -> None:
         """``init_from`` for fits started without ``mtl-run`` (after the optimizer exists,

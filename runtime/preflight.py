@@ -25,6 +25,7 @@ from compiler.errors import did_you_mean
 from runtime.config_errors import ConfigError, first_line
 from runtime.data.validate import expect_tasks
 from runtime.module import MultiTaskModule, rng_states, set_rng_states
+from runtime.protocols import HasTasks
 from runtime.rundir import check_fits, read_checkpoint
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def check_before_run(cli: RunCLI, checkpoint: str | None = None) -> None:
     where = f"{cli.config_path}: " if cli.config_path else ""
     module, datamodule = cli.model, cli.datamodule
     with _rng_untouched():
-        tasks = dict(getattr(module, "tasks", {}))
+        tasks = dict(module.tasks) if isinstance(module, HasTasks) else {}
         expect_tasks(datamodule, tasks)
         _setup_data(datamodule, stage, where)
         split = SPLIT_OF_STAGE[stage]
@@ -143,7 +144,7 @@ def _data_error(exc: InputError, where: str) -> ConfigError:
 
 
 def _setup_data(datamodule: Any, stage: str, where: str) -> None:
-    from runtime.cli import launched_as_rank_zero
+    from runtime.command_line import launched_as_rank_zero
 
     try:
         if launched_as_rank_zero():

@@ -14,6 +14,8 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from runtime.protocols import inner_model
+
 # Info lines: advertisements, and a note about how Lightning sizes the LR schedule.
 _DROPPED_INFO = ("💡 Tip:", "Loading `train_dataloader` to estimate number of stepping batches")
 _DROPPED_WARNINGS = (
@@ -64,7 +66,7 @@ class ParameterSummary(Callback):
         total = sum(p.numel() for p in pl_module.parameters())
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         print(
-            f"model: {type(getattr(pl_module, 'model', pl_module)).__name__}, "
+            f"model: {type(inner_model(pl_module)).__name__}, "
             f"{total:,} parameters ({trainable:,} trainable)",
             file=sys.stderr,
         )

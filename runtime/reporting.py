@@ -21,6 +21,7 @@ from safetensors.torch import save
 
 from compiler.files import atomic_write
 from runtime.plots import fit_title
+from runtime.protocols import RecordsConfusion
 from runtime.tasks import RegressionTask, Task
 
 _HASH_LINE = re.compile(r"^#\s*sha256\s+([0-9a-fA-F]{64})\s+(.+?)\s*$")
@@ -47,7 +48,8 @@ class ValidationHistory(Callback):
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        confusion = getattr(pl_module, "confusion_matrices", {}).get("val", {})
+        recorded = pl_module.confusion_matrices if isinstance(pl_module, RecordsConfusion) else {}
+        confusion = recorded.get("val", {})
         self.entries.append(
             {
                 "epoch": trainer.current_epoch,
@@ -151,7 +153,9 @@ def plot_confusion_matrix(
 def plot_task_weights(run_dir: Path) -> Path | None:
     """``task_weights.png``: each task's balancer weight (``train/weight/<task>`` in
     metrics.csv) over training steps; None when the run logged no weights."""
-    path = run_dir / "metrics.csv"
+    from runtime.rundir import RunDir
+
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         return None
     series: dict[str, tuple[list[float], list[float]]] = {}
@@ -218,7 +222,9 @@ def write_predictions(run_dir: Path, batches: list[Any], tasks: dict[str, Task])
                 columns.setdefault("target", []).append(targets[task].detach().cpu())
             for key, value in outputs.items():
                 columns.setdefault(key, []).append(value.detach().cpu())
-    out_dir = run_dir / "predictions"
+    from runtime.rundir import RunDir
+
+    out_dir = RunDir(run_dir).predictions
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for task, outputs in collected.items():

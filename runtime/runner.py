@@ -15,6 +15,7 @@ from compiler import exitcodes
 from compiler.files import atomic_write, check_output
 from runtime.balancing import describe as describe_balancer
 from runtime.hardware import compile_model
+from runtime.protocols import EmbeddingSource, HasTasks, PreparesFit, RecordsConfusion
 from runtime.reporting import (
     ValidationHistory,
     absent_metrics,
@@ -27,25 +28,27 @@ from runtime.reporting import (
     write_json,
     write_predictions,
 )
-from runtime.rundir import create_run_dir
+from runtime.rundir import RunDir, create_run_dir, resolve_checkpoint
 from runtime.step_stats import NonFiniteLossError
 
 if TYPE_CHECKING:
     from runtime.cli import RunCLI
 
 
-#: What each subcommand writes into the run directory (besides its ``*_info.json``).
-STAGE_OUTPUTS: dict[str, list[tuple[str, Literal["file", "dir"]]]] = {
-    "fit": [
-        ("config.yaml", "file"),
-        ("summary.json", "file"),
-        ("metrics.csv", "file"),
-        ("checkpoints", "dir"),
-    ],
-    "validate": [("validate_metrics.json", "file")],
-    "test": [("test_metrics.json", "file")],
-    "predict": [("predictions", "dir")],
-}
+def stage_outputs(run: RunDir, stage: str) -> list[tuple[Path, Literal["file", "dir"]]]:
+    """What a subcommand writes into the run directory (its ``*_info.json`` included)."""
+    outputs: dict[str, list[tuple[Path, Literal["file", "dir"]]]] = {
+        "fit": [
+            (run.config, "file"),
+            (run.summary, "file"),
+            (run.metrics, "file"),
+            (run.checkpoints, "dir"),
+        ],
+        "validate": [(run.stage_metrics("validate"), "file")],
+        "test": [(run.stage_metrics("test"), "file")],
+        "predict": [(run.predictions, "dir")],
+    }
+    return [*outputs[stage], (run.info(stage), "file")]
 
 
 def _callback(trainer: Any, kind: type) -> Any:
@@ -67,10 +70,10 @@ class WriteOnTrainStart(Callback):
 
 def save_config(cli: RunCLI, path: Path) -> None:
     """The config as executed: every default filled in, CLI-only switches left out."""
-    from runtime.cli import _CLI_ONLY
+    from runtime.command_line import CLI_ONLY
 
     config = cli.config.clone()
-    for key in _CLI_ONLY:
+    for key in CLI_ONLY:
         config.pop(key, None)
     config.pop("config", None)
     header = header_comments(cli.config_path)["header"] if cli.config_path else []
@@ -83,7 +86,7 @@ def task_embedding_sources(model: Any) -> list[dict[str, Any]]:
     return [
         m.source_metadata
         for m in model.modules()
-        if getattr(m, "source_metadata", None) is not None
+        if isinstance(m, EmbeddingSource) and m.source_metadata is not None
     ]
 
 
@@ -92,18 +95,18 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
 
     run_dir = cli.run_dir
     assert run_dir is not None
+    run = RunDir(run_dir)
     stage = cli.subcommand_name
-    check_before_run(cli, None if stage == "fit" else checkpoint_for_evaluation(cli))
-    prepare = getattr(cli.model, "prepare_fit", None)  # e.g. init_from: before anything is written
-    if stage == "fit" and callable(prepare):
-        prepare(resuming=cli.resume_from is not None)
-    info_name = "run_info.json" if stage == "fit" else f"{stage}_info.json"
-    for name, kind in STAGE_OUTPUTS[stage] + [(info_name, "file")]:
-        check_output(run_dir / name, kind)  # before any work: no folder where a file goes
-    from runtime.entry import launched_as_rank_zero
+    for path, kind in stage_outputs(run, stage):
+        check_output(path, kind)  # before any work: no folder where a file goes
+    ckpt = None if stage == "fit" else checkpoint_for_evaluation(cli)
+    check_before_run(cli, None if ckpt is None else str(ckpt))
+    if stage == "fit" and isinstance(cli.model, PreparesFit):  # init_from: before any write
+        cli.model.prepare_fit(resuming=cli.resume_from is not None)
+    from runtime.command_line import launched_as_rank_zero
 
     create_run_dir(run_dir, lock=stage == "fit" and launched_as_rank_zero())
-    config_path = cli.config_path or run_dir / "config.yaml"
+    config_path = cli.config_path or run.config
     embeddings = task_embedding_sources(cli.model)
     for source in embeddings:
         print(
@@ -114,23 +117,27 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
 
     def record() -> None:
         if stage == "fit":
-            save_config(cli, run_dir / "config.yaml")
+            save_config(cli, run.config)
         info = run_info(argv, stage, config_path, cli.config.seed_everything)
         info["balancer"] = describe_balancer(cli.config)
         if embeddings:
             info["task_embeddings"] = embeddings
-        write_json(run_dir / info_name, info)
+        write_json(run.info(stage), info)
 
     if stage == "fit":  # written once training starts: a fit that fails before changes nothing
         cli.trainer.callbacks.append(WriteOnTrainStart(record))
     else:
         record()
     compile_model(cli.model, cli.config.run.compile)
-    {"fit": _fit, "validate": _evaluate, "test": _evaluate, "predict": _predict}[stage](cli)
+    stages = {"fit": _fit, "validate": _evaluate, "test": _evaluate, "predict": _predict}
+    if stage == "fit":
+        _fit(cli)
+    else:
+        stages[stage](cli, str(ckpt))
 
 
 def _tasks(cli: RunCLI) -> dict[str, Any]:
-    return dict(getattr(cli.model, "tasks", {}))
+    return dict(cli.model.tasks) if isinstance(cli.model, HasTasks) else {}
 
 
 def _fit(cli: RunCLI) -> None:
@@ -173,8 +180,8 @@ def _fit(cli: RunCLI) -> None:
             file=sys.stderr,
         )
     if stopped is not None:  # recorded before summary.json: a kill in between is no success
-        _record_exit(run_dir / "run_info.json", exitcodes.NON_FINITE_LOSS, str(stopped))
-    write_json(run_dir / "summary.json", summary)
+        _record_exit(RunDir(run_dir).run_info, exitcodes.NON_FINITE_LOSS, str(stopped))
+    write_json(RunDir(run_dir).summary, summary)
     plot_task_weights(run_dir)
     write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
     _print_results("best validation", summary)
@@ -199,29 +206,17 @@ def _tasks_of_monitor(monitor: str, tasks: dict[str, Any]) -> list[str]:
     return list(tasks)
 
 
-def checkpoint_for_evaluation(cli: RunCLI) -> str | None:
-    """``--ckpt_path``, else the run's best (or last) checkpoint, else None."""
-    if cli.config.ckpt_path:
-        return cli.config.ckpt_path
-    for name in ("best.ckpt", "last.ckpt"):
-        path = cli.run_dir / "checkpoints" / name
-        if path.exists():
-            return str(path)
-    return None
+def checkpoint_for_evaluation(cli: RunCLI) -> Path:
+    """``--ckpt_path`` (a checkpoint name or path), else the run's ``best``: both resolved by
+    :meth:`runtime.rundir.RunDir.checkpoint`'s rule (never freshly built weights)."""
+    assert cli.run_dir is not None
+    return resolve_checkpoint(cli.run_dir, cli.config.ckpt_path or "best")
 
 
-def _checkpoint_for_evaluation(cli: RunCLI) -> str | None:
-    ckpt = checkpoint_for_evaluation(cli)
-    if ckpt is None:
-        print(f"mtl-run: no checkpoint in {cli.run_dir}/checkpoints: using freshly built weights")
-    return ckpt
-
-
-def _evaluate(cli: RunCLI) -> None:
+def _evaluate(cli: RunCLI, ckpt: str) -> None:
     stage = cli.subcommand_name
     trainer, run_dir = cli.trainer, cli.run_dir
     run = trainer.validate if stage == "validate" else trainer.test
-    ckpt = _checkpoint_for_evaluation(cli)
     run(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
     if not trainer.is_global_zero:
         return
@@ -232,8 +227,10 @@ def _evaluate(cli: RunCLI) -> None:
         t: m or absent_metrics(tasks[t])
         for t, m in per_task_report(metrics, prefix, list(tasks)).items()
     }
-    write_json(run_dir / f"{stage}_metrics.json", report)
-    confusion = getattr(cli.model, "confusion_matrices", {}).get(prefix, {})
+    write_json(RunDir(run_dir).stage_metrics(stage), report)
+    model = cli.model
+    recorded = model.confusion_matrices if isinstance(model, RecordsConfusion) else {}
+    confusion = recorded.get(prefix, {})
     write_confusion_matrices(
         run_dir,
         {t: cm.tolist() for t, cm in confusion.items()},
@@ -244,9 +241,8 @@ def _evaluate(cli: RunCLI) -> None:
     _print_results(stage, report)
 
 
-def _predict(cli: RunCLI) -> None:
+def _predict(cli: RunCLI, ckpt: str) -> None:
     trainer, run_dir = cli.trainer, cli.run_dir
-    ckpt = _checkpoint_for_evaluation(cli)
     batches = trainer.predict(
         cli.model,
         datamodule=cli.datamodule,

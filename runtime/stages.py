@@ -6,7 +6,8 @@ Selectors name parts of the ``MultiTaskModel`` by parameter-name prefix at a dot
 (``encoder.*.bias``, ``*lora*``); a leading ``model.`` is allowed. A selector matching no
 parameter is an error. Learning-rate scales are relative to the configured learning rate
 (``1.0`` restores it): every selector used in an ``lr_scale`` mapping gets its own optimizer
-parameter group (``MultiTaskModule`` asks :meth:`FineTuneStages.param_groups`), and ``*`` or
+parameter group (the callback manages its groups: its ``setup`` hook hands
+:meth:`FineTuneStages.param_groups` to ``MultiTaskModule``'s optimizer), and ``*`` or
 a bare number scales every group. A stage applies at the start of its epoch; the stage reached
 is saved in checkpoints, so a resumed run re-applies the freezing and adapter switches of
 every stage up to it (learning rates come back with the optimizer and scheduler states).
@@ -22,6 +23,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
 from runtime.lora import adapter_switches
+from runtime.protocols import ScalesBaseLrs, TakesParamGroups, inner_model
 
 ALL = "*"
 
@@ -50,10 +52,6 @@ class Stage:
         if isinstance(self.lr_scale, dict):
             return dict(self.lr_scale)
         return {ALL: float(self.lr_scale)}
-
-
-def _inner(module: LightningModule) -> nn.Module:
-    return getattr(module, "model", module)
 
 
 def select(model: nn.Module, selector: str) -> list[str]:
@@ -122,7 +120,7 @@ class FineTuneStages(Callback):
 
     def param_groups(self, module: LightningModule) -> list[dict[str, Any]]:
         """Trainable parameters split into one group per ``lr_scale`` selector (+ the rest)."""
-        model = _inner(module)
+        model = inner_model(module)
         self._check(model)
         prefix = "model." if model is not module else ""
         owner: dict[str, str] = {}
@@ -141,18 +139,26 @@ class FineTuneStages(Callback):
         before it is built (the first stage's freezing is applied once it exists)."""
         if stage != "fit":
             return
-        model = _inner(pl_module)
+        model = inner_model(pl_module)
         self._check(model)
+        if isinstance(pl_module, TakesParamGroups):
+            pl_module.param_group_splitter = self  # its optimizer gets this callback's groups
         params = dict(model.named_parameters())
         for st in self.stages:
             for selector in st.unfreeze:
                 for name in select(model, selector):
                     params[name].requires_grad_(True)
 
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Hand the optimizer's grouping back once this fit ends (a later fit without the
+        callback groups nothing)."""
+        if isinstance(pl_module, TakesParamGroups) and pl_module.param_group_splitter is self:
+            pl_module.param_group_splitter = None
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Re-apply the structure (frozen parts, adapter switches) of the stages reached."""
         for stage in self.stages[: self.applied]:
-            self._apply_structure(_inner(pl_module), stage)
+            self._apply_structure(inner_model(pl_module), stage)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         while (
@@ -160,7 +166,7 @@ class FineTuneStages(Callback):
             and self.stages[self.applied].epoch <= trainer.current_epoch
         ):
             stage = self.stages[self.applied]
-            self._apply_structure(_inner(pl_module), stage)
+            self._apply_structure(inner_model(pl_module), stage)
             self._apply_scales(trainer, stage)
             self.applied += 1
 
@@ -194,9 +200,8 @@ class FineTuneStages(Callback):
                 if "initial_lr" in group:
                     group["initial_lr"] *= ratio
                 for scheduler in schedulers:
-                    base = getattr(scheduler, "base_lrs", None)
-                    if base is not None:
-                        base[i] *= ratio
+                    if isinstance(scheduler, ScalesBaseLrs):
+                        scheduler.base_lrs[i] *= ratio
         groups = {g.get("stage_group", ALL) for o in trainer.optimizers for g in o.param_groups}
         for key in groups:
             new = wanted.get(key, wanted.get(ALL))

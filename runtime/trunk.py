@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from runtime.protocols import EmbeddingConsumer, is_task_conditioned
+
 
 class TaskFiLM(nn.Module):
     """``x * (1 + gamma(e)) + beta(e)``: a per-task affine modulation, identity at start."""
@@ -57,6 +59,7 @@ class TaskTrunk(nn.Module):
         self.in_features = in_features
         self.add_embedding = add_embedding
         self.layers = nn.ModuleList(layers or [])
+        self._conditioned = [is_task_conditioned(layer) for layer in self.layers]
         self.project: nn.Module | None = None
 
     def bind_embedding(self, embedding_dim: int) -> None:
@@ -68,9 +71,8 @@ class TaskTrunk(nn.Module):
                 else nn.Linear(embedding_dim, self.in_features)
             )
         for layer in self.layers:
-            bind = getattr(layer, "bind_embedding", None)
-            if bind is not None:
-                bind(embedding_dim)
+            if isinstance(layer, EmbeddingConsumer):
+                layer.bind_embedding(embedding_dim)
 
     def forward(self, features: Tensor, task_embedding: Tensor) -> Tensor:
         x = features
@@ -84,6 +86,6 @@ class TaskTrunk(nn.Module):
             if x.dim() == 4:  # channels-first maps [B, C, H, W]
                 shift = shift[:, None, None]
             x = x + shift
-        for layer in self.layers:
-            x = layer(x, task_embedding) if getattr(layer, "task_conditioned", False) else layer(x)
+        for layer, conditioned in zip(self.layers, self._conditioned, strict=True):
+            x = layer(x, task_embedding) if conditioned else layer(x)
         return x

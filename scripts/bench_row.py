@@ -191,7 +191,7 @@ def measure(spec: RowSpec, sample: Batch) -> dict[str, Any]:
     loaded = load_run(spec.target, ckpt=spec.checkpoint, with_data=spec.real_data)
     module = loaded.module
     if spec.compile:
-        torch._dynamo.reset()  # rows in one process (CUDA) must not share compiled graphs
+        torch.compiler.reset()  # rows in one process (CUDA) must not share compiled graphs
     if device.type == "cuda":
         _release(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -21,6 +21,7 @@ import click
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
 from compiler.files import atomic_dir, atomic_write, check_output, remove_stale_temps
+from runtime.protocols import inner_model
 from scripts.common import bad_input_exits, note
 
 if TYPE_CHECKING:
@@ -61,15 +62,16 @@ def part_of(module: Any, config: dict[str, Any], part: str) -> tuple[nn.Module, 
     """(module to export, the config.json entries that rebuild it: its class_path/init_args
     spec from the run config, and for the encoder the model's adapters injected into it)."""
     from runtime.exported import ENCODER_ATTACHMENTS
+    from runtime.model import MultiTaskModel
 
-    model = getattr(module, "model", None)
+    model = inner_model(module)
     try:
         model_spec = config["model"]["init_args"]["model"]
         model_args = model_spec["init_args"]
         spec = model_spec if part == "model" else model_args["encoder"]
     except (KeyError, TypeError):
         spec = None
-    if model is None or not hasattr(model, "encoder") or spec is None:
+    if not isinstance(model, MultiTaskModel) or spec is None:
         raise ConfigError(
             "the run's model is not a MultiTaskModule over a MultiTaskModel "
             "(model.init_args.model.init_args.encoder is missing); nothing to export"
@@ -77,7 +79,7 @@ def part_of(module: Any, config: dict[str, Any], part: str) -> tuple[nn.Module, 
     entries = {part: _without_init_checkpoint(spec)}
     if part == "encoder":
         entries.update({k: model_args[k] for k in ENCODER_ATTACHMENTS if model_args.get(k)})
-        if getattr(model, "task_lora", None) is not None:
+        if model.task_lora is not None:
             _note(
                 "task LoRA lives beside the encoder (model.task_lora) and is not in an encoder "
                 "export; use --part model to keep it"

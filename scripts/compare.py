@@ -29,6 +29,7 @@ import click
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
 from compiler.files import atomic_write, check_output
+from runtime.rundir import RunDir
 from scripts.common import bad_input_exits
 from scripts.metrics_table import format_table, number
 
@@ -75,7 +76,7 @@ def balancer_label(record: Any) -> str:
 def _balancer(run_dir: Path) -> str:
     """The balancer a run recorded in run_info.json (``sum`` when none or not recorded)."""
     try:
-        info = json.loads((run_dir / "run_info.json").read_text())
+        info = json.loads(RunDir(run_dir).run_info.read_text())
     except (OSError, ValueError):
         return "sum"
     return balancer_label(info.get("balancer") if isinstance(info, dict) else None)
@@ -118,7 +119,7 @@ def read_run(run_dir: Path) -> RunFigures:
     config_path, found = config_of(run_dir)
     if found is None:
         raise ConfigError(f"{run_dir} is not a run directory (give the folder, not a file)")
-    path = run_dir / "summary.json"
+    path = found.summary
     try:
         summary = json.loads(path.read_text())
     except FileNotFoundError:
@@ -154,7 +155,7 @@ def _values(runs: list[RunFigures], task: str, metric: str) -> list[float]:
         value = run.summary[task].get(metric)
         if not isinstance(value, (int, float)):
             raise ConfigError(
-                f"{run.run_dir / 'summary.json'}: task '{task}' has no "
+                f"{RunDir(run.run_dir).summary}: task '{task}' has no "
                 f"'{metric}' (a primary metric of its task type)"
             )
         out.append(float(value))

@@ -20,6 +20,7 @@ import click
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
 from compiler.files import atomic_write, check_output
+from runtime.protocols import HasBatchSizes, HasTasks
 from scripts.common import bad_input_exits, device_option
 from scripts.metrics_table import task_table
 
@@ -81,10 +82,11 @@ def evaluate(
     try:
         getattr(trainer, SPLITS[split])(run.module, datamodule=run.datamodule, verbose=False)
     except torch.OutOfMemoryError:
-        sizes = getattr(run.datamodule, "batch_sizes", None)
+        data = run.datamodule
+        sizes = data.batch_sizes if isinstance(data, HasBatchSizes) else None
         raise ConfigError(out_of_memory_message(str(chosen), sizes)) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    tasks = list(getattr(run.module, "tasks", {}))
+    tasks = list(run.module.tasks) if isinstance(run.module, HasTasks) else []
     return {t: m for t, m in per_task_report(metrics, split, tasks).items() if m}
 
 

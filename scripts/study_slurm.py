@@ -114,7 +114,9 @@ class SlurmOptions:
 def sbatch_script(folder: Path, count: int, options: SlurmOptions, job_name: str) -> str:
     """The sbatch script ``launch_slurm`` submits for an array of ``count`` runs (rendered by
     submitit itself, so it also works on a machine without SLURM)."""
-    from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
+    from submitit.slurm.slurm import SlurmExecutor
+
+    from runtime.compat import sbatch_script
 
     class ScriptOnly(SlurmExecutor):
         @classmethod
@@ -123,13 +125,7 @@ def sbatch_script(folder: Path, count: int, options: SlurmOptions, job_name: str
 
     executor = ScriptOnly(folder / SUBMITIT_FOLDER / "%j", max_num_timeout=options.max_requeues)
     generic = {k.removeprefix("slurm_"): v for k, v in options.parameters(job_name).items()}
-    executor.update_parameters(**executor._convert_parameters(generic))
-    return _make_sbatch_string(
-        command=executor._submitit_command_str,
-        folder=executor.folder,
-        map_count=count,
-        **executor.parameters,
-    )
+    return sbatch_script(executor, generic, count)
 
 
 def launch_slurm(

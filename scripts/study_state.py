@@ -24,6 +24,7 @@ from typing import Any
 
 from compiler import exitcodes
 from compiler.errors import ConfigError
+from runtime.rundir import RunDir
 
 MANIFEST = "study.yaml"
 STATUS = "status"
@@ -150,7 +151,7 @@ def write_status(study: Study, run: StudyRun, record: dict[str, Any]) -> None:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob("*.ckpt"))
+    return RunDir(run_dir).has_checkpoint()
 
 
 @dataclass
@@ -214,7 +215,7 @@ def state_of_exit(code: int, run_dir: Path) -> str:
     (stopped by a signal: resumed by the next launch) or *failed* (any other status, e.g. 3
     for a non-finite loss even though a summary was written: rerun with --retry-failed)."""
     if code == exitcodes.OK:
-        return "done" if (run_dir / "summary.json").is_file() else "failed"
+        return "done" if RunDir(run_dir).summary.is_file() else "failed"
     if code < 0 or code in _STOPPED:
         return "interrupted"
     return "failed"
@@ -230,7 +231,7 @@ def _mtime_ns(path: Path) -> int | None:
 def recorded_exit(run_dir: Path) -> int | None:
     """The failing exit status ``mtl-run`` noted in the run directory's ``run_info.json``."""
     try:
-        info = json.loads((run_dir / "run_info.json").read_text())
+        info = json.loads(RunDir(run_dir).run_info.read_text())
     except (OSError, ValueError):
         return None
     found = info.get("exit") if isinstance(info, dict) else None
@@ -240,12 +241,12 @@ def recorded_exit(run_dir: Path) -> int | None:
 
 def _state_of_run_dir(run_dir: Path) -> str:
     """Where a run stands by its run directory alone (no launcher saw its end)."""
-    summary = _mtime_ns(run_dir / "summary.json")
+    summary = _mtime_ns(RunDir(run_dir).summary)
     if summary is not None:
         code = recorded_exit(run_dir)
         if code is not None:
             return state_of_exit(code, run_dir)
-        info = _mtime_ns(run_dir / "run_info.json")
+        info = _mtime_ns(RunDir(run_dir).run_info)
         if info is None or summary >= info:  # the latest attempt wrote it
             return "done"
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -276,7 +277,7 @@ def _changed_since(record: dict[str, Any], run: StudyRun) -> bool:
     """Whether the run was started again (e.g. ``mtl-run --resume`` by hand) after the end
     the launcher recorded."""
     ended = record.get("ended")
-    info = _mtime_ns(run.run_dir / "run_info.json")
+    info = _mtime_ns(RunDir(run.run_dir).run_info)
     return isinstance(ended, (int, float)) and info is not None and info > ended * 1e9
 
 

@@ -23,6 +23,7 @@ from compiler.dialect import DATA_ARGS, DECODERS, MODEL_ARGS
 from compiler.errors import ConfigError
 from compiler.tree import get_path, set_path
 from runtime.model import per_task_tensors
+from runtime.protocols import SizedHead
 
 TASKS = ("model", "init_args", "tasks")
 #: prefix of the MultiTaskModel's tensors in the LightningModule's state dict
@@ -58,7 +59,8 @@ def task_cuts(model: Any, dataset_tasks: dict[str, list[str]]) -> dict[str, Task
     """A ``TaskCut`` for every task of a live ``MultiTaskModel``."""
     cuts = {}
     for task, decoder in model.task_to_decoder.items():
-        total = getattr(model.decoders[decoder][-1], "num_outputs", None)
+        head = model.decoders[decoder][-1]
+        total = head.num_outputs if isinstance(head, SizedHead) else None
         offset, width = model.task_slices.get(task, (0, total))
         if total is None or width is None:
             raise ConfigError(

@@ -21,6 +21,7 @@ import click
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
 from compiler.files import atomic_write, check_output
+from runtime.protocols import NamesTasks, inner_model
 from scripts.common import bad_input_exits, device_option, note
 
 PROG = "mtl-throughput"
@@ -189,13 +190,13 @@ def benchmark(
         ckpt = "best" if target.is_dir() else "none"
     loaded = load_run(target, ckpt=None if ckpt == "none" else ckpt)
     module = loaded.module
-    task_names = getattr(getattr(module, "model", None), "task_names", None)
-    if task_names is None:
+    model = inner_model(module)
+    if model is module or not isinstance(model, NamesTasks):
         raise ConfigError(
             f"{loaded.config_path}: the model is not a MultiTaskModule over a "
             "MultiTaskModel (no model.task_names); nothing to measure per task"
         )
-    chosen = choose_tasks(list(task_names), tasks)
+    chosen = choose_tasks(list(model.task_names), tasks)
     _note("reading input shapes from the run's training data")
     samples = gather_samples(loaded.datamodule, chosen, 1)  # shapes; real rows: the loader
     threads = threads or (loaded.config.get("run") or {}).get("num_threads")

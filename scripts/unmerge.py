@@ -21,6 +21,7 @@ from compiler.errors import ConfigError, did_you_mean
 from compiler.files import atomic_dir, check_output
 from compiler.tree import get_path
 from compiler.yamlio import dump
+from runtime.protocols import KnowsDatasetTasks
 from scripts.common import bad_input_exits, device_option, note
 
 PROG = "mtl-unmerge"
@@ -133,14 +134,7 @@ def unmerge(
     from runtime.config_errors import load_yaml
     from runtime.hardware import resolve_device
     from runtime.reporting import header_comments, run_info, write_json
-    from runtime.rundir import (
-        CHECKPOINTS,
-        CONFIG_NAME,
-        build_objects,
-        config_of,
-        load_run,
-        resolve_checkpoint,
-    )
+    from runtime.rundir import RunDir, build_objects, config_of, load_run, resolve_checkpoint
     from scripts.task_cut import cut_state_dict, single_task_config, task_cuts
 
     config_path, found_dir = config_of(run_dir)
@@ -161,7 +155,8 @@ def unmerge(
     _note(f"loading {run_dir} with {ckpt_path}")
     run = load_run(run_dir, str(ckpt_path), with_data=True)
     source = run.checkpoint_info or {}
-    dataset_tasks = getattr(run.datamodule, "dataset_tasks", None)
+    data = run.datamodule
+    dataset_tasks = data.dataset_tasks if isinstance(data, KnowsDatasetTasks) else None
     if not isinstance(dataset_tasks, dict):
         raise ConfigError(
             f"{config_path}: the data module {type(run.datamodule).__name__} does "
@@ -202,20 +197,21 @@ def unmerge(
     for cut, cut_config, checkpoint, origin in prepared:
         target = targets[cut.task]
         with atomic_dir(target) as tmp:
+            out = RunDir(tmp)
             note = (
                 f"# Unmerged by {PROG}: task {cut.task} (outputs {cut.offset}:"
                 f"{cut.offset + cut.num_outputs} of decoder {cut.decoder}) from "
                 f"{origin['run_dir']} ({ckpt_path.name})"
             )
-            (tmp / CONFIG_NAME).write_text(
+            out.config.write_text(
                 "".join(f"{line}\n" for line in [note, *header]) + dump(cut_config)
             )
-            (tmp / CHECKPOINTS).mkdir()
-            for name in ("last.ckpt", "best.ckpt"):
-                torch.save(checkpoint, tmp / CHECKPOINTS / name)
-            info = run_info(argv, "unmerge", tmp / CONFIG_NAME, cut_config.get("seed_everything"))
-            info["config"] = str(target / CONFIG_NAME)
-            write_json(tmp / "run_info.json", {**info, "unmerged_from": origin})
+            out.checkpoints.mkdir()
+            for name in ("last", "best"):
+                torch.save(checkpoint, out.checkpoint_file(name))
+            info = run_info(argv, "unmerge", out.config, cut_config.get("seed_everything"))
+            info["config"] = str(RunDir(target).config)
+            write_json(out.run_info, {**info, "unmerged_from": origin})
         _note(
             f"wrote {target}/ (outputs {cut.offset}:{cut.offset + cut.num_outputs} of "
             f"{cut.decoder}'s {cut.decoder_outputs}; datasets: {', '.join(cut.datasets)})"

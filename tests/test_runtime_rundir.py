@@ -64,9 +64,15 @@ def test_config_whose_classes_cannot_be_built(run_dir):
         load_run(run_dir)
 
 
-def test_missing_checkpoints(run_dir):
+def test_missing_checkpoints(run_dir, capsys):
     (run_dir / "checkpoints" / "best.ckpt").unlink()
-    with pytest.raises(ConfigError, match=r"no best checkpoint \(.*best.ckpt is missing\)"):
+    run = load_run(run_dir)  # best: the run recorded no validation score, so last.ckpt
+    assert run.checkpoint_path == run_dir / "checkpoints" / "last.ckpt"
+    assert "has no best checkpoint (it recorded no validation score): using" in (
+        capsys.readouterr().err
+    )
+    (run_dir / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(ConfigError, match=r"no best checkpoint \(.*best.ckpt is missing; "):
         load_run(run_dir)
     with pytest.raises(ConfigError, match="gone.ckpt does not exist"):
         load_run(run_dir, str(run_dir / "gone.ckpt"))

@@ -379,46 +379,81 @@ def test_isolate_finetune_starts_from_the_trained_weights(tmp_path: Path) -> Non
         bad.prepare_fit(resuming=False)
 
 
-def test_finetune_from_compiles_to_init_from(cli, project, tmp_path: Path) -> None:
-    run_dir = project.root / "runs" / "src"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"x")
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump({"model": {"init_args": {"tasks": {"a": {}, "b1": {}}}}})
-    )
+def test_finetune_from_compiles_to_the_run_directory_and_a_request(
+    cli, project, tmp_path: Path
+) -> None:
+    """The compiler names no checkpoint file: the run directory and best|last|PATH go into
+    the run config (the source need not exist yet); the runtime resolves them."""
     maker = project.standard(finetune_from={"run_dir": "../runs/src", "task_init": {"b2": "b1"}})
     out = tmp_path / "run.yaml"
     result = cli(maker, "-o", out)
     assert result.exit_code == 0, result.output
     init = yaml.safe_load(out.read_text())["model"]["init_args"]["init_from"]
     assert init == {
-        "checkpoint": str((run_dir / "checkpoints/best.ckpt").resolve()),
+        "run_dir": str((project.root / "runs" / "src").absolute()),
+        "checkpoint": "best",
         "task_init": {"b2": "b1"},
     }
+    for given, written in (
+        ("last", "last"),
+        ("step-20", "step-20"),
+        ("../ckpts/x.ckpt", str((project.root / "ckpts" / "x.ckpt").absolute())),
+    ):
+        spec = {"run_dir": "../runs/src", "checkpoint": given}
+        out.unlink()
+        result = cli(project.standard(finetune_from=spec), "-o", out)
+        assert result.exit_code == 0, result.output
+        init = yaml.safe_load(out.read_text())["model"]["init_args"]["init_from"]
+        assert init["checkpoint"] == written
 
 
 @pytest.mark.parametrize(
     ("spec", "needle"),
     [
-        ({"run_dir": "../runs/none"}, "not a run directory"),
-        ({"run_dir": "../runs/src", "checkpoint": "last"}, "no checkpoint at"),
         ({"run_dir": "../runs/src", "task_init": {"zz": "a"}}, "'zz' is not a task of this run"),
-        ({"run_dir": "../runs/src", "task_init": {"b2": "qq"}}, "'qq' is not a task of the source"),
         ({"run_dir": "../runs/src", "bogus": 1}, "unknown finetune_from key 'bogus'"),
+        ({"run_dir": "../runs/src", "checkpoint": ""}, "must be best, last or a checkpoint"),
     ],
 )
 def test_finetune_from_errors(cli, project, tmp_path: Path, spec: dict, needle: str) -> None:
     from helpers import assert_bad_input
 
-    run_dir = project.root / "runs" / "src"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"x")
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump({"model": {"init_args": {"tasks": {"a": {}}}}})
-    )
     out = tmp_path / "run.yaml"
     assert_bad_input(cli(project.standard(finetune_from=spec), "-o", out), needle, "finetune_from")
     assert not out.exists()
+
+
+def test_init_from_resolves_the_source_run_when_the_fit_starts(tmp_path: Path, capsys) -> None:
+    """init_from's run directory and request go through RunDir's rule: best, else last (with
+    a note), a missing run directory or checkpoint a ConfigError naming init_from."""
+    module, data = build_objects(conditioned_config())
+    source = trainer(tmp_path, 1)
+    source.fit(module, datamodule=data)
+    run_dir = tmp_path / "src"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(conditioned_config()))
+    source.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+    def started(**init: Any) -> Any:
+        config = conditioned_config()
+        config["model"]["init_args"]["init_from"] = init
+        new, _ = build_objects(config)
+        new.prepare_fit(resuming=False)
+        return new
+
+    new = started(run_dir=str(run_dir))  # best: none recorded, so last.ckpt
+    captured = capsys.readouterr()
+    assert "has no best checkpoint" in captured.err and "last.ckpt" in captured.err
+    assert f"init_from {run_dir / 'checkpoints' / 'last.ckpt'}:" in captured.out
+    weight = "encoder.0.net.0.weight"
+    assert torch.equal(new.model.state_dict()[weight], trained["state_dict"][f"model.{weight}"])
+    with pytest.raises(ConfigError, match=r"init_from.checkpoint: .*no step-7 checkpoint"):
+        started(run_dir=str(run_dir), checkpoint="step-7")
+    with pytest.raises(ConfigError, match="init_from.run_dir: .*nowhere is not a run directory"):
+        started(run_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="init_from.checkpoint: --ckpt best needs a run dir"):
+        started()
 
 
 # ---- the example, end to end --------------------------------------------------------------------

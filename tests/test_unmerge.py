@@ -182,8 +182,9 @@ def test_unknown_task_is_refused(merged_run):
 
 
 def test_missing_checkpoint_is_refused(merged_run):
-    (merged_run / "checkpoints" / "best.ckpt").unlink()
-    assert_bad_input(unmerge(merged_run), "no best checkpoint")
+    for name in ("best.ckpt", "last.ckpt"):  # best alone missing means last.ckpt
+        (merged_run / "checkpoints" / name).unlink()
+    assert_bad_input(unmerge(merged_run), "no best checkpoint", "checkpoints saved: none")
     assert_bad_input(
         unmerge(merged_run, "--ckpt", merged_run / "nope.ckpt"), "nope.ckpt does not exist"
     )

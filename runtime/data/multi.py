@@ -20,10 +20,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from compiler.errors import did_you_mean
+from runtime.compat import batches_processed_this_epoch
 from runtime.data.base import DatasetModule
 from runtime.data.errors import DataConfigError
 from runtime.data.sampler import EVAL_MODE, SAMPLE_MODES, BatchKey, MultiDatasetBatchSampler
 from runtime.data.validate import ExpectsTargets, TargetSpec
+from runtime.protocols import BatchFetching
 
 Batch = dict[str, Any]
 
@@ -46,7 +48,7 @@ class BatchAssembler(Dataset):
             return {"dataset": None, "parts": [self[k] for k in key]}
         dataset = self.datasets[key.dataset]
         index = torch.as_tensor(np.ascontiguousarray(key.indices), dtype=torch.long)
-        if hasattr(dataset, "get_batch"):
+        if isinstance(dataset, BatchFetching):
             sample = dataset.get_batch(index)
         else:
             sample = default_collate([dataset[int(i)] for i in index])
@@ -364,7 +366,7 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return None
-        consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        consumed = batches_processed_this_epoch(trainer)
         if consumed >= trainer.num_training_batches:  # e.g. limit_train_batches ended the epoch
             return len(self._train_sampler)
         return consumed
