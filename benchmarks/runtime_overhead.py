@@ -35,7 +35,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sampler_bench  # noqa: E402 - the sampler figure is printed with the overhead figures
+import sampler_bench
 
 MODELS: dict[str, dict[str, Any]] = {
     "quickstart": {  # the quickstart's MLP, 3 tasks on one merged 12-way head

@@ -4,4 +4,9 @@ Pure Python (pyyaml, deepmerge, click); importing it never imports torch, lightn
 jsonargparse, so it runs on a login node or a laptop.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the one place the version is written is pyproject.toml
+    __version__ = version("mtl-toolkit")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"

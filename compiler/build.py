@@ -1,9 +1,10 @@
 """The compiler core: maker config -> standalone run config.
 
-Stages, in order (each recorded for ``--explain``): load the maker; load and substitute the
-base and every dataset file; merge each dataset's files and the maker's ``local_overrides``;
-assemble; merge heads; merge ``global_overrides``; apply ``--set`` key paths. Dialects change
-what happens inside a stage through hooks (:mod:`compiler.dialect`); the one order switch is
+Steps, in order (each contribution recorded for ``--explain``): load the maker; load and
+substitute the base and every dataset file; merge each dataset's files and the maker's
+``local_overrides``; assemble; merge heads; merge ``global_overrides``; apply ``--set`` key
+paths. Dialects change
+what happens inside a step through hooks (:mod:`compiler.dialect`); the one order switch is
 ``Dialect.merge_heads_after_overrides`` (upstream rslearn merges heads last).
 """
 
@@ -26,7 +27,7 @@ from .yamlio import Source, dump, parse, shown
 
 
 @dataclass
-class Stage:
+class Contribution:
     """One contribution to the run config: where it came from and where it landed."""
 
     label: str
@@ -45,7 +46,7 @@ class Compiled:
     output_path: Path
     inputs: list[Source]
     datasets: list[DatasetParts]
-    stages: list[Stage] = field(default_factory=list)
+    contributions: list[Contribution] = field(default_factory=list)
     sets: dict[tuple, Any] = field(default_factory=dict)
     set_names: dict[str, Any] = field(default_factory=dict)
 
@@ -133,7 +134,7 @@ def compile_maker(
         maker = replace(maker, datasets=[maker.datasets[i] for i in subset])
     names, keys = parse_sets(sets, hooks.schema)
     values = hooks.substitution_values(maker, names)
-    stages: list[Stage] = []
+    contributions: list[Contribution] = []
 
     base = hooks.load_input(maker.base_path, values, "base config")
     datasets_files = [
@@ -149,7 +150,7 @@ def compile_maker(
         raise ConfigError(
             "the base config must be a mapping (model, data, trainer, ...)", file=base.path
         )
-    stages.append(Stage("base", base, (), ()))
+    contributions.append(Contribution("base", base, (), ()))
 
     datasets: list[DatasetParts] = []
     for sources in datasets_files:
@@ -169,10 +170,10 @@ def compile_maker(
         datasets.append(parts)
         for place in hooks.placements(parts):
             for src in sources:
-                stages.append(Stage("dataset", src, place.dataset_key, place.run_key))
+                contributions.append(Contribution("dataset", src, place.dataset_key, place.run_key))
             if local:
-                stages.append(
-                    Stage(
+                contributions.append(
+                    Contribution(
                         "local override",
                         maker.source,
                         ("local_overrides", *place.dataset_key),
@@ -189,9 +190,9 @@ def compile_maker(
     # ``key+`` / ``~key`` edits in the base (or in values substituted into it) need resolving.
     edits = _has_edit_keys(base.text) or (base.doc is not base.raw and _has_edit_keys(repr(values)))
     try:
-        run = _assemble(maker, hooks, base, datasets, global_, stages, keys, edits)
+        run = _assemble(maker, hooks, base, datasets, global_, contributions, keys, edits)
     except ConfigError as exc:
-        raise _blame(exc, stages) from None
+        raise _blame(exc, contributions) from None
 
     out = Path(output) if output is not None else maker.output_path or default_output(maker.path)
     inputs = [
@@ -207,7 +208,7 @@ def compile_maker(
         output_path=out,
         inputs=inputs,
         datasets=datasets,
-        stages=stages,
+        contributions=contributions,
         sets=keys,
         set_names=names,
     )
@@ -219,7 +220,7 @@ def _assemble(
     base: Source,
     datasets: list[DatasetParts],
     global_: Any,
-    stages: list[Stage],
+    contributions: list[Contribution],
     keys: dict[tuple, Any],
     edits: bool,
 ) -> dict:
@@ -231,14 +232,15 @@ def _assemble(
         run = merge_heads(run, datasets, maker, hooks)
     if global_:
         run = _located_merge(run, global_, maker.source, ("global_overrides",))
-        stages.append(Stage("global override", maker.source, ("global_overrides",), ()))
+        where = ("global_overrides",)
+        contributions.append(Contribution("global override", maker.source, where, ()))
     if maker.merge_heads and heads_last:
         run = merge_heads(run, datasets, maker, hooks)
-    stages += [Stage(*item) for item in hooks.provenance(run)]
+    contributions += [Contribution(*item) for item in hooks.provenance(run)]
     if maker.finetune_from is not None:
         run = _finetune(run, maker, hooks)
-        stages.append(
-            Stage(
+        contributions.append(
+            Contribution(
                 "finetune_from",
                 maker.source,
                 ("finetune_from",),
@@ -255,22 +257,22 @@ def _has_edit_keys(text: str) -> bool:
     return "~" in text or re.search(r"\+['\"]?\s*:", text) is not None
 
 
-def _blame(exc: ConfigError, stages: list[Stage]) -> ConfigError:
+def _blame(exc: ConfigError, contributions: list[Contribution]) -> ConfigError:
     """Locate an error about a run-config key path at the file and line that set that key."""
     if exc.file is not None or not exc.key:
         return exc
     key = exc.key
-    for stage in reversed(stages):
-        src = stage.source
-        n = len(stage.run_key)
-        if src is None or key[:n] != stage.run_key:
+    for contribution in reversed(contributions):
+        src = contribution.source
+        n = len(contribution.run_key)
+        if src is None or key[:n] != contribution.run_key:
             continue
-        written = (*stage.source_key, *key[n:])
+        written = (*contribution.source_key, *key[n:])
         while written and not src.has(written):
             written = written[:-1]
-        if written and len(written) >= len(stage.source_key):
+        if written and len(written) >= len(contribution.source_key):
             return ConfigError(exc.message, file=src.path, line=src.line_of(written), key=key)
-    base = next((st.source for st in stages if st.label == "base"), None)
+    base = next((st.source for st in contributions if st.label == "base"), None)
     if base is not None:
         return ConfigError(exc.message, file=base.path, line=base.line_of(key), key=key)
     return exc

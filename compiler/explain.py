@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .build import Compiled, Stage
+from .build import Compiled, Contribution
 from .dialect import DECODERS, MODEL_ARGS
 from .errors import ConfigError, format_key
 from .tree import get_path, parse_key
@@ -52,20 +52,20 @@ def _substitution_note(compiled: Compiled, value: Any) -> str:
     return f"  (from {value}{': ' + '; '.join(notes) if notes else ''})"
 
 
-def _stage_line(compiled: Compiled, stage: Stage, key: tuple) -> str | None:
-    src = stage.source
+def _contribution_line(compiled: Compiled, contribution: Contribution, key: tuple) -> str | None:
+    src = contribution.source
     if src is None:
         return None
-    n = len(stage.run_key)
-    if key[:n] != stage.run_key:
+    n = len(contribution.run_key)
+    if key[:n] != contribution.run_key:
         return None
-    written = _written(src, (*stage.source_key, *key[n:]))
+    written = _written(src, (*contribution.source_key, *key[n:]))
     if written is None:
         return None
     note = _substitution_note(compiled, get_path(src.raw, written))
-    if written[-1] != (*stage.source_key, *key[n:])[len(written) - 1]:
+    if written[-1] != (*contribution.source_key, *key[n:])[len(written) - 1]:
         note += f"  (appended by '{format_key(written)}')"
-    return f"  {stage.label:<16} {src.path}:{src.line_of(written)}{note}"
+    return f"  {contribution.label:<16} {src.path}:{src.line_of(written)}{note}"
 
 
 def explain_key(compiled: Compiled, text: str) -> str:
@@ -82,9 +82,9 @@ def explain_key(compiled: Compiled, text: str) -> str:
     )
     lines = [head]
     aliases = _aliases(compiled, key)
-    for stage in compiled.stages:
+    for contribution in compiled.contributions:
         for alias in aliases:
-            line = _stage_line(compiled, stage, alias)
+            line = _contribution_line(compiled, contribution, alias)
             if line and line not in lines:
                 lines.append(line)
     if len(aliases) > 1:

@@ -139,13 +139,9 @@ def precheck(argv: list[str]) -> None:
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as package_version
+    from compiler import __version__
 
-    try:
-        return package_version("mtl-toolkit")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

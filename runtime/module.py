@@ -30,7 +30,7 @@ from runtime.protocols import DerivesTotalSteps, KnowsDatasetTasks, ParamGroupSp
 from runtime.step_stats import CHECKPOINT_KEY, NonFinitePolicy, StepStats
 from runtime.tasks import Task, multitask_loss
 
-STAGES = ("val", "test")
+SCORED_SPLITS = ("val", "test")
 SCORE = "val/score"
 _EMA_KEY = "ema_training_weights"
 _RNG_KEY = "rng_states"
@@ -117,14 +117,17 @@ class MultiTaskModule(LightningModule):
         self.model = model
         self.tasks = nn.ModuleDict(tasks)
         self.metrics = nn.ModuleDict(
-            {s: nn.ModuleDict({n: t.make_metrics() for n, t in tasks.items()}) for s in STAGES}
+            {
+                s: nn.ModuleDict({n: t.make_metrics() for n, t in tasks.items()})
+                for s in SCORED_SPLITS
+            }
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.ema = WeightEMA(self.model, ema_decay) if ema_decay is not None else None
         #: last confusion matrix per classification task and stage (CPU), for reports
-        self.confusion_matrices: dict[str, dict[str, Tensor]] = {s: {} for s in STAGES}
+        self.confusion_matrices: dict[str, dict[str, Tensor]] = {s: {} for s in SCORED_SPLITS}
         self._pending_rng: dict[str, Any] | None = None
         self.init_from = init_from
         self._init_applied = False

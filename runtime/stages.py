@@ -29,7 +29,7 @@ ALL = "*"
 
 
 @dataclass
-class Stage:
+class FineTuneStage:
     """What changes when epoch ``epoch`` starts.
 
     Args:
@@ -71,15 +71,16 @@ class FineTuneStages(Callback):
     """Stages of a fine-tuning schedule (a Lightning callback; put it in ``trainer.callbacks``).
 
     Args:
-        stages: the stages, applied in epoch order (see :class:`Stage`).
+        stages: the stages, applied in epoch order (see :class:`FineTuneStage`).
     """
 
-    def __init__(self, stages: list[Stage]) -> None:
+    def __init__(self, stages: list[FineTuneStage]) -> None:
         super().__init__()
         if not stages:
             raise ValueError("FineTuneStages.stages is empty: give at least one stage")
         self.stages = sorted(
-            (s if isinstance(s, Stage) else Stage(**s) for s in stages), key=lambda s: s.epoch
+            (s if isinstance(s, FineTuneStage) else FineTuneStage(**s) for s in stages),
+            key=lambda s: s.epoch,
         )
         #: how many stages have been applied (saved in checkpoints)
         self.applied = 0
@@ -170,7 +171,7 @@ class FineTuneStages(Callback):
             self._apply_scales(trainer, stage)
             self.applied += 1
 
-    def _apply_structure(self, model: nn.Module, stage: Stage) -> None:
+    def _apply_structure(self, model: nn.Module, stage: FineTuneStage) -> None:
         params = dict(model.named_parameters())
         for flag, selectors in ((False, stage.freeze), (True, stage.unfreeze)):
             for selector in selectors:
@@ -180,7 +181,7 @@ class FineTuneStages(Callback):
             for switch in adapter_switches(model):
                 switch.set_enabled(stage.adapters)
 
-    def _apply_scales(self, trainer: Trainer, stage: Stage) -> None:
+    def _apply_scales(self, trainer: Trainer, stage: FineTuneStage) -> None:
         wanted = stage.scales()
         if not wanted:
             return

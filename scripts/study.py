@@ -7,7 +7,9 @@ is an ordinary ``mtl-run`` run directory under ``studies/NAME/runs/``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -39,11 +41,11 @@ def main() -> None:
     """Launch, follow and report a study (a folder written by mtl-make-config --sweep)."""
 
 
-def _study_arg(func):  # noqa: ANN001, ANN202 - a click decorator
+def _study_arg(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("study", type=click.Path(path_type=Path), metavar="STUDY")(func)
 
 
-def _only_opt(func):  # noqa: ANN001, ANN202 - a click decorator
+def _only_opt(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--only",
         "only",
@@ -84,7 +86,7 @@ def status_text(states: list[RunState], folder: Path) -> str:
     )
 
 
-def _rich_table(states: list[RunState], folder: Path):  # noqa: ANN202 - rich is optional
+def _rich_table(states: list[RunState], folder: Path) -> Any:  # rich is optional
     from rich.table import Table
 
     colors = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}
@@ -359,7 +361,7 @@ class _Display:
         self.console = Console(stderr=True)
         self.live = None
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self) -> tuple[Callable[[], None], Callable[..., None]]:
         if self.console.is_terminal:
             from rich.live import Live
 

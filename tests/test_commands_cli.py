@@ -47,6 +47,20 @@ def test_every_command_has_a_version(name):
     assert done.stdout.strip() == f"{name} {version('mtl-toolkit')}"
 
 
+def test_the_version_is_written_once_in_pyproject():
+    """pyproject.toml holds the version; the code reads the installed package's metadata."""
+    import tomllib
+    from helpers import REPO
+
+    import compiler
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert compiler.__version__ == declared
+    literal = f'"{declared}"'
+    sources = [p for d in ("compiler", "runtime", "scripts") for p in (REPO / d).rglob("*.py")]
+    assert [str(p) for p in sources if literal in p.read_text()] == []
+
+
 def test_mtl_run_help_is_short_and_says_where_the_rest_is():
     text = command("mtl-run", "--help").stdout
     lines = text.splitlines()

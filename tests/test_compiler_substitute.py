@@ -63,7 +63,8 @@ def test_escape_and_keys():
 def test_anything_but_arithmetic_is_refused(expr):
     out, s = sub("${" + expr + "}", p=2, f=1)
     assert out == "${" + expr + "}"
-    assert s.failed or s.unresolved
+    allowed = "only names, numbers, parentheses and + - * / // % are allowed"
+    assert s.failed == [(out, allowed)] and s.unresolved == []
 
 
 def test_division_by_zero_and_non_numbers_are_reported():

@@ -18,7 +18,7 @@ from runtime.heads import ClassificationHead
 from runtime.moe import MoEFeedForward, MoETransformerBlock
 from runtime.rundir import build_objects
 from runtime.schedulers import WarmupCosine
-from runtime.stages import FineTuneStages, Stage
+from runtime.stages import FineTuneStage, FineTuneStages
 from runtime.task_embedding import TaskEmbedding
 from runtime.trunk import TaskTrunk
 
@@ -44,7 +44,7 @@ def test_the_toolkits_parts_declare_their_capabilities():
     assert isinstance(scheduler, P.DerivesTotalSteps) and isinstance(scheduler, P.ScalesBaseLrs)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     assert not isinstance(plateau, P.DerivesTotalSteps)
-    assert isinstance(FineTuneStages([Stage(epoch=0)]), P.ParamGroupSplitter)
+    assert isinstance(FineTuneStages([FineTuneStage(epoch=0)]), P.ParamGroupSplitter)
 
 
 @pytest.mark.parametrize("part", [nn.Linear(2, 2), nn.Identity(), object()])

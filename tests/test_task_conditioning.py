@@ -23,7 +23,7 @@ from runtime.lora import StaticLoRA, TaskLoRA
 from runtime.model import MultiTaskModel
 from runtime.moe import MoEFeedForward, MoETransformerBlock
 from runtime.rundir import build_objects
-from runtime.stages import FineTuneStages, Stage
+from runtime.stages import FineTuneStage, FineTuneStages
 from runtime.task_embedding import TaskEmbedding
 from runtime.trunk import TaskTrunk
 
@@ -297,8 +297,8 @@ class Probe(L.Callback):
 def stages() -> FineTuneStages:
     return FineTuneStages(
         [
-            Stage(epoch=0, freeze=["encoder"], adapters=False),
-            Stage(
+            FineTuneStage(epoch=0, freeze=["encoder"], adapters=False),
+            FineTuneStage(
                 epoch=1,
                 unfreeze=["encoder"],
                 freeze=["decoders.ta"],
@@ -341,7 +341,7 @@ def test_stage_state_survives_resume(tmp_path: Path) -> None:
 
 def test_stage_selectors_must_match(tmp_path: Path) -> None:
     module, data = build_objects(conditioned_config())
-    bad = FineTuneStages([Stage(epoch=0, freeze=["encodr"])])
+    bad = FineTuneStages([FineTuneStage(epoch=0, freeze=["encodr"])])
     with pytest.raises(ValueError, match=r"stages\[0\].freeze: 'encodr' matches no parameter"):
         trainer(tmp_path, 1, [bad]).fit(module, datamodule=data)
 

