@@ -31,8 +31,9 @@ from runtime.state_mismatch import describe_mismatch, shapes_of
 if TYPE_CHECKING:
     from lightning.pytorch import LightningDataModule, LightningModule
 
-#: Checkpoint names (``checkpoints/<name>.ckpt``) a request may give instead of a path.
-CHECKPOINT_NAME = re.compile(r"(best|last|best-[^/\\]+|step-\d+)")
+#: Checkpoint names (``checkpoints/<name>.ckpt``) a request may give instead of a path: a
+#: bare word (no ``/``, no ``.``), so ``best-old.ckpt`` or ``./last`` stay paths.
+CHECKPOINT_NAME = re.compile(r"(best|last|best-[^/\\.]+|step-\d+)")
 
 
 def _note(message: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from helpers import REPO
 
 from runtime.config_errors import ConfigError
-from runtime.rundir import RunDir, resolve_checkpoint
+from runtime.rundir import CHECKPOINT_NAME, RunDir, resolve_checkpoint
 
 # What only runtime/rundir.py may spell: the run directory's file and folder names.
 LAYOUT = {
@@ -37,10 +37,14 @@ def test_names_resolve_in_the_checkpoints_folder(tmp_path):
     run = make_run(tmp_path, "best", "last", "best-ta", "step-40")
     for name in ("best", "last", "best-ta", "step-40"):
         assert run.checkpoint(name) == run.path / "checkpoints" / f"{name}.ckpt"
-    other = tmp_path / "elsewhere.ckpt"
+    other = tmp_path / "best-elsewhere.ckpt"  # a path, though it starts like a name
     other.write_bytes(b"x")
     assert run.checkpoint(str(other)) == other
     assert resolve_checkpoint(None, str(other)) == other
+    for word in ("best", "last", "best-ta", "step-40"):
+        assert CHECKPOINT_NAME.fullmatch(word)
+    for path in ("best-old.ckpt", "./last", "runs/x/best", "step-4.ckpt"):
+        assert not CHECKPOINT_NAME.fullmatch(path)
 
 
 def test_best_missing_means_last_with_a_note(tmp_path):
