@@ -180,6 +180,7 @@ def test_torchjd_famo_state_round_trip():
     assert compat.famo_adam_state(other)["state"].keys() == adam["state"].keys()
 
 
+@pytest.mark.slow  # NashMTL imports cvxpy
 def test_torch_and_torchjd_module_internals():
     targets, ends = [torch.zeros(2), torch.ones(3)], [torch.ones(2), torch.full((3,), 3.0)]
     compat.foreach_lerp_(targets, ends, 0.25)
