@@ -140,6 +140,12 @@ def _whole_split(dataset: Any, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     return batch["inputs"], batch["targets"][task]
 
 
+_SELF_SUPERVISED = (
+    "the dataset config has no labels: its data module derives its targets from the inputs "
+    "(self-supervised); give a labelled downstream dataset config"
+)
+
+
 def load_downstream(path: Path, task: str | None, split: str) -> Downstream:
     """The labelled task of a dataset config (its ``data`` and ``model.init_args.tasks``),
     set up and checked: a classification task with labels in both splits."""
@@ -159,6 +165,8 @@ def load_downstream(path: Path, task: str | None, split: str) -> Downstream:
             "not a dataset config: it has no 'data' section (the labelled dataset's module)",
             file=path,
         )
+    if str(doc["data"].get("class_path", "")).endswith(".SelfSupervisedModule"):
+        raise source.error(("data", "class_path"), _SELF_SUPERVISED)
     model = doc.get("model")
     tasks = (model or {}).get("init_args", {}).get("tasks") if isinstance(model, dict) else None
     if not isinstance(tasks, dict) or not tasks:
@@ -187,11 +195,7 @@ def load_downstream(path: Path, task: str | None, split: str) -> Downstream:
         ) from None
     datamodule, defined = objects.data, objects.tasks
     if isinstance(datamodule, SelfSupervisedModule):
-        raise source.error(
-            ("data",),
-            "the dataset config has no labels: its data module derives its targets from the "
-            "inputs (self-supervised); give a labelled downstream dataset config",
-        )
+        raise source.error(("data",), _SELF_SUPERVISED)
     served = list(datamodule.tasks)
     usable = [
         name

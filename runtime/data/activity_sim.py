@@ -38,8 +38,8 @@ class SimulatedActivityModule(TensorSplitModule):
         samples_per_user: windows per user (activities drawn uniformly).
         num_activities: activities used, the first of ``rest, walk, run, stairs, cycle, jump``.
         length: time steps per window.
-        user_variation: how much users differ (0: all alike; 1: the default spread).
-        noise: sensor noise standard deviation (signals have unit scale).
+        user_variation: how much users differ (0: all alike; larger: further apart).
+        noise: sensor noise standard deviation (signals have roughly unit scale).
         targets: task name -> label set, ``activity`` or ``user``.
         val_fraction, test_fraction, seed: the split (stratified by activity), fixed by seed;
             the seed also fixes the recordings.
@@ -53,8 +53,8 @@ class SimulatedActivityModule(TensorSplitModule):
         samples_per_user: int = 100,
         num_activities: int = 5,
         length: int = 64,
-        user_variation: float = 1.0,
-        noise: float = 0.3,
+        user_variation: float = 1.5,
+        noise: float = 0.8,
         targets: dict[str, str] | None = None,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
