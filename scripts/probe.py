@@ -27,6 +27,7 @@ from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
 from compiler.files import atomic_dir, check_output
 from scripts.common import bad_input_exits, device_option, note
+from scripts.probe_plots import REFERENCE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 PROG = "mtl-probe"
 DEFAULT_FRACTIONS = "0.01,0.05,0.1,0.25,1"
 MODES = {"linear": "linear", "finetune": "fine-tune", "scratch": "scratch"}
-SCRATCH = "random init"
+SCRATCH = REFERENCE
 
 EXAMPLES = """\b
 Examples:
@@ -296,6 +297,17 @@ def check_reads(pretrained: Pretrained, data: Downstream, device: torch.device) 
         ) from None
 
 
+def fresh_model(pretrained: Pretrained, seed: int) -> MultiTaskModel:
+    """The run's model with random weights drawn under ``seed`` (the references)."""
+    import torch
+
+    from runtime.rundir import build_objects
+
+    torch.manual_seed(seed)
+    module, _ = build_objects(pretrained.config, with_data=False, where=str(pretrained.run))
+    return module.model
+
+
 # ---- the probe -----------------------------------------------------------------------------
 @dataclass
 class Settings:
@@ -313,7 +325,6 @@ def run_probe(runs: list[Pretrained], data: Downstream, settings: Settings) -> l
     """One record per (pretraining or scratch, mode, fraction, seed)."""
     import torch
 
-    from runtime.rundir import build_objects
     from scripts.probe_train import features, linear_probe, nested_subsets, scores, train_classifier
 
     classes = len(data.class_names)
@@ -368,12 +379,15 @@ def run_probe(runs: list[Pretrained], data: Downstream, settings: Settings) -> l
             note(PROG, f"seed {seed}: {p.name} ({p.run}) probed in "
                        f"{time.perf_counter() - start:.1f} s")  # fmt: skip
         if settings.scratch:
-            torch.manual_seed(seed)
-            fresh, _ = build_objects(runs[0].config, with_data=False, where=str(runs[0].run))
+            fresh = fresh_model(runs[0], seed)
             start = time.perf_counter()
+            train_f = features(fresh, data.train_x, settings.device)
+            eval_f = features(fresh, data.eval_x, settings.device)
             for fraction, rows in subsets.items():
+                pred = linear_probe(train_f[rows], data.train_y[rows], eval_f, seed)
+                record(SCRATCH, None, "linear", fraction, seed, rows, pred)
                 record(SCRATCH, None, "scratch", fraction, seed, rows,
-                       end_to_end(fresh.model, rows, seed))  # fmt: skip
+                       end_to_end(fresh, rows, seed))  # fmt: skip
             note(PROG, f"seed {seed}: from scratch in {time.perf_counter() - start:.1f} s")
     return records
 
@@ -442,7 +456,8 @@ def table(summary: dict, fractions: list[float], metric: str) -> str:
     "--scratch/--no-scratch",
     default=True,
     show_default=True,
-    help="The reference: the same encoder from random weights, trained as --finetune.",
+    help="The references: the same encoder from random weights, linear-probed frozen and "
+    "trained end to end like --finetune.",
 )
 @click.option(
     "--steps", default=300, show_default=True, type=click.IntRange(1), help="Training steps of "
@@ -532,10 +547,15 @@ def write_outputs(
     summary = summarize(records)
     tables = {m: table(summary, settings.fractions, m) for m in ("accuracy", "macro_f1")}
     title = f"{data.task} of {data.path.name}: label efficiency over seeds {settings.seeds}"
-    points = {}
+    encoders = {}
     for p in pretrained:
-        if p.name not in points:
-            points[p.name] = project_2d(features(p.model, data.eval_x, settings.device), method)
+        encoders.setdefault(p.name, p.model)
+    if settings.scratch:  # the reference's starting point: what pretraining changed
+        encoders[SCRATCH] = fresh_model(pretrained[0], settings.seeds[0]).to(settings.device)
+    points = {
+        name: project_2d(features(model, data.eval_x, settings.device), method)
+        for name, model in encoders.items()
+    }
     report = {
         "data": str(data.path),
         "task": data.task,

@@ -13,6 +13,8 @@ import numpy as np
 
 from runtime.plots import fit_title
 
+#: lines of the random-init references (drawn dashed)
+REFERENCE = "random init"
 METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
 
 
@@ -38,7 +40,7 @@ def curve_png(
         for line, by_fraction in summary.items():
             mean = np.array([by_fraction[f][metric]["mean"] for f in xs])
             std = np.array([by_fraction[f][metric]["std"] for f in xs])
-            style = "--" if line.endswith("(scratch)") else "-"
+            style = "--" if line.startswith(REFERENCE) else "-"
             (drawn,) = ax.plot(xs, mean, style, marker="o", markersize=3, label=line)
             ax.fill_between(xs, mean - std, mean + std, color=drawn.get_color(), alpha=0.15)
         ax.set_xscale("log")

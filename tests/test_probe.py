@@ -134,7 +134,13 @@ def test_probe_writes_table_json_and_figures(pretrained, tmp_path):
         "--device", "cpu",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "| pre (linear) |" in result.output and "| random init (scratch) |" in result.output
+    for line in (
+        "pre (linear)",
+        "pre (fine-tune)",
+        "random init (linear)",
+        "random init (scratch)",
+    ):
+        assert f"| {line} |" in result.output
     assert sorted(p.name for p in out.iterdir()) == [
         "curve.png", "embedding.png", "probe.json", "probe.md"
     ]  # fmt: skip
@@ -143,7 +149,8 @@ def test_probe_writes_table_json_and_figures(pretrained, tmp_path):
     report = json.loads((out / "probe.json").read_text())
     assert report["task"] == "activity" and report["fractions"] == [0.1, 0.5, 1.0]
     records = report["records"]
-    assert len(records) == 3 * 3 * 2  # (linear, fine-tune, scratch) x fractions x seeds
+    # (pre linear, pre fine-tune, random-init linear, scratch) x fractions x seeds
+    assert len(records) == 4 * 3 * 2
     for mode in ("linear", "finetune", "scratch"):
         for seed in (0, 1):
             sizes = [
@@ -154,7 +161,11 @@ def test_probe_writes_table_json_and_figures(pretrained, tmp_path):
             assert sizes == sorted(sizes) and sizes[-1] == report["train_samples"]
     assert all(0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 for r in records)
     line = report["summary"]["pre (linear)"]["1.0"]["accuracy"]
-    values = [r["accuracy"] for r in records if r["mode"] == "linear" and r["fraction"] == 1.0]
+    values = [
+        r["accuracy"]
+        for r in records
+        if r["pretraining"] == "pre" and r["mode"] == "linear" and r["fraction"] == 1.0
+    ]
     assert line["n"] == 2 and line["mean"] == pytest.approx(np.mean(values))
     # the same inputs give the same figures
     again = probe(
