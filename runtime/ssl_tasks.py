@@ -74,6 +74,8 @@ class ContrastiveTask(Task):
     ``[2B]`` pair ids. Loss: :func:`nt_xent` at ``temperature``. Metric: ``accuracy`` (a
     view's nearest neighbour is its partner, :class:`RetrievalAccuracy`)."""
 
+    comparison_metrics = ("accuracy",)
+
     def __init__(
         self, num_outputs: int = 32, temperature: float = 0.1, loss_weight: float = 1.0
     ) -> None:
