@@ -267,6 +267,8 @@ def test_actions_suite_smoke_run_from_the_maker(tmp_path, monkeypatch, capsys):
     )
     assert {"mae", "rmse"} <= set(summary["keypoints"])
     assert all(v is not None for v in summary["keypoints"].values())
+    # the checkpoint (with the early-stopping state in it) loads safely for evaluation
+    assert main(["test", str(config), "--trainer.accelerator=cpu"]) == 0, capsys.readouterr().err
 
 
 def test_bad_temporal_setting_in_the_suite_exits_2(tmp_path, monkeypatch, capsys):
