@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 
 from runtime.class_weights import fit_to_training_labels, frequency_weights, training_labels
-from runtime.cli import main
+from runtime.cli import main, run_command
 from runtime.data import ActionSegmentsDataModule, DataConfigError, MultiDatasetDataModule
 from runtime.frame_tasks import FrameClassificationTask, FrameRegressionTask
 from runtime.losses import classification_loss
@@ -260,7 +260,11 @@ SMOKE = ("sequences=24", "epochs=2", "channels=16")
 def test_actions_suite_smoke_run_from_the_maker(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     config = _compile(tmp_path, "maker_configs/actions.yaml", *SMOKE)
-    assert main(["fit", str(config), "--trainer.accelerator=cpu"]) == 0, capsys.readouterr().err
+    cli = run_command(["fit", str(config), "--trainer.accelerator=cpu"])
+    # the run weighted its focal loss by the training split's class frequencies
+    train = cli.datamodule.data_modules["actions"].train_dataset.targets["actions"]
+    weights = cli.model.tasks["actions"].class_weights
+    assert torch.allclose(weights.cpu(), frequency_weights(train, 8, "sqrt_balanced"))
     summary = json.loads((tmp_path / "runs/actions/summary.json").read_text())
     assert {"accuracy", "macro_f1", "f1_fall", "seg_f1_10", "seg_f1_25", "seg_f1_50"} <= set(
         summary["actions"]
