@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from runtime.data.base import TaskTensorDataset
+from runtime.data.multi import MultiDatasetDataModule
 
 FrequencyWeighting = Literal["balanced", "sqrt_balanced"]
 
@@ -52,8 +53,6 @@ class LearnsFromTrainingLabels(Protocol):
 def training_labels(datamodule: object, task: str) -> list[Tensor]:
     """Every training target of ``task`` held by ``datamodule`` (a multi-dataset module or
     one per-dataset module), one tensor per dataset that carries the task."""
-    from runtime.data.multi import MultiDatasetDataModule
-
     if isinstance(datamodule, MultiDatasetDataModule):
         modules = [
             m for name, m in datamodule.data_modules.items() if task in datamodule.tasks[name]
