@@ -92,3 +92,8 @@ class ProjectionHead(nn.Module):
         if features.dim() == 3:
             features = features.mean(dim=1)
         return self.net(features)
+
+
+class PerPositionRegressionHead(PerPositionClassificationHead):
+    """Values at every position, ``[B, T, F] -> [B, num_outputs, T]``, for
+    ``runtime.frame_tasks.FrameRegressionTask``."""
