@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from compiler.build import compile_maker
 from runtime.cli import main as run_main
+from scripts.ckpt_convert import main as convert_main
 from scripts.unmerge import main as unmerge_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +64,13 @@ def test_suite_trains_reports_and_unmerges_with_the_tasks_adapters(tmp_path: Pat
     )["state_dict"]
     name = "model.task_adapters.adapters.activity.0.up.weight"
     assert torch.equal(cut[name], full[name])
+
+    # an encoder export says that the adapters are not in it
+    result = CliRunner().invoke(
+        convert_main, [str(run_dir), "--to", "torch", "-o", str(tmp_path / "export")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "per-task adapters live beside the encoder" in result.output
 
 
 def test_bad_adapter_setting_exits_2_naming_it(tmp_path: Path, capsys) -> None:
