@@ -75,12 +75,30 @@ def _read_config(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _check_client_config(fed: Any, path: Path) -> None:
+    """``mtl-run --check`` of a client's run config (in a temporary folder: nothing of the
+    federated run is written before every check passed)."""
+    import tempfile
+
+    from runtime.cli import run_command
+    from runtime.federated.clients import client_config, write_config
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = write_config(client_config(fed, 0), Path(folder) / "client.yaml")
+        try:
+            run_command(["fit", str(source), "--check", f"--run_dir={folder}/run"])
+        except ConfigError as exc:
+            shown = str(exc).replace(str(source), "a client run config")
+            raise ConfigError(f"{path}: {shown}") from None
+
+
 def _sizes(fed: Any, path: Path) -> list[dict[str, int]]:
     """Train/val samples of every client; a client without training samples is an error."""
     from runtime.data.errors import DataConfigError
     from runtime.federated.clients import client_config
     from runtime.rundir import build_objects
 
+    _check_client_config(fed, path)
     sizes = []
     for client in range(fed.clients):
         try:
@@ -262,22 +280,28 @@ def main(run_config: Path, run_dir: Path | None, resume: bool, force: bool, verb
         if force and target.is_dir() and not (info.is_file() or not any(target.iterdir())):
             raise ConfigError(f"--force: {target} is not a federated run directory; not deleting")
         fed.sizes = _sizes(fed, run_config)
-        from runtime.federated.flower import ClientFailed, simulate
-        from runtime.federated.rounds import write_records
-
         if force and target.is_dir():
             shutil.rmtree(target)
         target.mkdir(parents=True, exist_ok=True)
         atomic_write(info, json.dumps(fed.to_json(), indent=2) + "\n")
+        if not fed.initial.exists():
+            from runtime.federated.clients import client_config, initial_state, save
+
+            save(initial_state(client_config(fed, 0)), fed.initial)
         note(PROG, f"{fed.clients} clients ({fed.partition}), {fed.rounds} rounds, "
                    f"{fed.strategy}, heads {fed.heads} -> {target}")  # fmt: skip
+        from runtime.federated.flower import ClientFailed, simulate
+        from runtime.federated.rounds import write_records
+
         try:
             simulate(fed, verbose=verbose)
         except ClientFailed as exc:
             raise ConfigError(f"a client failed: {exc}") from None
         summary = write_records(fed)
+        click.echo("Global model (validation, all clients):")
         for name, value in sorted(summary["global"].items()):
-            click.echo(f"  global {name}: {value:.4f}")
+            if "/f1_" not in name:  # per-class F1 scores are in rounds.csv
+                click.echo(f"  {name}: {value:.4f}")
         click.echo(str(target))
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from compiler.errors import ConfigError
-from compiler.files import atomic_file
+from compiler.files import atomic_file, atomic_write
 
 PARTITIONED = "runtime.federated.partition.PartitionedDataModule"
 PROXIMAL = "runtime.federated.proximal.ProximalTerm"
@@ -61,6 +63,11 @@ class Federation:
     def exchange(self, client: int, suffix: str) -> Path:
         """A scratch file of one client (weights handed over by the simulation)."""
         return self.path / "exchange" / f"client_{client:03d}{suffix}"
+
+    @property
+    def initial(self) -> Path:
+        """The freshly built model every client and the global model start from."""
+        return self.path / "exchange" / "initial.ckpt"
 
     def shared(self, name: str) -> bool:
         """Whether a model tensor travels and is averaged (heads stay local unless averaged)."""
@@ -163,6 +170,30 @@ def with_global(checkpoint: dict[str, Any], arrays: dict[str, Tensor]) -> dict[s
     return checkpoint
 
 
+def write_config(config: dict[str, Any], path: Path) -> Path:
+    """The config as a YAML file: clients run from files, as ``mtl-run`` users do."""
+    from compiler.yamlio import dump
+
+    atomic_write(path, dump(config))
+    return path
+
+
+def mtl_run(fed: Federation, client: int, args: list[str]) -> None:
+    """``mtl-run ARGS`` in a process of its own (the client's log goes to ``exchange/``):
+    the client's run is exactly an ``mtl-run`` run, whatever the simulation's worker has
+    imported (Flower's modules change how jsonargparse reads ``int | float`` values)."""
+    log = fed.exchange(client, ".log")
+    with log.open("a") as handle:
+        done = subprocess.run(
+            [sys.executable, "-m", "runtime", *args], stdout=handle, stderr=subprocess.PIPE,
+            text=True, check=False,
+        )  # fmt: skip
+        handle.write(done.stderr)
+    if done.returncode:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise RuntimeError(f"mtl-run exited with {done.returncode}: {lines[-1] if lines else ''}")
+
+
 def save(obj: Any, path: Path) -> None:
     with atomic_file(path) as handle:
         torch.save(obj, handle)
@@ -191,8 +222,6 @@ def train(
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """One round of local training: E more epochs of the client's run from the global
     weights. Returns the travelling tensors after training and the client's metrics."""
-    from runtime.api import train as run_fit
-
     run_dir = fed.client_dir(client)
     config = client_config(fed, client)
     if mu:
@@ -206,10 +235,12 @@ def train(
     else:
         done = 0
         start = fed.exchange(client, ".start.ckpt")
-        save(with_global(initial_state(config), arrays), start)
+        save(with_global(read(fed.initial), arrays), start)
         config["model"]["init_args"]["init_from"] = {"checkpoint": str(start)}
     epochs = done + fed.local_epochs
-    run_fit(config, run_dir=run_dir, overrides={"trainer.max_epochs": epochs}, resume=resume)
+    config["trainer"]["max_epochs"] = epochs
+    source = write_config(config, fed.exchange(client, ".yaml"))
+    mtl_run(fed, client, [str(source), f"--run_dir={run_dir}", *["--resume"] * resume])
     after = model_tensors(read(last), fed)
     metrics = {"num-examples": fed.sizes[client]["train"], "epochs": epochs}
     metrics.update({f"local {k}": v for k, v in _last_validation(run_dir).items()})
@@ -219,20 +250,14 @@ def train(
 def evaluate(fed: Federation, client: int, arrays: dict[str, Tensor]) -> dict[str, float]:
     """The global model (with this client's own heads when they stay local) on the client's
     validation split, through ``mtl-run validate``: ``{"task/metric": value}``."""
-    from runtime.cli import run_command
-
     config = client_config(fed, client)
     last = fed.client_dir(client) / "checkpoints" / "last.ckpt"
-    checkpoint = read(last) if last.exists() else initial_state(config)
+    checkpoint = read(last if last.exists() else fed.initial)
     path = fed.exchange(client, ".eval.ckpt")
     save(with_global(checkpoint, arrays), path)
-    from compiler.files import atomic_write
-    from compiler.yamlio import dump
-
-    source = fed.exchange(client, ".eval.yaml")
-    atomic_write(source, dump(config))
+    source = write_config(config, fed.exchange(client, ".eval.yaml"))
     out = fed.path / "exchange" / f"eval_{client:03d}"
-    run_command(["validate", str(source), f"--run_dir={out}", f"--ckpt_path={path}"])
+    mtl_run(fed, client, ["validate", str(source), f"--run_dir={out}", f"--ckpt_path={path}"])
     report = json.loads((out / "validate_metrics.json").read_text())
     metrics: dict[str, float] = {"num-examples": fed.sizes[client]["val"]}
     for task, values in report.items():

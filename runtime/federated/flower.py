@@ -53,6 +53,12 @@ def _bytes(record: ArrayRecord) -> int:
     return int(record.count_bytes())
 
 
+def _reason(text: str) -> str:
+    """The client's own message out of the remote traceback the simulation reports."""
+    found = [line.split("Message:", 1)[1] for line in text.splitlines() if "Message:" in line]
+    return (found[-1] if found else text.strip().splitlines()[-1]).strip().rstrip("'>").strip()
+
+
 def client_app(fed: Federation) -> ClientApp:
     """The client side: its partition id says which client (and run directory) it is."""
     app = ClientApp()
@@ -126,7 +132,7 @@ class Recorded:
         failed = [m for m in replies if m.has_error()]
         if failed:
             reasons = "; ".join(
-                f"client {self.client_of.get(m.metadata.src_node_id)}: {m.error.reason}"
+                f"client {self.client_of.get(m.metadata.src_node_id)}: {_reason(m.error.reason)}"
                 for m in failed
             )
             raise ClientFailed(f"round {number}, {phase}: {reasons}")
@@ -179,7 +185,9 @@ class Recorded:
         bytes_ = self.record["bytes"]
         bytes_["bytes_sent"] = bytes_["bytes_down"] + bytes_["bytes_up"]
         rounds.commit(self.fed, number, arrays.to_torch_state_dict(), self.record)
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.record["global"].items()))
+        shown = ", ".join(
+            f"{k}={v:.4f}" for k, v in sorted(self.record["global"].items()) if "/f1_" not in k
+        )
         print(f"round {number}/{self.fed.rounds}: {shown}", file=sys.stderr, flush=True)
         return None
 
@@ -243,14 +251,16 @@ def server_app(fed: Federation, done: int, arrays: dict[str, torch.Tensor]) -> S
 
 def simulate(fed: Federation, verbose: bool = False) -> None:
     """Run the remaining rounds in Flower's simulation engine on this machine."""
-    from flwr.simulation import run_simulation
-
     done, arrays = rounds.restore(fed)
     if arrays is None:
-        arrays = clients.model_tensors(clients.initial_state(fed.config), fed)
+        arrays = clients.model_tensors(clients.read(fed.initial), fed)
     if done >= fed.rounds:
         return
-    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
+    from flwr.simulation import run_simulation
+
+    # Without --verbose a client's failure is reported once, by ClientFailed, not as
+    # Flower's log of the remote traceback.
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.CRITICAL)
     backend = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {
