@@ -146,3 +146,42 @@ def test_two_clients_two_rounds_resume_and_hand_average(tmp_path: Path) -> None:
         assert torch.equal(again[name], global_[name]), name
     changed = federate(config, *common, "--seed", "3", "--run-dir", "cut", "--resume", cwd=tmp_path)
     assert changed.returncode == 2 and "seed (recorded 0, given 3)" in changed.stderr
+
+
+def test_fedprox_term_pulls_gradients_towards_the_global_weights(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from runtime.federated.proximal import ProximalTerm
+
+    model = torch.nn.Linear(3, 2)
+    reference = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    torch.save(reference, tmp_path / "global.pt")
+    module = SimpleNamespace(model=model, device=torch.device("cpu"))
+    term = ProximalTerm(str(tmp_path / "global.pt"), mu=0.5)
+    term.on_train_start(None, module)  # type: ignore[arg-type]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    term.on_after_backward(None, module)  # type: ignore[arg-type]
+    for p in model.parameters():
+        torch.testing.assert_close(p.grad, 1 + 0.5 * p.detach())
+
+
+def test_client_configs_per_dataset_and_travelling_tensors() -> None:
+    from runtime.federated.clients import Federation, client_config
+
+    modules = {"a": {"class_path": "A"}, "b": {"class_path": "B"}}
+    config = {
+        "model": {},
+        "data": {"init_args": {"data_modules": modules, "batch_sizes": {"a": 4, "b": 8}}},
+    }
+    fed = Federation(root="/x", config=config, clients=2, rounds=1, partition="datasets")
+    second = client_config(fed, 1)["data"]["init_args"]
+    assert second["data_modules"] == {"b": {"class_path": "B"}}
+    assert second["batch_sizes"] == {"b": 8}
+    assert fed.shared("encoder.0.weight") and not fed.shared("decoders.kind.0.weight")
+    fed.heads = "averaged"
+    assert fed.shared("decoders.kind.0.weight")
+    shared = Federation(root="/x", config=config, clients=3, rounds=1, partition="iid")
+    wrapped = client_config(shared, 2)["data"]["init_args"]["data_modules"]["a"]
+    assert wrapped["init_args"]["dataset"] == {"class_path": "A"}
+    assert (wrapped["init_args"]["client"], wrapped["init_args"]["num_clients"]) == (2, 3)
