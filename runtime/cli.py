@@ -277,11 +277,10 @@ class RunCLI(LightningCLI):
         if self.subcommand_name == "fit":
             callbacks.append(GracefulStop(self.run_dir / "checkpoints" / "last.ckpt"))
         if opts.early_stopping_patience is not None:
-            callbacks.append(
-                EarlyStopping(
-                    monitor=opts.monitor, mode=opts.mode, patience=opts.early_stopping_patience
-                )
-            )
+            # a plain int: the callback's state (patience) goes into checkpoints, which load
+            # with weights_only=True, where jsonargparse's NonNegativeInt is not allowed
+            patience = int(opts.early_stopping_patience)
+            callbacks.append(EarlyStopping(monitor=opts.monitor, mode=opts.mode, patience=patience))
         return callbacks
 
     def instantiate_classes(self) -> None:

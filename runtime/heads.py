@@ -72,3 +72,8 @@ class PerPositionClassificationHead(nn.Module):
             f"PerPositionClassificationHead expects [B, T, F] or [B, F, H, W] features, "
             f"got shape {tuple(features.shape)}"
         )
+
+
+class PerPositionRegressionHead(PerPositionClassificationHead):
+    """Values at every position, ``[B, T, F] -> [B, num_outputs, T]``, for
+    ``runtime.frame_tasks.FrameRegressionTask``."""

@@ -4,6 +4,7 @@ Batches follow the batch contract: ``{"dataset": str, "inputs": Tensor[B, ...],
 "targets": {task: Tensor[B, ...]}, "index": LongTensor[B]}`` - one dataset per batch.
 """
 
+from runtime.data.actions import ActionSegmentsDataModule
 from runtime.data.base import DatasetModule, TaskTensorDataset, TensorSplitModule
 from runtime.data.errors import DataConfigError
 from runtime.data.multi import MultiDatasetDataModule
@@ -13,6 +14,7 @@ from runtime.data.synthetic import SyntheticDataModule
 from runtime.data.tensor_file import TensorFileDataModule, read_tensor_file
 
 __all__ = [
+    "ActionSegmentsDataModule",
     "SAMPLE_MODES",
     "BatchKey",
     "DataConfigError",
