@@ -292,15 +292,18 @@ class RunCLI(LightningCLI):
 
 
 def constructor_error(err: Exception) -> str:
-    """A constructor's own message, without jsonargparse's union report around it (which
-    ends in a dump of the whole parsed config)."""
+    """A constructor's own message, without jsonargparse's union reports around it (which
+    end in a dump of the whole parsed config); nested reports (an optional component of an
+    optional component) are searched to their innermost messages."""
     text = str(err)
     if "Given value" not in text:
         return text
     causes = [
         line.strip()[2:]
         for line in text.splitlines()
-        if line.startswith("  - ") and "NoneType" not in line
+        if line.lstrip().startswith("- ")
+        and "NoneType" not in line
+        and "Does not validate against any of the Union subtypes" not in line
     ]
     return "; ".join(causes) or text
 

@@ -50,6 +50,7 @@ def test_every_command_has_a_version(name):
 def test_the_version_is_written_once_in_pyproject():
     """pyproject.toml holds the version; the code reads the installed package's metadata."""
     import tomllib
+
     from helpers import REPO
 
     import compiler

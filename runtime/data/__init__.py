@@ -9,6 +9,7 @@ from runtime.data.base import DatasetModule, TaskTensorDataset, TensorSplitModul
 from runtime.data.errors import DataConfigError
 from runtime.data.multi import MultiDatasetDataModule
 from runtime.data.sampler import SAMPLE_MODES, BatchKey, MultiDatasetBatchSampler
+from runtime.data.sensing import SensingDataModule
 from runtime.data.sklearn_data import SklearnDataModule
 from runtime.data.synthetic import SyntheticDataModule
 from runtime.data.tensor_file import TensorFileDataModule, read_tensor_file
@@ -21,6 +22,7 @@ __all__ = [
     "DatasetModule",
     "MultiDatasetBatchSampler",
     "MultiDatasetDataModule",
+    "SensingDataModule",
     "SklearnDataModule",
     "SyntheticDataModule",
     "TaskTensorDataset",
