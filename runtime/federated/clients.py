@@ -23,6 +23,7 @@ from torch import Tensor
 
 from compiler.errors import ConfigError
 from compiler.files import atomic_file, atomic_write
+from runtime.rundir import RunDir
 
 PARTITIONED = "runtime.federated.partition.PartitionedDataModule"
 PROXIMAL = "runtime.federated.proximal.ProximalTerm"
@@ -205,7 +206,7 @@ def read(path: Path) -> dict[str, Any]:
 
 def _last_validation(run_dir: Path) -> dict[str, float]:
     """The client's newest validation figures from its ``metrics.csv``."""
-    path = run_dir / "metrics.csv"
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return {}
     with path.open(newline="") as handle:
@@ -226,7 +227,7 @@ def train(
     config = client_config(fed, client)
     if mu:
         save(arrays, fed.exchange(client, ".global.pt"))
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = RunDir(run_dir).checkpoint_file(RunDir.LAST)
     resume = last.exists()
     if resume:
         checkpoint = read(last)
@@ -251,7 +252,7 @@ def evaluate(fed: Federation, client: int, arrays: dict[str, Tensor]) -> dict[st
     """The global model (with this client's own heads when they stay local) on the client's
     validation split, through ``mtl-run validate``: ``{"task/metric": value}``."""
     config = client_config(fed, client)
-    last = fed.client_dir(client) / "checkpoints" / "last.ckpt"
+    last = RunDir(fed.client_dir(client)).checkpoint_file(RunDir.LAST)
     checkpoint = read(last if last.exists() else fed.initial)
     path = fed.exchange(client, ".eval.ckpt")
     save(with_global(checkpoint, arrays), path)

@@ -13,6 +13,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from runtime.protocols import inner_model
+
 
 class ProximalTerm(Callback):
     """Pull the local weights towards the round's global weights (FedProx).
@@ -35,7 +37,7 @@ class ProximalTerm(Callback):
         self._global = {k: v.detach() for k, v in tensors.items()}
 
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        model: Any = getattr(pl_module, "model", pl_module)
+        model: Any = inner_model(pl_module)
         for name, param in model.named_parameters():
             target = self._global.get(name)
             if target is not None and param.grad is not None:
