@@ -9,10 +9,12 @@ CUDA memory is its own. Prints one row per method with ratios to equal weighting
 One process's fastest step moves by up to 10 % from one process to the next (memory layout,
 frequency), more than the differences measured here; so each method runs in ``--repeats``
 processes, interleaved with the other methods, and the row shows the median of their fastest
-steps. The ``paired`` column removes that spread: after its own steps each process also runs
+steps. The ``paired`` columns remove that spread: after its own steps each process also runs
 the method and an equal-weighting twin of the same network (same weights, same batches)
-step for step, alternating, and divides the two fastest steps; the column is the median of
-that ratio over the processes (equal weighting's own row shows what is left of the noise).
+step for step, alternating, and divides the two fastest steps, in wall time and in CPU time
+of the process (one thread: on a loaded machine CPU time leaves out the waits for a core);
+each column is the median of that ratio over the processes (equal weighting's own row shows
+what is left of the noise).
 
 Targets (docs/balancing.md): static, uncertainty, DWA, random and geometric-mean weighting
 within 1.05x of equal weighting; FAMO, GradNorm and gradient methods cost about one extra
@@ -113,11 +115,12 @@ class Trainer:
         self.present = torch.arange(len(TASKS))
         self.count = 0
 
-    def step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+    def step(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> tuple[float, float]:
+        """(wall, CPU) seconds of one step."""
         from runtime.balancing import StepContext
 
         balancer = self.balancer
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         values = self.net.losses(xs, ys)
         if balancer is None:
             loss = values.sum()
@@ -133,7 +136,7 @@ class Trainer:
         if self.device == "cuda":
             torch.cuda.synchronize()
         self.count += 1
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
 def run_one(method: str, steps: int, batch: int, device: str) -> dict[str, float]:
@@ -145,7 +148,7 @@ def run_one(method: str, steps: int, batch: int, device: str) -> dict[str, float
         torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(method, device)
     init = {k: v.clone() for k, v in trainer.net.state_dict().items()}
-    timings = [trainer.step(xs, ys) for _ in range(steps + 3)][3:]  # 3 warm-up steps
+    timings = [trainer.step(xs, ys)[0] for _ in range(steps + 3)][3:]  # 3 warm-up steps
     peak = (
         torch.cuda.max_memory_allocated()
         if device == "cuda"
@@ -158,7 +161,8 @@ def run_one(method: str, steps: int, batch: int, device: str) -> dict[str, float
         "ms": 1000 * min(timings),  # fastest step: least disturbed by other jobs
         "peak_mb": peak / 2**20,
         "params": sum(p.numel() for p in trainer.net.parameters()),
-        "paired": min(a for a, _ in pairs) / min(b for _, b in pairs),
+        "paired": min(a[0] for a, _ in pairs) / min(b[0] for _, b in pairs),
+        "paired_cpu": min(a[1] for a, _ in pairs) / min(b[1] for _, b in pairs),
     }
 
 
@@ -215,12 +219,13 @@ def main() -> int:
         f"{opts.steps} steps"
     )
     print(
-        f"{'method':<20} {'ms/step':>8} {'x equal':>8} {'paired':>7} {'peak MB':>8} {'x equal':>8}"
+        f"{'method':<20} {'ms/step':>8} {'x equal':>8} {'paired':>7} {'(cpu)':>6} "
+        f"{'peak MB':>8} {'x equal':>8}"
     )
     for method, r in rows.items():
         print(
             f"{method:<20} {r['ms']:>8.2f} {r['ms'] / base['ms']:>8.2f} {r['paired']:>7.3f} "
-            f"{r['peak_mb']:>8.0f} {r['peak_mb'] / base['peak_mb']:>8.2f}"
+            f"{r['paired_cpu']:>6.3f} {r['peak_mb']:>8.0f} {r['peak_mb'] / base['peak_mb']:>8.2f}"
         )
     return 0
 
