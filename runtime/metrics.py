@@ -7,6 +7,8 @@ processes through torchmetrics' ``dist_reduce_fx``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -28,8 +30,8 @@ class ConfusionMatrixMetrics(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, class_names: list[str], ignore_index: int = -100) -> None:
-        super().__init__()
+    def __init__(self, class_names: list[str], ignore_index: int = -100, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.ignore_index = ignore_index
