@@ -277,11 +277,10 @@ class RunCLI(LightningCLI):
         if self.subcommand_name == "fit":
             callbacks.append(GracefulStop(self.run_dir / "checkpoints" / "last.ckpt"))
         if opts.early_stopping_patience is not None:
-            callbacks.append(
-                EarlyStopping(
-                    monitor=opts.monitor, mode=opts.mode, patience=opts.early_stopping_patience
-                )
-            )
+            # a plain int: the callback's state (patience) goes into checkpoints, which load
+            # with weights_only=True, where jsonargparse's NonNegativeInt is not allowed
+            patience = int(opts.early_stopping_patience)
+            callbacks.append(EarlyStopping(monitor=opts.monitor, mode=opts.mode, patience=patience))
         return callbacks
 
     def instantiate_classes(self) -> None:
@@ -295,15 +294,18 @@ class RunCLI(LightningCLI):
 
 
 def constructor_error(err: Exception) -> str:
-    """A constructor's own message, without jsonargparse's union report around it (which
-    ends in a dump of the whole parsed config)."""
+    """A constructor's own message, without jsonargparse's union reports around it (which
+    end in a dump of the whole parsed config); nested reports (an optional component of an
+    optional component) are searched to their innermost messages."""
     text = str(err)
     if "Given value" not in text:
         return text
     causes = [
         line.strip()[2:]
         for line in text.splitlines()
-        if line.startswith("  - ") and "NoneType" not in line
+        if line.lstrip().startswith("- ")
+        and "NoneType" not in line
+        and "Does not validate against any of the Union subtypes" not in line
     ]
     return "; ".join(causes) or text
 

@@ -72,3 +72,28 @@ class PerPositionClassificationHead(nn.Module):
             f"PerPositionClassificationHead expects [B, T, F] or [B, F, H, W] features, "
             f"got shape {tuple(features.shape)}"
         )
+
+
+class ProjectionHead(nn.Module):
+    """The projection of contrastive learning: ``Linear -> ReLU -> Linear`` to
+    ``num_outputs`` dimensions (``ContrastiveTask`` normalizes them). Pools ``[B, T, F]``
+    features by their mean first, like :class:`LinearHead`."""
+
+    def __init__(self, in_features: int, num_outputs: int = 32, hidden_features: int = 64) -> None:
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden_features),
+            nn.ReLU(),
+            nn.Linear(hidden_features, num_outputs),
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        if features.dim() == 3:
+            features = features.mean(dim=1)
+        return self.net(features)
+
+
+class PerPositionRegressionHead(PerPositionClassificationHead):
+    """Values at every position, ``[B, T, F] -> [B, num_outputs, T]``, for
+    ``runtime.frame_tasks.FrameRegressionTask``."""

@@ -28,10 +28,16 @@ import torch
 from torch import Tensor, nn
 
 
-def match_modules(root: nn.Module, targets: list[str], kind: type = nn.Linear) -> list[str]:
+def match_modules(
+    root: nn.Module,
+    targets: list[str],
+    kind: type = nn.Linear,
+    what: str = "LoRA",
+) -> list[str]:
     """Names of ``kind`` submodules of ``root`` matching ``targets``: a full name, a dotted
     suffix (``linear1`` matches ``layers.0.linear1``) or a glob (``net.*``)."""
     candidates = [n for n, m in root.named_modules() if n and isinstance(m, kind)]
+    kind_name = kind.__name__
     chosen: list[str] = []
     for target in targets:
         hits = [
@@ -41,8 +47,8 @@ def match_modules(root: nn.Module, targets: list[str], kind: type = nn.Linear) -
         ]
         if not hits:
             raise ValueError(
-                f"LoRA target {target!r} matches no {kind.__name__} layer of the encoder; "
-                f"its {kind.__name__} layers are: {', '.join(candidates) or 'none'}"
+                f"{what} target {target!r} matches no {kind_name} layer of the encoder; "
+                f"its {kind_name} layers are: {', '.join(candidates) or 'none'}"
             )
         chosen += [n for n in hits if n not in chosen]
     return chosen

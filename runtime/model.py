@@ -6,10 +6,11 @@ A plain ``nn.Module`` with no Lightning in it, so it can be exported and used on
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import nullcontext
+from contextlib import ExitStack
 
 from torch import Tensor, nn
 
+from runtime.adapters import TaskAdapters
 from runtime.lora import StaticLoRA, TaskLoRA
 from runtime.task_embedding import TaskEmbedding
 
@@ -26,8 +27,10 @@ class MultiTaskModel(nn.Module):
     Task conditioning (all optional): ``task_embedding`` gives every task a vector (its rows
     follow ``task_names``); a task-conditioned ``trunk`` (``runtime.trunk.TaskTrunk``) gets
     ``(features, task vector)``; ``task_lora`` adapts the encoder per task (then the encoder
-    runs once per task of a batch); ``static_lora`` adds peft LoRA to the encoder. With a
-    task embedding each requested task is decoded from its own features.
+    runs once per task of a batch); ``static_lora`` adds peft LoRA to the encoder;
+    ``task_adapters`` inserts per-task bottleneck adapters into the encoder (it runs once per
+    task, too). With a task embedding or adapters each requested task is decoded from its own
+    features.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class MultiTaskModel(nn.Module):
         task_embedding: TaskEmbedding | None = None,
         task_lora: TaskLoRA | None = None,
         static_lora: StaticLoRA | None = None,
+        task_adapters: TaskAdapters | None = None,
     ) -> None:
         super().__init__()
         if not decoders:
@@ -75,11 +79,12 @@ class MultiTaskModel(nn.Module):
         self.task_embedding = task_embedding
         self.task_lora = task_lora
         self.static_lora = static_lora
+        self.task_adapters = task_adapters
         self._bind_task_conditioning()
         # Fixed once built: looked up per step, so computed here, not on every forward.
-        self._conditioned_encoder = self.task_lora is not None or any(
-            getattr(m, "task_conditioned", False) for m in self.encoder
-        )
+        self._conditioned_encoder = (
+            self.task_lora is not None or self.task_adapters is not None
+        ) or any(getattr(m, "task_conditioned", False) for m in self.encoder)
         self._aux_named = [
             (n, m) for n, m in self.named_modules() if callable(getattr(m, "aux_loss", None))
         ]
@@ -106,6 +111,8 @@ class MultiTaskModel(nn.Module):
         """Give the task-conditioned parts the task list and the embedding size."""
         if self.static_lora is not None:
             self.static_lora.attach(self.encoder)
+        if self.task_adapters is not None:
+            self.task_adapters.attach(self.encoder, self.task_names)
         needs = ["trunk"] if getattr(self.trunk, "add_embedding", False) else []
         needs += ["task_lora"] if self.task_lora is not None else []
         needs += [
@@ -154,16 +161,15 @@ class MultiTaskModel(nn.Module):
             return None
         return self.task_embedding(task)
 
-    def _run_encoder(self, inputs: Tensor, embedding: Tensor | None) -> Tensor:
+    def _run_encoder(self, inputs: Tensor, embedding: Tensor | None, task: str | None) -> Tensor:
         if not self.task_conditioned_encoder:
             return self.encoder(inputs)
         x = inputs
-        context = (
-            self.task_lora.conditioned(embedding)
-            if self.task_lora is not None and embedding is not None
-            else nullcontext()
-        )
-        with context:
+        with ExitStack() as context:
+            if self.task_lora is not None and embedding is not None:
+                context.enter_context(self.task_lora.conditioned(embedding))
+            if self.task_adapters is not None:
+                context.enter_context(self.task_adapters.conditioned(task))
             for module in self.encoder:
                 conditioned = getattr(module, "task_conditioned", False)
                 x = module(x, embedding) if conditioned else module(x)
@@ -179,12 +185,12 @@ class MultiTaskModel(nn.Module):
     def encode(self, inputs: Tensor, task: str | None = None) -> Tensor:
         """Features for the decoders; ``task`` conditions them when the model is conditioned."""
         embedding = self._task_vector(task)
-        return self._run_trunk(self._run_encoder(inputs, embedding), embedding)
+        return self._run_trunk(self._run_encoder(inputs, embedding, task), embedding)
 
     @property
     def task_conditioned(self) -> bool:
         """Whether features differ per task (then every requested task decodes on its own)."""
-        return self.task_embedding is not None
+        return self.task_embedding is not None or self.task_adapters is not None
 
     def forward(self, inputs: Tensor, tasks: Iterable[str] | None = None) -> dict[str, Tensor]:
         """Outputs per task; ``tasks`` selects which (all when None or not lazy)."""
@@ -215,7 +221,7 @@ class MultiTaskModel(nn.Module):
         outputs: dict[str, Tensor] = {}
         for task in wanted:
             embedding = self._task_vector(task)
-            encoded = shared if shared is not None else self._run_encoder(inputs, embedding)
+            encoded = shared if shared is not None else self._run_encoder(inputs, embedding, task)
             features = self._run_trunk(encoded, embedding)
             decoded = self.decoders[self.task_to_decoder[task]](features)
             outputs[task] = self._task_output(task, decoded)

@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from runtime import balancing
 from runtime.balancing import Balancer
+from runtime.class_weights import fit_to_training_labels
 from runtime.ema import EMAWeights
 from runtime.init_from import ROUTING_KEY, TASKS_KEY, InitFrom, apply_init_from
 from runtime.metrics import ConfusionMatrixMetrics, members, was_updated
@@ -107,6 +108,11 @@ class MultiTaskModule(LightningModule):
         if balancer is not None:
             balancer.bind(model.task_names, model)
         self.step_stats = StepStats(list(tasks), non_finite_loss)
+
+    def setup(self, stage: str) -> None:
+        """Once the data is set up: tasks that learn from the training labels (class weights
+        from label frequencies, ``runtime.class_weights``) read them."""
+        fit_to_training_labels(self.tasks, getattr(self._trainer, "datamodule", None))
 
     # ---- forward / steps -------------------------------------------------------------------
     def forward(self, inputs: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:

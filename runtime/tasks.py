@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from runtime.class_weights import FrequencyWeighting, frequency_weights
 from runtime.data.validate import TargetSpec
 from runtime.losses import classification_loss, multilabel_loss, regression_loss
 from runtime.metric_record import MetricRecord
@@ -105,7 +106,9 @@ class ClassificationTask(Task):
     """Single-label classification over ``[B, C]`` logits with int targets (-100 = missing).
 
     ``loss`` is ``cross_entropy`` (with ``label_smoothing`` and ``class_weights``) or
-    ``focal`` (``focal_gamma``). Metrics: accuracy, macro_f1, f1_<class>.
+    ``focal`` (``focal_gamma``). Metrics: accuracy, macro_f1, f1_<class>. ``class_weights`` is
+    one weight per class, or ``balanced`` / ``sqrt_balanced``: computed from the label
+    frequencies of the training split when the data is set up (``runtime.class_weights``).
     """
 
     comparison_metrics = ("accuracy", "macro_f1")
@@ -116,7 +119,7 @@ class ClassificationTask(Task):
         num_classes: int | None = None,
         loss: Literal["cross_entropy", "focal"] = "cross_entropy",
         label_smoothing: float = 0.0,
-        class_weights: list[float] | None = None,
+        class_weights: list[float] | FrequencyWeighting | None = None,
         focal_gamma: float = 2.0,
         loss_weight: float = 1.0,
         primary_metric: Literal["accuracy", "macro_f1"] = "accuracy",
@@ -128,7 +131,18 @@ class ClassificationTask(Task):
         self.label_smoothing = label_smoothing
         self.focal_gamma = focal_gamma
         self.class_weights: Tensor | None
-        _optional_buffer(self, "class_weights", class_weights, self.num_outputs)
+        self.class_weighting = class_weights if isinstance(class_weights, str) else None
+        given = None if isinstance(class_weights, str) else class_weights
+        _optional_buffer(self, "class_weights", given, self.num_outputs)
+
+    def needs_training_labels(self) -> bool:
+        return self.class_weighting is not None
+
+    def fit_training_labels(self, labels: Tensor) -> None:
+        """Class weights from the training labels' frequencies (``class_weights: balanced``);
+        until then the loss is unweighted."""
+        if self.class_weighting is not None:
+            self.class_weights = frequency_weights(labels, self.num_outputs, self.class_weighting)
 
     def loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         return classification_loss(

@@ -77,11 +77,12 @@ def part_of(module: Any, config: dict[str, Any], part: str) -> tuple[nn.Module, 
     entries = {part: _without_init_checkpoint(spec)}
     if part == "encoder":
         entries.update({k: model_args[k] for k in ENCODER_ATTACHMENTS if model_args.get(k)})
-        if getattr(model, "task_lora", None) is not None:
-            _note(
-                "task LoRA lives beside the encoder (model.task_lora) and is not in an encoder "
-                "export; use --part model to keep it"
-            )
+        for name, what in (("task_lora", "task LoRA"), ("task_adapters", "per-task adapters")):
+            if getattr(model, name, None) is not None:
+                _note(
+                    f"{what} live beside the encoder (model.{name}) and are not in an "
+                    "encoder export; use --part model to keep them"
+                )
     return (model if part == "model" else model.encoder), entries
 
 

@@ -6,8 +6,9 @@ only where the merged size is the decoder's ``num_outputs`` and the new size is 
 so the task's block ``[offset : offset + num_outputs]`` is kept along that dimension (dim 0 of a
 ``Linear`` weight and bias, the channel dim of a conv kernel, both dims of a label-by-label
 table). Tensors of modules that declare ``per_task_parameters`` (rows indexed by the model's
-``task_names``, e.g. a task-embedding table) keep the rows of the kept task. Everything else is
-copied unchanged, and the result must load strictly into the single-task model.
+``task_names``, e.g. a task-embedding table) keep the rows of the kept task; per-task adapters
+(``runtime.adapters.TaskAdapters``, stored by task name) keep the kept task's only. Everything
+else is copied unchanged, and the result must load strictly into the single-task model.
 """
 
 from __future__ import annotations
@@ -89,9 +90,19 @@ def single_task_config(
     model_args = get_path(out, MODEL_ARGS)
     for key in ("decoder_to_target", "task_label_offsets"):
         model_args.pop(key, None)
+    _restrict_adapters(model_args, cut.task)
     out = set_path(out, TASKS, {cut.task: get_path(config, (*TASKS, cut.task))})
     out = _restrict_data(out, cut, dataset_tasks)
     return _restrict_monitor(out, cut.task)
+
+
+def _restrict_adapters(model_args: dict[str, Any], task: str) -> None:
+    """Per-task adapters listed by task keep only the kept task's (its weights are kept by
+    name; the other tasks' adapters are dropped)."""
+    adapters = model_args.get("task_adapters")
+    args = adapters.get("init_args") if isinstance(adapters, dict) else None
+    if isinstance(args, dict) and isinstance(args.get("tasks"), list):
+        args["tasks"] = [t for t in args["tasks"] if t == task]
 
 
 def _restrict_data(

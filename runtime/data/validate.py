@@ -24,10 +24,12 @@ MISSING_CLASS = -100
 @dataclass(frozen=True)
 class TargetSpec:
     """What one task accepts: class ids ``0..width-1``, ``width`` yes/no labels, or ``width``
-    real values (missing: -100 for class ids and labels, NaN for values)."""
+    real values (missing: -100 for class ids and labels, NaN for values). ``per_position``:
+    the values come per position, ``[N, T, width]`` (frame-wise regression)."""
 
     kind: Literal["class", "multilabel", "regression"]
     width: int
+    per_position: bool = False
 
     @property
     def dtype(self) -> str:
@@ -173,13 +175,20 @@ def _check_range(task: str, values: torch.Tensor, spec: TargetSpec, source: Sour
                 key,
             )
         return
-    shape_ok = (values.dim() == 2 and values.shape[1] == spec.width) or (
-        values.dim() == 1 and spec.width == 1
-    )
+    if spec.per_position:
+        shape_ok = (values.dim() == 3 and values.shape[2] == spec.width) or (
+            values.dim() == 2 and spec.width == 1
+        )
+        wanted = f"[N, T, {spec.width}]"
+    else:
+        shape_ok = (values.dim() == 2 and values.shape[1] == spec.width) or (
+            values.dim() == 1 and spec.width == 1
+        )
+        wanted = f"[N, {spec.width}]"
     if not shape_ok:
         raise source.error(
             f"{column} has shape {list(values.shape)} but the task takes "
-            f"{spec.width} value(s) per row ([N, {spec.width}])",
+            f"{spec.width} value(s) per {'frame' if spec.per_position else 'row'} ({wanted})",
             key=key,
         )
     if spec.kind == "multilabel":
