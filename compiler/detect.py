@@ -10,8 +10,12 @@ from .maker import Maker
 from .yamlio import read_source
 
 DIALECTS = ("native", "rslearn")
-_UPPER_PLACEHOLDER = re.compile(r"(?<!\$)\{(?:[0-9]+/)?[A-Z][A-Z0-9_]*\}")
-_NATIVE_PLACEHOLDER = re.compile(r"(?<!\$)\$\{")
+# Each pattern starts with a literal (the "not after $" test comes after it), so that the
+# regex engine scans for that literal at C speed: a lookbehind first makes it try every
+# position of a 50 MB file in turn.
+_UPPER_PLACEHOLDER = re.compile(r"\{(?<!\$\{)(?:[0-9]+/)?[A-Z][A-Z0-9_]*\}")
+_NATIVE_PLACEHOLDER = re.compile(r"\$\{(?<!\$\$\{)")
+_RSLEARN_INFO_KEY = re.compile(r"^all_dataset_info_path\s*:", re.MULTILINE)
 
 
 def _make(name: str) -> Dialect:
@@ -30,7 +34,7 @@ def detect(maker: Maker, cache: dict | None = None) -> tuple[str, str]:
     base = read_source(maker.base_path, "base config")
     if cache is not None:
         cache[base.path] = base
-    if re.search(r"^all_dataset_info_path\s*:", base.text, re.MULTILINE):
+    if "all_dataset_info_path" in base.text and _RSLEARN_INFO_KEY.search(base.text):
         return "rslearn", f"{base.path} names all_dataset_info_path"
     texts = [base] + [read_source(p, "dataset config") for files in maker.datasets for p in files]
     if cache is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +83,8 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
+        import shutil  # rarely needed: kept out of every command's start-up
+
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
@@ -253,6 +254,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise
     finally:
         if tmp.exists():
+            import shutil
+
             shutil.rmtree(tmp, ignore_errors=True)
 
 

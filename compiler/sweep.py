@@ -14,9 +14,7 @@ every group is measured under the same rules as its baselines.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 import re
 from collections.abc import Callable
@@ -295,7 +293,7 @@ def _label(value: Any) -> str:
     if isinstance(value, dict) and isinstance(value.get("class_path"), str):
         value = value["class_path"]
     if isinstance(value, bool) or value is None:
-        return json.dumps(value)
+        return "null" if value is None else str(value).lower()
     if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", value):
         return value.rsplit(".", 1)[1]  # a class path: its class name
     if isinstance(value, (str, int, float)):
@@ -304,6 +302,9 @@ def _label(value: Any) -> str:
 
 
 def _digest(value: Any) -> str:
+    import hashlib  # json and hashlib only for studies: a plain compile never loads them
+    import json
+
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -322,14 +323,22 @@ def _value_labels(grid: dict[str, list[Any]]) -> dict[str, dict[str, str]]:
         labels = {_canon(v): _safe(f"{name}={_label(v)}") for v in grid[key]}
         taken = list(labels.values())
         out[key] = {
-            c: f"{label}-{_digest(json.loads(c))}" if taken.count(label) > 1 else label
+            c: f"{label}-{_digest(_uncanon(c))}" if taken.count(label) > 1 else label
             for c, label in labels.items()
         }  # values that read the same get digests
     return out
 
 
 def _canon(value: Any) -> str:
+    import json
+
     return json.dumps(value, sort_keys=True)
+
+
+def _uncanon(text: str) -> Any:
+    import json
+
+    return json.loads(text)
 
 
 def _group_label(indices: tuple[int, ...], names: list[str]) -> str:

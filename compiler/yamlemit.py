@@ -87,39 +87,51 @@ def scalar(value: Any) -> str:
     raise yaml.representer.RepresenterError(f"cannot write {type(value).__name__} as YAML")
 
 
+def _plain_word(text: str) -> bool:
+    """Whether ``text`` is an ASCII identifier that no reader takes for anything but itself:
+    the common case, told apart without the regex and the resolvers (a fast path only)."""
+    return text.isascii() and text.isidentifier() and text[0] not in _SPECIAL_START
+
+
 def _mapping(node: dict, indent: str, out: list[str], first: str) -> None:
     lead = first
+    append = out.append
     for key, value in node.items():
-        text = scalar(key)
+        text = key if type(key) is str and _plain_word(key) else scalar(key)
         if len(text) > _MAX_SIMPLE_KEY:
-            out.append(f"{lead}? {text}\n")
+            append(f"{lead}? {text}\n")
             lead, text = indent, ""
             sep = ":"
         else:
             sep = text + ":"
-        if isinstance(value, dict) and value:
-            out.append(f"{lead}{sep}\n")
+        if type(value) is str:
+            append(f"{lead}{sep} {value if _plain_word(value) else _string(value)}\n")
+        elif isinstance(value, dict) and value:
+            append(f"{lead}{sep}\n")
             _mapping(value, indent + "  ", out, indent + "  ")
         elif isinstance(value, list) and value:
-            out.append(f"{lead}{sep}\n")
+            append(f"{lead}{sep}\n")
             if text:
                 _sequence(value, indent, out, indent)
             else:  # after an explicit key, indent the sequence
                 _sequence(value, indent + "  ", out, indent + "  ")
         else:
-            out.append(f"{lead}{sep} {scalar(value)}\n")
+            append(f"{lead}{sep} {scalar(value)}\n")
         lead = indent
 
 
 def _sequence(node: list, indent: str, out: list[str], first: str) -> None:
     lead = first
+    append = out.append
     for value in node:
-        if isinstance(value, dict) and value:
+        if type(value) is str:
+            append(f"{lead}- {value if _plain_word(value) else _string(value)}\n")
+        elif isinstance(value, dict) and value:
             _mapping(value, indent + "  ", out, lead + "- ")
         elif isinstance(value, list) and value:
             _sequence(value, indent + "  ", out, lead + "- ")
         else:
-            out.append(f"{lead}- {scalar(value)}\n")
+            append(f"{lead}- {scalar(value)}\n")
         lead = indent
 
 

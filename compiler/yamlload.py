@@ -253,21 +253,6 @@ def schema(name: str) -> Schema:
     return _SCHEMAS[name]
 
 
-class _Frame:
-    """A list or mapping being built."""
-
-    __slots__ = ("obj", "is_map", "key", "anchor", "merges", "size", "line")
-
-    def __init__(self, obj: Any, is_map: bool, anchor: str | None, line: int) -> None:
-        self.obj = obj
-        self.is_map = is_map
-        self.key: Any = _NOKEY
-        self.anchor = anchor
-        self.merges: list | None = None
-        self.size = 1
-        self.line = line
-
-
 class _Refusal(Exception):
     """A located refusal raised inside the builder (converted to ConfigError at the top)."""
 
@@ -326,118 +311,156 @@ def load(text: str, path: Any, schema_name: str = "1.2") -> Any:
 
 
 class _Builder:
-    """Turns an event stream into plain data (one instance per document)."""
+    """Turns an event stream into plain data (one instance per document).
+
+    The hot loop keeps the container being built in local variables and handles scalars
+    (most events) on a path of their own: a plain string that cannot be anything else is
+    taken as is, without the resolver, and a line number is only worked out for a refusal.
+    """
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
-        self.stack: list[_Frame] = []
+        #: At a refusal: (container, is_map, key) of every container being built, outermost
+        #: first (for :meth:`path`).
+        self.open: list[tuple[Any, bool, Any]] = []
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.alias_nodes = 0
 
     def path(self) -> tuple:
         """Key path of the node being built (for error messages)."""
         out: list = []
-        for frame in self.stack:
-            if frame.is_map:
-                if frame.key is not _NOKEY and frame.key is not MERGE:
-                    out.append(frame.key)
+        for obj, is_map, key in self.open:
+            if is_map:
+                if key is not _NOKEY and key is not MERGE:
+                    out.append(key)
             else:
-                out.append(len(frame.obj))
+                out.append(len(obj))
         return tuple(out)
 
     def run(self, get_event: Callable[[], Any]) -> Any:
         get_event()  # stream start
         if type(get_event()) is StreamEndEvent:
             return None
-        root = _NOKEY
-        stack = self.stack
+        # The container being built: obj (None at the root), is_map, key (_NOKEY while a
+        # key is expected), merges (<< sources), anchor, size (nodes, for the alias bound).
+        obj: Any = None
+        is_map = False
+        key: Any = _NOKEY
+        merges: list | None = None
+        anchor: str | None = None
+        size = 1
+        stack: list[tuple] = []  # the enclosing containers' state, outermost first
+        root: Any = _NOKEY
+        anchors = self.anchors
         plain = self.schema.plain
-        while True:
-            event = get_event()
-            kind = type(event)
-            if kind is ScalarEvent:
-                line = event.start_mark.line + 1
-                tag = event.tag
-                try:
+        tagged = self.schema.tagged
+        special = _SPECIAL_START
+        event = None
+        try:
+            while True:
+                event = get_event()
+                kind = type(event)
+                if kind is ScalarEvent:
+                    value = event.value
+                    tag = event.tag
                     if tag is None:
-                        value = plain(event.value) if event.implicit[0] else event.value
-                    elif tag == "!":
-                        value = event.value
+                        if value and value[0] not in special:
+                            pass  # a string, plain or quoted
+                        elif event.implicit[0]:
+                            try:
+                                value = plain(value)
+                            except ValueError as exc:
+                                raise _Refusal(str(exc), _line(event)) from None
+                    elif tag != "!":
+                        try:
+                            value = tagged(tag, value)
+                        except ValueError as exc:
+                            raise _Refusal(str(exc), _line(event)) from None
+                    if event.anchor is not None:
+                        anchors[event.anchor] = (value, 1)
+                    value_size = 1
+                elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                    value, value_size = obj, size
+                    if merges is not None:
+                        value = _merged(merges, value)
+                    if anchor is not None:
+                        anchors[anchor] = (value, value_size)
+                    obj, is_map, key, merges, anchor, size = stack.pop()
+                    if is_map and key is _NOKEY:
+                        raise _Refusal(_NOT_A_KEY, _line(event))
+                elif kind is MappingStartEvent or kind is SequenceStartEvent:
+                    new_map = kind is MappingStartEvent
+                    tag = event.tag
+                    if tag is not None and tag != "!" and tag != (_MAP if new_map else _SEQ):
+                        raise _Refusal(_tag_refusal(tag), _line(event))
+                    if len(stack) >= MAX_DEPTH:
+                        raise _Refusal(f"nested more than {MAX_DEPTH} levels deep", _line(event))
+                    if event.anchor is not None:
+                        anchors.pop(event.anchor, None)  # not usable inside itself
+                    stack.append((obj, is_map, key, merges, anchor, size))
+                    obj, is_map, key = ({} if new_map else []), new_map, _NOKEY
+                    merges, anchor, size = None, event.anchor, 1
+                    continue
+                elif kind is AliasEvent:
+                    found = anchors.get(event.anchor)
+                    if found is None:
+                        raise _Refusal(
+                            f"alias *{event.anchor} names no complete anchor before it "
+                            "(undefined, or a node that contains itself)",
+                            _line(event),
+                        )
+                    value, value_size = found
+                    self.alias_nodes += value_size
+                    if self.alias_nodes > MAX_ALIAS_NODES:
+                        raise _Refusal(
+                            f"YAML aliases expand to more than {MAX_ALIAS_NODES:,} "
+                            "nodes (an alias bomb?)",
+                            _line(event),
+                        )
+                    if is_map and key is _NOKEY and isinstance(value, (dict, list)):
+                        raise _Refusal(_NOT_A_KEY, _line(event))
+                elif kind is DocumentStartEvent:
+                    raise _Refusal("expected a single YAML document, found another", _line(event))
+                elif kind is StreamEndEvent:
+                    break
+                else:  # document end
+                    continue
+                # The value (a scalar, a finished list or mapping, an alias's) goes in place.
+                if is_map:
+                    if key is _NOKEY:
+                        if value is MERGE:
+                            if merges is not None:
+                                raise _Refusal("duplicate key", _line(event), "<<")
+                        elif value in obj:
+                            raise _Refusal("duplicate key", _line(event), value)
+                        key = value
+                        continue
+                    if key is MERGE:
+                        merges = _merge_sources(value, _line(event))
                     else:
-                        value = self.schema.tagged(tag, event.value)
-                except ValueError as exc:
-                    raise _Refusal(str(exc), line) from None
-                size = 1
-                if event.anchor is not None:
-                    self.anchors[event.anchor] = (value, 1)
-            elif kind is MappingStartEvent or kind is SequenceStartEvent:
-                line = event.start_mark.line + 1
-                is_map = kind is MappingStartEvent
-                tag = event.tag
-                if tag is not None and tag != "!" and tag != (_MAP if is_map else _SEQ):
-                    raise _Refusal(_tag_refusal(tag), line)
-                if len(stack) >= MAX_DEPTH:
-                    raise _Refusal(f"nested more than {MAX_DEPTH} levels deep", line)
-                frame = _Frame({} if is_map else [], is_map, event.anchor, line)
-                if event.anchor is not None:
-                    self.anchors.pop(event.anchor, None)  # not usable inside itself
-                stack.append(frame)
-                continue
-            elif kind is MappingEndEvent or kind is SequenceEndEvent:
-                frame = stack.pop()
-                value, size, line = frame.obj, frame.size, event.start_mark.line + 1
-                if frame.merges is not None:
-                    value = _merged(frame.merges, value)
-                if frame.anchor is not None:
-                    self.anchors[frame.anchor] = (value, size)
-            elif kind is AliasEvent:
-                line = event.start_mark.line + 1
-                found = self.anchors.get(event.anchor)
-                if found is None:
-                    raise _Refusal(
-                        f"alias *{event.anchor} names no complete anchor before it "
-                        "(undefined, or a node that contains itself)",
-                        line,
-                    )
-                value, size = found
-                self.alias_nodes += size
-                if self.alias_nodes > MAX_ALIAS_NODES:
-                    raise _Refusal(
-                        f"YAML aliases expand to more than {MAX_ALIAS_NODES:,} "
-                        "nodes (an alias bomb?)",
-                        line,
-                    )
-            elif kind is DocumentStartEvent:
-                raise _Refusal(
-                    "expected a single YAML document, found another", event.start_mark.line + 1
-                )
-            elif kind is StreamEndEvent:
-                break
-            else:  # document end
-                continue
-            if not stack:
-                root = "<<" if value is MERGE else value
-                continue
-            top = stack[-1]
-            if not top.is_map:
-                top.obj.append("<<" if value is MERGE else value)
-                top.size += size
-            elif top.key is _NOKEY:
-                if isinstance(value, (dict, list)):
-                    raise _Refusal("a mapping key must be a scalar, not a list or mapping", line)
-                if (value in top.obj) if value is not MERGE else top.merges is not None:
-                    raise _Refusal("duplicate key", line, "<<" if value is MERGE else value)
-                top.key = value
-            else:
-                if top.key is MERGE:
-                    top.merges = _merge_sources(value, line)
-                elif value is MERGE:
-                    top.obj[top.key] = "<<"
+                        obj[key] = "<<" if value is MERGE else value
+                    key = _NOKEY
+                    size += value_size
+                elif obj is not None:
+                    obj.append("<<" if value is MERGE else value)
+                    size += value_size
                 else:
-                    top.obj[top.key] = value
-                top.key = _NOKEY
-                top.size += size
+                    root = "<<" if value is MERGE else value
+        except _Refusal:
+            frames = [(o, m, k) for o, m, k, *_ in stack[1:]]
+            if obj is not None:
+                frames.append((obj, is_map, key))
+            self.open = frames
+            raise
         return None if root is _NOKEY else root
+
+
+_NOT_A_KEY = "a mapping key must be a scalar, not a list or mapping"
+
+
+def _line(event: Any) -> int:
+    """1-based line where an event starts."""
+    return event.start_mark.line + 1
 
 
 def _merge_sources(value: Any, line: int) -> list[dict]:

@@ -47,6 +47,7 @@ from lightning.pytorch import Callback
 from torch import Tensor, nn
 
 from runtime.stages import select
+from runtime.step_stats import StepStats
 from runtime.tasks import multitask_loss
 
 EXTRA_HINT = 'pip install "mtl-toolkit[balancing]"'
@@ -64,13 +65,23 @@ def _detached(state: Any) -> Any:
     return state
 
 
-def mean_over_ranks(value: Tensor) -> Tensor:
-    """``value`` averaged over DDP ranks (itself in a single process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_over_ranks(value: Tensor) -> Tensor:
+    """``value`` summed over DDP ranks (itself in a single process)."""
+    if _world_size() == 1:
         return value
     out = value.detach().clone()
     dist.all_reduce(out)
-    return out / dist.get_world_size()
+    return out
+
+
+def mean_over_ranks(value: Tensor) -> Tensor:
+    """``value`` averaged over DDP ranks (itself in a single process)."""
+    world = _world_size()
+    return value if world == 1 else sum_over_ranks(value) / world
 
 
 @dataclass
@@ -98,6 +109,11 @@ class Balancer(nn.Module):
     supports_accumulation: ClassVar[bool] = True
     #: whether ``after_step`` needs the losses recomputed on the step's batch
     recompute_after_step: ClassVar[bool] = False
+    #: whether ``combine`` reads ``StepContext.shared`` and ``others`` (left empty otherwise:
+    #: listing the parameters every step costs more than a whole loss weighting)
+    needs_parameters: ClassVar[bool] = False
+    #: whether :meth:`epoch_losses` is called at each training epoch's end
+    needs_epoch_losses: ClassVar[bool] = False
     kind: ClassVar[str] = "loss weighting"
 
     def __init__(self, warmup_steps: int = 0) -> None:
@@ -128,21 +144,31 @@ class Balancer(nn.Module):
             )
         if context.step < self.warmup_steps:
             self.weights[present] = 1.0
-            return values.sum() + self.touch()
-        return self.combine(values, present, context) + self.touch()
+            loss = values.sum()
+        else:
+            loss = self.combine(values, present, context)
+        touch = self.touch()
+        return loss if touch is None else loss + touch
 
     def combine(self, values: Tensor, present: Tensor, context: StepContext) -> Tensor:
         raise NotImplementedError
 
-    def touch(self) -> Tensor | float:
-        """Zero that depends on every trainable parameter of the balancer: DDP expects each
-        trainable parameter to get a gradient in every step (also in warm-up, or when a
-        per-dataset step leaves a task's parameter out)."""
+    def touch(self) -> Tensor | None:
+        """Zero that depends on every trainable parameter of the balancer (None when it has
+        none): DDP expects each trainable parameter to get a gradient in every step (also in
+        warm-up, or when a per-dataset step leaves a task's parameter out)."""
         params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
         return sum((0.0 * p.sum() for p in params), 0.0)
 
     def after_step(self, values: Tensor) -> None:
         """After the optimizer step, with its batch's losses recomputed (if asked for)."""
+
+    def epoch_losses(self, means: Tensor) -> None:
+        """At the end of a training epoch (if :attr:`needs_epoch_losses`), before
+        :meth:`epoch_end`: each task's mean training loss over the epoch, in ``task_names``
+        order, as logged in ``train/<task>/loss`` (NaN for a task without a batch)."""
 
     def epoch_end(self) -> dict[str, Tensor]:
         """At the end of a training epoch; returns figures to log (e.g. gradient cosines)."""
@@ -197,9 +223,16 @@ class DWA(Balancer):
     k's mean training losses over the two previous epochs; equal weights (1) until two epochs
     are complete. A task absent from a whole epoch keeps its previous mean (ratio 1).
 
+    The epoch means are the run's own (``train/<task>/loss``, kept on the device by
+    ``runtime.step_stats`` for every run, summed over DDP ranks, carried by mid-epoch
+    checkpoints) and the weights are worked out once per epoch, so a step costs what a static
+    weighting costs. A ratio of means does not depend on ``loss_weight``.
+
     Args:
         temperature: T; larger means more uniform weights (the paper uses 2).
     """
+
+    needs_epoch_losses = True
 
     def __init__(self, temperature: float = 2.0, warmup_steps: int = 0) -> None:
         super().__init__(warmup_steps)
@@ -209,35 +242,24 @@ class DWA(Balancer):
 
     def setup(self, model: nn.Module) -> None:
         m = len(self.task_names)
-        self.epoch_sum: Tensor
-        self.epoch_count: Tensor
         self.history: Tensor
-        self.register_buffer("epoch_sum", torch.zeros(m, dtype=torch.float64))
-        self.register_buffer("epoch_count", torch.zeros(m, dtype=torch.float64))
+        self.current: Tensor
         self.register_buffer("history", torch.full((2, m), float("nan"), dtype=torch.float64))
-
-    def current(self) -> Tensor:
-        """The weights of the current epoch (all tasks)."""
-        older, newer = self.history
-        weights = len(self.task_names) * torch.softmax(newer / older / self.temperature, dim=0)
-        # NaN until two epochs are complete: equal weights (no host sync to find out)
-        return torch.where(torch.isnan(weights), torch.ones_like(weights), weights).float()
+        self.register_buffer("current", torch.ones(m))
 
     def combine(self, values: Tensor, present: Tensor, context: StepContext) -> Tensor:
-        self.epoch_sum[present] += values.detach().double()
-        self.epoch_count[present] += 1
-        weights = self.current()[present].to(values.dtype)
+        weights = self.current[present].to(values.dtype)
         self.weights[present] = weights
         return (weights * values).sum()
 
-    def epoch_end(self) -> dict[str, Tensor]:
-        sums = mean_over_ranks(self.epoch_sum)
-        counts = mean_over_ranks(self.epoch_count)
-        newest = torch.where(counts > 0, sums / counts.clamp(min=1), self.history[1])
+    def epoch_losses(self, means: Tensor) -> None:
+        means = means.to(self.history)
+        newest = torch.where(torch.isnan(means), self.history[1], means)
         self.history = torch.stack([self.history[1], newest])
-        self.epoch_sum.zero_()
-        self.epoch_count.zero_()
-        return {}
+        older, newer = self.history
+        weights = len(self.task_names) * torch.softmax(newer / older / self.temperature, dim=0)
+        # NaN until two epochs are complete: equal weights (no host sync to find out)
+        self.current = torch.where(torch.isnan(weights), 1.0, weights).float()
 
 
 class _Generator(Balancer):
@@ -494,6 +516,7 @@ class Aggregate(_SharedBalancer):
 
     needs_all_tasks = True
     supports_accumulation = False
+    needs_parameters = True
     kind = "gradient method"
 
     def __init__(
@@ -789,11 +812,14 @@ def task_losses(module: Any, batch: Mapping[str, Any]) -> StepLosses:
 
 
 def _context(module: Any, balancer: Balancer) -> StepContext:
+    step = int(module.trainer.global_step)
+    if not balancer.needs_parameters:
+        return StepContext(shared=[], others=[], step=step)
     named = dict(module.model.named_parameters())
     wanted = set(getattr(balancer, "shared_names", ()))
     shared = [named[n] for n in getattr(balancer, "shared_names", ()) if named[n].requires_grad]
     others = [p for n, p in module.model.named_parameters() if p.requires_grad and n not in wanted]
-    return StepContext(shared=shared, others=others, step=int(module.trainer.global_step))
+    return StepContext(shared=shared, others=others, step=step)
 
 
 def _step_tasks(module: Any, batch: Mapping[str, Any]) -> list[str]:
@@ -824,6 +850,18 @@ def training_step(module: Any, batch: Mapping[str, Any]) -> Tensor | None:
     present = torch.tensor([order[t] for t in names], dtype=torch.long)
     loss = balancer.loss(values, present, _context(module, balancer))
     return loss if step.aux is None else loss + step.aux
+
+
+def epoch_task_means(stats: StepStats, task_names: Sequence[str]) -> Tensor:
+    """The epoch's mean training loss of each task (summed over DDP ranks, as logged),
+    in ``task_names`` order, NaN for a task without a batch."""
+    means = stats.means("epoch", sum_over_ranks)
+    slots = {name: i for i, name in enumerate(stats.tasks)}
+    values = [means.get(slots[name]) for name in task_names]
+    device = next((v.device for v in values if v is not None), None)
+    return torch.stack(
+        [torch.tensor(float("nan"), device=device) if v is None else v.float() for v in values]
+    )
 
 
 class BalancingHooks(Callback):
@@ -864,6 +902,10 @@ class BalancingHooks(Callback):
         balancer.after_step(torch.stack([weighted[t] for t in balancer.task_names]))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        figures = pl_module.balancer.epoch_end()
+        balancer: Balancer = pl_module.balancer
+        if balancer.needs_epoch_losses and trainer.global_step > balancer.warmup_steps:
+            # (an epoch wholly in warm-up is not seen; one where warm-up ends counts whole)
+            balancer.epoch_losses(epoch_task_means(pl_module.step_stats, balancer.task_names))
+        figures = balancer.epoch_end()
         if figures:
             pl_module.log_dict(figures, on_step=False, on_epoch=True)

@@ -85,7 +85,8 @@ def test_dwa_uses_the_ratio_of_the_two_previous_epoch_means():
             b.loss(values, ALL, ctx())
             ref(values)
             assert b.weights.tolist() == [1.0, 1.0, 1.0]  # uniform for two epochs
-        b.epoch_end()
+        # the run hands over each epoch's means (runtime.step_stats); torchjd keeps its own
+        b.epoch_losses(torch.stack(batches).mean(dim=0))
         ref.step()
     means = [[3.0, 1.0, 3.0], [1.5, 0.75, 1.5]]
     rates = [n / o for n, o in zip(means[1], means[0], strict=True)]
@@ -98,6 +99,16 @@ def test_dwa_uses_the_ratio_of_the_two_previous_epoch_means():
         sum(w * v for w, v in zip(want, [1.0, 2.0, 3.0], strict=True))
     )
     assert got.item() == pytest.approx(ref(values).item(), rel=1e-6)
+    # the weights hold for the whole epoch; a step adds nothing to the balancer's state
+    state = {k: v.clone() for k, v in b.state_dict().items()}
+    b.loss(torch.tensor([9.0, 1.0, 5.0]), ALL, ctx())
+    assert b.weights.tolist() == pytest.approx(want, rel=1e-6)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in state.items())
+    # a task absent from a whole epoch keeps its previous mean (ratio 1)
+    b.epoch_losses(torch.tensor([0.75, float("nan"), 3.0]))
+    rates = [0.75 / 1.5, 1.0, 3.0 / 1.5]
+    expo = [math.exp(r / 2.0) for r in rates]
+    assert b.current.tolist() == pytest.approx([3 * e / sum(expo) for e in expo], rel=1e-6)
 
 
 def test_random_weighting_draws_softmax_of_normals_from_its_own_generator():

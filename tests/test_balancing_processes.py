@@ -1,9 +1,10 @@
 """Balancers across processes: two CPU (gloo) DDP ranks apply the same update, equal to one
 process that sees both ranks' batches; a run SIGKILLed mid-epoch and resumed ends bit-identical
-to an uninterrupted one with a stateful balancer (uncertainty weighting, FAMO)."""
+to an uninterrupted one with a stateful balancer (uncertainty weighting, FAMO, DWA, NashMTL)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -45,10 +46,31 @@ def flat(value: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     return {}
 
 
+#: stateful balancers: learned parameters (Uncertainty), an internal optimizer (FAMO), epoch
+#: loss history read from the step statistics (DWA), a solver's warm start and step counter
+#: kept outside state_dict (torchjd's NashMTL)
+STATEFUL = {
+    "Uncertainty": {"class_path": "runtime.balancing.Uncertainty"},
+    "FAMO": {"class_path": "runtime.balancing.FAMO"},
+    "DWA": {"class_path": "runtime.balancing.DWA"},
+    "NashMTL": {
+        "class_path": "runtime.balancing.Aggregate",
+        "init_args": {
+            "aggregator": {
+                "class_path": "torchjd.aggregation.NashMTL",
+                "init_args": {"n_tasks": 2},
+            }
+        },
+    },
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("balancer", ["Uncertainty", "FAMO"])
+@pytest.mark.parametrize("balancer", list(STATEFUL))
 def test_sigkill_then_resume_is_bit_identical_with_a_stateful_balancer(tmp_path, balancer):
-    config = balanced_config({"class_path": f"runtime.balancing.{balancer}"})
+    if balancer == "NashMTL" and importlib.util.find_spec("cvxpy") is None:
+        pytest.skip("cvxpy missing (pip install 'mtl-toolkit[balancing]')")
+    config = balanced_config(STATEFUL[balancer])
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     victim = mtl_run("run.yaml", "--run-dir", "killed", cwd=tmp_path)
     reference = None

@@ -4,8 +4,10 @@ documented method trains the quickstart, ``all_datasets`` batches, what the run 
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,56 @@ def test_every_documented_method_trains_the_quickstart(tmp_path: Path, method: s
     if method not in ("graddrop", "config"):  # no per-task weights to show
         assert "train/weight/parity" in header
     assert (run_dir / "task_weights.png").exists() == ("train/weight/parity" in header)
+
+
+@pytest.mark.slow
+def test_dwa_weights_follow_the_logged_epoch_means(tmp_path: Path):
+    """DWA's weights in epoch 3 are the paper's formula applied to the ``train/<task>/loss``
+    the run logged for epochs 1 and 2; equal before."""
+    config = quickstart_config(tmp_path)
+    run_dir = tmp_path / "run"
+    code = mtl_run(
+        [
+            "fit",
+            str(config),
+            "--run-dir",
+            str(run_dir),
+            "--trainer.max_epochs=3",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_model_summary=false",
+            "--data.init_args.sample_mode=all_datasets",
+            "--model.init_args.balancer={class_path: runtime.balancing.DWA, "
+            "init_args: {temperature: 2.0}}",
+        ]
+    )
+    assert code == 0
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    tasks = [c.removeprefix("train/weight/") for c in rows[0] if c.startswith("train/weight/")]
+    assert len(tasks) >= 2
+    means = {
+        int(r["epoch"]): [float(r[f"train/{t}/loss"]) for t in tasks]
+        for r in rows
+        if r.get(f"train/{tasks[0]}/loss")
+    }
+    weights = {}
+    for r in rows:
+        if r.get(f"train/weight/{tasks[0]}"):
+            weights.setdefault(int(r["epoch"]), []).append(
+                [float(r[f"train/weight/{t}"]) for t in tasks]
+            )
+    assert sorted(weights) == [0, 1, 2] and sorted(means) == [0, 1, 2]
+    for epoch in (0, 1):
+        assert all(w == [1.0] * len(tasks) for w in weights[epoch])
+    expo = [math.exp(new / old / 2.0) for old, new in zip(means[0], means[1], strict=True)]
+    want = [len(tasks) * e / sum(expo) for e in expo]
+    assert want != pytest.approx([1.0] * len(tasks), abs=1e-4)  # a real test of the formula
+    for logged in weights[2]:
+        assert logged == pytest.approx(want, rel=1e-5)
 
 
 def test_all_datasets_without_balancer_sums_every_task(tmp_path: Path):
