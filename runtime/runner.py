@@ -13,20 +13,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from compiler import exitcodes
 from compiler.files import atomic_write, check_output
-from runtime.balancing import describe as describe_balancer
-from runtime.hardware import compile_model
-from runtime.reporting import (
-    ValidationHistory,
+from runtime.artifacts import (
     absent_metrics,
-    header_comments,
     per_task_report,
-    plot_task_weights,
-    run_info,
     task_metrics,
     write_confusion_matrices,
     write_json,
     write_predictions,
+    write_summary,
 )
+from runtime.balancing import describe as describe_balancer
+from runtime.hardware import compile_model
+from runtime.history import ValidationHistory
+from runtime.plots import plot_task_weights
+from runtime.provenance import header_comments, run_info
 from runtime.rundir import create_run_dir
 from runtime.step_stats import NonFiniteLossError
 
@@ -174,7 +174,7 @@ def _fit(cli: RunCLI) -> None:
         )
     if stopped is not None:  # recorded before summary.json: a kill in between is no success
         _record_exit(run_dir / "run_info.json", exitcodes.NON_FINITE_LOSS, str(stopped))
-    write_json(run_dir / "summary.json", summary)
+    write_summary(run_dir / "summary.json", summary, tasks)
     plot_task_weights(run_dir)
     write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
     _print_results("best validation", summary)

@@ -130,9 +130,10 @@ def unmerge(
     """Write one single-task run directory per chosen task; returns them."""
     import torch
 
+    from runtime.artifacts import write_json
     from runtime.config_errors import load_yaml
     from runtime.hardware import resolve_device
-    from runtime.reporting import header_comments, run_info, write_json
+    from runtime.provenance import header_comments, run_info
     from runtime.rundir import (
         CHECKPOINTS,
         CONFIG_NAME,
