@@ -190,10 +190,11 @@ def make_config(
 @dataclass
 class TrainResult:
     """A finished fit: its run directory and each task's metrics at the best validation
-    (``summary.json``, whose numbers these are; ``epoch``/``step`` say when)."""
+    (``summary.json``, whose numbers these are; ``epoch``/``step`` say when, and each task's
+    metric record says how to read them: ``runtime.metric_record``)."""
 
     run_dir: Path
-    metrics: dict[str, dict[str, float | int]]
+    metrics: dict[str, dict[str, Any]]
 
     def load(self, checkpoint: str = "best", device: str | torch.device = "cpu") -> TrainedModel:
         """The trained model of this run (see :func:`load`)."""

@@ -39,9 +39,9 @@ from runtime.hardware import (
     resolve_device,
     trainer_device,
 )
+from runtime.history import ValidationHistory
 from runtime.protocols import HasBatchSizes, HasTasks
 from runtime.quiet import quiet_lightning, summary_kwargs
-from runtime.reporting import ValidationHistory
 from runtime.run_lock import release_locks
 from runtime.rundir import RunDir, prepare_fit_dir
 from runtime.stop import GracefulStop
@@ -314,7 +314,7 @@ def task_checkpoints(model: LightningModule, ckpt_dir: str) -> list[Callback]:
     out: list[Callback] = []
     for name, task in tasks.items():
         metric = f"val/{name}/{task.primary_metric}"
-        mode = "min" if task.primary_metric in task.lower_is_better else "max"
+        mode = "max" if task.higher_is_better(task.primary_metric) else "min"
         out.append(
             RunCheckpoint(
                 dirpath=ckpt_dir,

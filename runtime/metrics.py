@@ -2,7 +2,13 @@
 
 Every update is a fixed-size scatter/sum on the device (no boolean indexing, no ``.item()``),
 so metrics cost nothing on the host per step; ``compute`` runs once per epoch and syncs across
-processes through torchmetrics' ``dist_reduce_fx``.
+processes through torchmetrics' ``dist_reduce_fx``. Keyword arguments of torchmetrics'
+``Metric`` (``sync_on_compute``, ``dist_sync_fn``, ...) pass through.
+
+Which way a metric is better is declared once, by torchmetrics' own ``higher_is_better`` of
+the metric class (every value a class computes goes the same way); tasks, ``val/score``,
+per-task checkpoints and ``summary.json`` read it through :func:`higher_is_better`. Values that
+go different ways come from different classes, combined in a ``MetricCollection``.
 """
 
 from __future__ import annotations
@@ -11,7 +17,43 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
+
+
+def members(metrics: Metric | MetricCollection) -> list[Metric]:
+    """The metric objects of a task's metrics (a single ``Metric`` or a collection)."""
+    if isinstance(metrics, MetricCollection):
+        return list(metrics.values(copy_state=False))
+    return [metrics]
+
+
+def was_updated(metrics: Metric | MetricCollection) -> bool:
+    """Whether any batch reached these metrics since the last reset."""
+    return any(m.update_count > 0 for m in members(metrics))
+
+
+def higher_is_better(metrics: Metric | MetricCollection, name: str) -> bool:
+    """Direction of the value ``name`` that ``metrics.compute()`` returns: the
+    ``higher_is_better`` of the metric class computing it. In a collection that is the member
+    called ``name`` or, for the values of dict-returning members, the direction all members
+    share."""
+    if isinstance(metrics, MetricCollection):
+        by_name = dict(metrics.items(keep_base=True, copy_state=False))
+        if name in by_name:
+            return higher_is_better(by_name[name], name)
+        found = {higher_is_better(m, name) for m in by_name.values()}
+        if len(found) != 1:
+            raise ValueError(
+                f"metric {name!r}: the members of the collection go different ways; name "
+                "the member after the value it computes"
+            )
+        return found.pop()
+    if metrics.higher_is_better is None:
+        raise ValueError(
+            f"{type(metrics).__name__} does not say which way is better: set its class "
+            "attribute higher_is_better (torchmetrics' Metric) to True or False"
+        )
+    return bool(metrics.higher_is_better)
 
 
 def _f1(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
@@ -81,8 +123,14 @@ class MultiLabelMetrics(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, label_names: list[str], threshold: float = 0.5, ignore_index: int = -100):
-        super().__init__()
+    def __init__(
+        self,
+        label_names: list[str],
+        threshold: float = 0.5,
+        ignore_index: int = -100,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
         self.label_names = list(label_names)
         self.threshold = threshold
         self.ignore_index = ignore_index
@@ -120,8 +168,8 @@ class RegressionMetrics(Metric):
     full_state_update = False
     higher_is_better = False
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.add_state("abs_sum", default=torch.zeros((), dtype=torch.double), dist_reduce_fx="sum")
         self.add_state("sq_sum", default=torch.zeros((), dtype=torch.double), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.double), dist_reduce_fx="sum")

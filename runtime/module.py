@@ -8,11 +8,9 @@ Only the tasks present in ``targets`` are decoded and scored. Logged names:
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -23,18 +21,17 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from runtime import balancing, compat
 from runtime.balancing import Balancer
 from runtime.class_weights import fit_to_training_labels
-from runtime.ema import WeightEMA
+from runtime.ema import EMAWeights
 from runtime.init_from import ROUTING_KEY, TASKS_KEY, InitFrom, apply_init_from
-from runtime.metrics import ConfusionMatrixMetrics
+from runtime.metrics import ConfusionMatrixMetrics, members, was_updated
 from runtime.model import MultiTaskModel
 from runtime.protocols import DerivesTotalSteps, KnowsDatasetTasks, ParamGroupSplitter
+from runtime.rng import RNGResume
 from runtime.step_stats import CHECKPOINT_KEY, NonFinitePolicy, StepStats
 from runtime.tasks import Task, multitask_loss
 
 SCORED_SPLITS = ("val", "test")
 SCORE = "val/score"
-_EMA_KEY = "ema_training_weights"
-_RNG_KEY = "rng_states"
 
 
 def _batch_size(batch: Mapping[str, Any]) -> int:
@@ -44,36 +41,15 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
     return next(iter(batch["targets"].values())).shape[0]
 
 
-def rng_states() -> dict[str, Any]:
-    """Global RNG states as plain tensors/tuples, loadable with ``weights_only=True``."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    name, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 class MultiTaskModule(LightningModule):
     """Losses, metrics, optimizer/scheduler and optional weight EMA around a ``MultiTaskModel``.
 
     ``optimizer`` and ``scheduler`` are callables (``class_path`` configs without the
     optimizer argument); a scheduler with ``total_steps: None`` (``WarmupCosine``) gets the
     trainer's estimated step count. With ``ema_decay`` set, validation, test, predict and the
-    weights stored in checkpoints are the EMA weights (the training weights ride along in the
-    checkpoint so ``--resume`` continues exactly). ``init_from`` starts a fresh fit from a
+    weights stored in checkpoints are the EMA weights (``runtime.ema.EMAWeights``, a callback
+    this module adds). The global RNG states ride along in checkpoints (``runtime.rng``) so
+    ``--resume`` continues exactly. ``init_from`` starts a fresh fit from a
     trained run's weights (isolate fine-tune, see ``runtime.init_from``). Auxiliary losses of
     the model (mixture-of-experts load balancing) join the training loss and are logged as
     ``train/moe_aux_loss``. ``balancer`` (``runtime.balancing``) decides how the task losses
@@ -115,6 +91,10 @@ class MultiTaskModule(LightningModule):
                     f"model.init_args.tasks.{name}: its head gives {width} outputs but the task "
                     f"definition has {task.num_outputs} (check num_outputs / class names)"
                 )
+            try:
+                task.metric_record()  # which way its metrics go: known now, not after training
+            except ValueError as err:
+                raise ValueError(f"model.init_args.tasks.{name}: {err}") from None
         self.model = model
         self.tasks = nn.ModuleDict(tasks)
         self.metrics = nn.ModuleDict(
@@ -126,10 +106,10 @@ class MultiTaskModule(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
-        self.ema = WeightEMA(self.model, ema_decay) if ema_decay is not None else None
+        self.ema = EMAWeights(self.model, ema_decay) if ema_decay is not None else None
+        self.rng = RNGResume()
         #: last confusion matrix per classification task and stage (CPU), for reports
         self.confusion_matrices: dict[str, dict[str, Tensor]] = {s: {} for s in SCORED_SPLITS}
-        self._pending_rng: dict[str, Any] | None = None
         self.init_from = init_from
         self._init_applied = False
         self.balancer = balancer
@@ -176,7 +156,14 @@ class MultiTaskModule(LightningModule):
         return balancing.training_step(self, batch)
 
     def configure_callbacks(self) -> list[Any]:
-        return [] if self.balancer is None else [balancing.BalancingHooks()]
+        """The module's own callbacks: RNG states and EMA (the same objects every run, so a
+        test after fit evaluates the EMA weights), the balancer's hooks."""
+        callbacks: list[Any] = [self.rng]
+        if self.ema is not None:
+            callbacks.append(self.ema)
+        if self.balancer is not None:
+            callbacks.append(balancing.BalancingHooks())
+        return callbacks
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
         self._step(batch, "val")
@@ -251,7 +238,7 @@ class MultiTaskModule(LightningModule):
         logged: dict[str, Tensor] = {}
         scores: list[Tensor] = []
         for name, metric in self.metrics[stage].items():
-            if metric.update_count == 0:
+            if not was_updated(metric):
                 continue  # no batch of this task in this epoch
             values = metric.compute()
             if not values:  # no labelled target this epoch: the metrics are absent, not 0
@@ -259,8 +246,9 @@ class MultiTaskModule(LightningModule):
                 continue
             logged.update({f"{stage}/{name}/{k}": v for k, v in values.items()})
             scores.append(self.tasks[name].score(values))
-            if isinstance(metric, ConfusionMatrixMetrics):
-                self.confusion_matrices[stage][name] = metric.confusion_matrix.detach().cpu()
+            for member in members(metric):
+                if isinstance(member, ConfusionMatrixMetrics):
+                    self.confusion_matrices[stage][name] = member.confusion_matrix.detach().cpu()
             metric.reset()
         if scores:
             logged[f"{stage}/score"] = torch.stack(scores).mean()
@@ -292,70 +280,24 @@ class MultiTaskModule(LightningModule):
             config.update(monitor=SCORE, interval="epoch")
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    # ---- EMA -------------------------------------------------------------------------------
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
-            self.ema.update()
-
-    def _ema_in(self) -> None:
-        if self.ema is not None and not self.ema.swapped:
-            self.ema.swap()
-
-    def _ema_out(self) -> None:
-        if self.ema is not None and self.ema.swapped:
-            self.ema.swap()
-
+    # ---- validation ------------------------------------------------------------------------
     def on_validation_start(self) -> None:
         if self._fitting():
             self._check_losses()  # never validate (and select as best) non-finite weights
-        self._ema_in()
-
-    def on_validation_end(self) -> None:
-        self._ema_out()
-
-    def on_test_start(self) -> None:
-        self._ema_in()
-
-    def on_test_end(self) -> None:
-        self._ema_out()
-
-    def on_predict_start(self) -> None:
-        self._ema_in()
-
-    def on_predict_end(self) -> None:
-        self._ema_out()
 
     # ---- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store EMA weights as the model weights (what an export should use), the training
-        weights beside them, and the RNG states for an exact mid-epoch resume."""
-        checkpoint[_RNG_KEY] = rng_states()
-        if self._resuming_fit():
-            self._pending_rng = checkpoint[_RNG_KEY]  # what the next step draws from
+        """Store the task list and routing (for per-task tables and exports) and, in a fit,
+        the training-loss statistics; never a checkpoint of non-finite weights."""
         checkpoint[TASKS_KEY] = list(self.model.task_names)  # row order of per-task tables
         checkpoint[ROUTING_KEY] = dict(self.model.task_to_decoder)
         if self._fitting():
             self._check_losses()  # raises before a non-finite checkpoint is written
             checkpoint[CHECKPOINT_KEY] = self.step_stats.state_dict()
-        if self.ema is None or self.ema.shadow is None:
-            return
-        ema, training = self.ema.ema_and_training_weights()
-        state = checkpoint["state_dict"]
-        for name in self.ema.names:
-            state[f"model.{name}"] = ema[name].detach().clone()
-        checkpoint[_EMA_KEY] = {f"model.{n}": t.detach().clone() for n, t in training.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if _RNG_KEY in checkpoint and self._resuming_fit():
-            self._pending_rng = checkpoint[_RNG_KEY]
-        if CHECKPOINT_KEY in checkpoint and self._resuming_fit():
+        if CHECKPOINT_KEY in checkpoint and self._fitting():
             self.step_stats.load_state_dict(checkpoint[CHECKPOINT_KEY])
-        if self.ema is None or _EMA_KEY not in checkpoint:
-            return
-        state = checkpoint["state_dict"]
-        self.ema.load({n: state[f"model.{n}"] for n in self.ema.names})
-        state.update(checkpoint[_EMA_KEY])
 
     def prepare_fit(self, resuming: bool) -> None:
         """Apply ``init_from`` before a fresh fit (``mtl-run`` calls this before it writes
@@ -371,18 +313,6 @@ class MultiTaskModule(LightningModule):
         """``init_from`` for fits started without ``mtl-run`` (after the optimizer exists,
         before any step)."""
         self.prepare_fit(resuming=self.trainer.ckpt_path is not None)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Continue from the RNG states of the newest checkpoint, in the run that saved it and
-        in one resumed from it alike: whatever drew from the global RNG between the save and
-        this step (a new epoch's loader iterator, the sanity check, a re-run validation) then
-        differs in nothing that training sees, so a resume is exact at epoch ends too."""
-        if self._pending_rng is not None:
-            set_rng_states(self._pending_rng)
-            self._pending_rng = None
-
-    def _resuming_fit(self) -> bool:
-        return self._fitting()
 
     def _fitting(self) -> bool:
         trainer = self._trainer

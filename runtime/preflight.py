@@ -24,8 +24,9 @@ from compiler.errors import ConfigError as InputError
 from compiler.errors import did_you_mean
 from runtime.config_errors import ConfigError, first_line
 from runtime.data.validate import expect_tasks
-from runtime.module import MultiTaskModule, rng_states, set_rng_states
+from runtime.module import MultiTaskModule
 from runtime.protocols import HasTasks
+from runtime.rng import rng_states, set_rng_states
 from runtime.rundir import check_fits, read_checkpoint
 
 if TYPE_CHECKING:

@@ -13,21 +13,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from compiler import exitcodes
 from compiler.files import atomic_write, check_output
-from runtime.balancing import describe as describe_balancer
-from runtime.hardware import compile_model
-from runtime.protocols import EmbeddingSource, HasTasks, PreparesFit, RecordsConfusion
-from runtime.reporting import (
-    ValidationHistory,
+from runtime.artifacts import (
     absent_metrics,
-    header_comments,
     per_task_report,
-    plot_task_weights,
-    run_info,
     task_metrics,
     write_confusion_matrices,
     write_json,
     write_predictions,
+    write_summary,
 )
+from runtime.balancing import describe as describe_balancer
+from runtime.hardware import compile_model
+from runtime.history import ValidationHistory
+from runtime.plots import plot_task_weights
+from runtime.protocols import EmbeddingSource, HasTasks, PreparesFit, RecordsConfusion
+from runtime.provenance import header_comments, run_info
 from runtime.rundir import RunDir, create_run_dir, resolve_checkpoint
 from runtime.step_stats import NonFiniteLossError
 
@@ -181,7 +181,7 @@ def _fit(cli: RunCLI) -> None:
         )
     if stopped is not None:  # recorded before summary.json: a kill in between is no success
         _record_exit(RunDir(run_dir).run_info, exitcodes.NON_FINITE_LOSS, str(stopped))
-    write_json(RunDir(run_dir).summary, summary)
+    write_summary(RunDir(run_dir).summary, summary, tasks)
     plot_task_weights(run_dir)
     write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
     _print_results("best validation", summary)

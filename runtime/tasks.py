@@ -13,12 +13,18 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 
 from runtime.class_weights import FrequencyWeighting, frequency_weights
 from runtime.data.validate import TargetSpec
 from runtime.losses import classification_loss, multilabel_loss, regression_loss
-from runtime.metrics import ConfusionMatrixMetrics, MultiLabelMetrics, RegressionMetrics
+from runtime.metric_record import MetricRecord
+from runtime.metrics import (
+    ConfusionMatrixMetrics,
+    MultiLabelMetrics,
+    RegressionMetrics,
+    higher_is_better,
+)
 
 IGNORE_INDEX = -100
 
@@ -41,10 +47,12 @@ def _optional_buffer(module: nn.Module, name: str, values: list[float] | None, s
 
 
 class Task(nn.Module):
-    """Base class. Subclasses set ``num_outputs`` and implement loss/metrics/predict."""
+    """Base class. Subclasses set ``num_outputs`` and implement loss/metrics/predict.
 
-    #: metrics where lower is better; their score counts negated (e.g. negative MAE)
-    lower_is_better: frozenset[str] = frozenset()
+    Which way a metric is better is not declared here: it is the ``higher_is_better`` of the
+    metric class ``make_metrics`` returns (see ``runtime.metrics``).
+    """
+
     #: metrics that measure the task in multitask-vs-single-task comparisons (``mtl-compare``'s
     #: delta-m); empty means the task's ``primary_metric``
     comparison_metrics: tuple[str, ...] = ()
@@ -58,9 +66,24 @@ class Task(nn.Module):
     def loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def make_metrics(self) -> Metric:
-        """A fresh metric whose ``compute()`` returns ``{metric_name: value}``."""
+    def make_metrics(self) -> Metric | MetricCollection:
+        """A fresh metric (or ``MetricCollection``) whose ``compute()`` returns
+        ``{metric_name: value}``."""
         raise NotImplementedError
+
+    def higher_is_better(self, metric: str) -> bool:
+        """Which way ``metric`` is better: its metric class's ``higher_is_better``."""
+        return higher_is_better(self.make_metrics(), metric)
+
+    def metric_record(self) -> MetricRecord:
+        """Primary metric, comparison metrics (``comparison_metrics``, else the primary one)
+        and their directions: what ``summary.json`` records for ``mtl-compare``."""
+        compared = self.comparison_metrics or (self.primary_metric,)
+        metrics = self.make_metrics()
+        names = dict.fromkeys((self.primary_metric, *compared))
+        return MetricRecord(
+            self.primary_metric, tuple(compared), {n: higher_is_better(metrics, n) for n in names}
+        )
 
     def predict(self, outputs: Tensor) -> dict[str, Tensor]:
         """Human-facing predictions (probabilities, labels, values) for ``predict``."""
@@ -71,11 +94,12 @@ class Task(nn.Module):
         return None
 
     def score(self, values: dict[str, Tensor]) -> Tensor:
-        """This task's contribution to ``val/score``: its primary metric, higher is better."""
+        """This task's contribution to ``val/score``: its primary metric, negated where lower
+        is better (so higher is better)."""
         if self.primary_metric not in values:
             raise KeyError(f"primary_metric {self.primary_metric!r} is not one of {sorted(values)}")
         value = values[self.primary_metric]
-        return -value if self.primary_metric in self.lower_is_better else value
+        return value if self.higher_is_better(self.primary_metric) else -value
 
 
 class ClassificationTask(Task):
@@ -196,7 +220,6 @@ class RegressionTask(Task):
     better, so ``val/score`` counts them negated).
     """
 
-    lower_is_better = frozenset({"mae", "rmse"})
     comparison_metrics = ("mae", "rmse")
 
     def __init__(

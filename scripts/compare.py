@@ -6,18 +6,17 @@ checkpoint). The gain is delta-m (Maninis et al. 2019; Vandenhende et al. 2021):
     delta_m = 100 * mean over tasks t of  mean over primary metrics m of
               (-1)^s_m * (M_multitask[t, m] - M_single[t, m]) / M_single[t, m]
 
-with s_m = 1 where lower is better, so a positive delta-m means multitask training helped. The
-primary metrics of each task type are the task class's ``comparison_metrics``
-(``runtime.tasks``: classification and per-position classification: accuracy and macro_f1;
-multi-label: macro_f1; regression: mae and rmse, lower is better). Several runs per side
+with s_m = 1 where lower is better, so a positive delta-m means multitask training helped. Which
+metrics a task is compared on and which way each is better is read from the metric record
+``mtl-run fit`` writes beside the figures (``runtime.metric_record``), never from task classes;
+for the built-in tasks: classification and per-position classification: accuracy and macro_f1;
+multi-label: macro_f1; regression: mae and rmse, lower is better. Several runs per side
 (seeds) are averaged; standard deviations are sample ones (n - 1). delta-m's deviation is over
 the multitask runs, each measured against the mean baseline.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import statistics
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import click
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
 from compiler.files import atomic_write, check_output
+from runtime.metric_record import MetricRecord, figures, scored
 from runtime.rundir import RunDir
 from scripts.common import bad_input_exits
 from scripts.metrics_table import format_table, number
@@ -42,22 +42,12 @@ Examples:
 """
 
 
-@dataclass(frozen=True)
-class Primary:
-    """The metrics a task is compared on, and which of them are better when lower."""
-
-    metrics: tuple[str, ...]
-    lower_is_better: frozenset[str]
-
-    def sign(self, metric: str) -> int:
-        return -1 if metric in self.lower_is_better else 1
-
-
 @dataclass
 class RunFigures:
     run_dir: Path
-    summary: dict[str, dict[str, float]]
-    primary: dict[str, Primary]
+    summary: dict[str, dict[str, Any]]
+    #: per task: its comparison metrics and their directions (summary.json's record)
+    primary: dict[str, MetricRecord]
     #: how the run balanced its tasks (``balancer_label`` of run_info.json's record)
     balancer: str = "sum"
 
@@ -82,41 +72,12 @@ def _balancer(run_dir: Path) -> str:
     return balancer_label(info.get("balancer") if isinstance(info, dict) else None)
 
 
-def _task_class(name: str, spec: Any, where: Path) -> type:
-    class_path = spec.get("class_path") if isinstance(spec, dict) else None
-    module, _, attr = str(class_path).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigError(
-            f"{where}: task '{name}': cannot import its class {class_path!r}"
-        ) from None
-
-
-def primary_metrics(name: str, spec: Any, where: Path) -> Primary:
-    """A task's comparison metrics from its class (its ``primary_metric`` when none)."""
-    cls = _task_class(name, spec, where)
-    metrics = tuple(getattr(cls, "comparison_metrics", ()))
-    if not metrics:
-        given = (spec.get("init_args") or {}).get("primary_metric")
-        param = inspect.signature(cls).parameters.get("primary_metric")
-        default = param.default if param is not None else None
-        chosen = given or (default if isinstance(default, str) else None)
-        if not chosen:
-            raise ConfigError(
-                f"{where}: task '{name}' ({cls.__name__}) declares neither "
-                "comparison_metrics nor a primary_metric"
-            )
-        metrics = (chosen,)
-    return Primary(metrics, frozenset(getattr(cls, "lower_is_better", frozenset())))
-
-
 def read_run(run_dir: Path) -> RunFigures:
-    """A run directory's best-checkpoint validation figures and its tasks' primary metrics."""
-    from runtime.config_errors import load_yaml
+    """A run directory's best-checkpoint validation figures and its tasks' metric records,
+    all from its summary.json."""
     from runtime.rundir import config_of
 
-    config_path, found = config_of(run_dir)
+    _, found = config_of(run_dir)
     if found is None:
         raise ConfigError(f"{run_dir} is not a run directory (give the folder, not a file)")
     path = found.summary
@@ -132,10 +93,8 @@ def read_run(run_dir: Path) -> RunFigures:
     if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
         raise ConfigError(f"{path}: expected {{task: {{metric: value}}}}")
     # a task without validation labels has its metrics written as null (absent): not scored
-    summary = {t: m for t, m in summary.items() if any(v is not None for v in m.values())}
-    config = load_yaml(config_path)
-    tasks = ((config or {}).get("model") or {}).get("init_args", {}).get("tasks") or {}
-    primary = {t: primary_metrics(t, tasks.get(t), config_path) for t in summary}
+    primary = {t: MetricRecord.from_entry(m, path, t) for t, m in summary.items() if scored(m)}
+    summary = {t: figures(summary[t]) for t in primary}
     return RunFigures(run_dir, summary, primary, _balancer(run_dir))
 
 
@@ -156,7 +115,7 @@ def _values(runs: list[RunFigures], task: str, metric: str) -> list[float]:
         if not isinstance(value, (int, float)):
             raise ConfigError(
                 f"{RunDir(run.run_dir).summary}: task '{task}' has no "
-                f"'{metric}' (a primary metric of its task type)"
+                f"'{metric}' (one of the comparison_metrics its record lists)"
             )
         out.append(float(value))
     return out
@@ -318,9 +277,10 @@ def main(
     """Per-task metrics of multitask runs beside single-task baselines, and delta-m (%).
 
     Figures are each run's summary.json (validation, best checkpoint). Tasks are compared on
-    their type's primary metrics (classification and per-position classification: accuracy
-    and macro_f1; multi-label: macro_f1; regression: mae and rmse, lower better); a
-    multitask task without a baseline is reported as skipped and left out of delta-m.
+    the metrics and directions recorded there (classification and per-position
+    classification: accuracy and macro_f1; multi-label: macro_f1; regression: mae and rmse,
+    lower better); a multitask task without a baseline is reported as skipped and left out
+    of delta-m.
     """
     with bad_input_exits(PROG):
         if json_path is not None:

@@ -50,6 +50,7 @@ def evaluate(
     import torch
     from lightning.pytorch import Trainer
 
+    from runtime.artifacts import per_task_report
     from runtime.hardware import (
         apply_run_settings,
         compile_model,
@@ -57,7 +58,6 @@ def evaluate(
         resolve_device,
         trainer_device,
     )
-    from runtime.reporting import per_task_report
     from runtime.rundir import load_run
 
     _quiet()

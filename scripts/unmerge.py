@@ -131,9 +131,10 @@ def unmerge(
     """Write one single-task run directory per chosen task; returns them."""
     import torch
 
+    from runtime.artifacts import write_json
     from runtime.config_errors import load_yaml
     from runtime.hardware import resolve_device
-    from runtime.reporting import header_comments, run_info, write_json
+    from runtime.provenance import header_comments, run_info
     from runtime.rundir import RunDir, build_objects, config_of, load_run, resolve_checkpoint
     from scripts.task_cut import cut_state_dict, single_task_config, task_cuts
 

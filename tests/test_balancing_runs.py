@@ -17,6 +17,7 @@ from balancing_fixture import FIXTURE, quickstart_config, summary, train
 
 from runtime.cli import main as mtl_run
 from runtime.data.sampler import MultiDatasetBatchSampler
+from runtime.tasks import ClassificationTask
 
 AGG = "runtime.balancing.Aggregate"
 
@@ -237,7 +238,15 @@ def test_compare_shows_the_balancer(tmp_path: Path, monkeypatch):
         )
         (run / "run_info.json").write_text(json.dumps({"balancer": balancer}))
         (run / "summary.json").write_text(
-            json.dumps({"t": {"accuracy": 0.8 if balancer else 0.7, "macro_f1": 0.5}})
+            json.dumps(
+                {
+                    "t": {
+                        "accuracy": 0.8 if balancer else 0.7,
+                        "macro_f1": 0.5,
+                        **ClassificationTask(num_classes=2).metric_record().to_json(),
+                    }
+                }
+            )
         )
         runs[name] = run
     report = compare.compare([compare.read_run(runs["mt"])], [compare.read_run(runs["st"])])

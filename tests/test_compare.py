@@ -1,4 +1,5 @@
-"""mtl-compare: per-task figures side by side and delta-m against hand-computed values."""
+"""mtl-compare: per-task figures side by side and delta-m against hand-computed values, read
+from summary.json alone (its figures and metric records; no task class is consulted)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,28 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 from helpers import assert_bad_input
 
-from runtime.tasks import Task
-from scripts.compare import main, primary_metrics
+from scripts.compare import main
 
-TASK_CLASSES = {
-    "c": "runtime.tasks.ClassificationTask",
-    "r": "runtime.tasks.RegressionTask",
-    "m": "runtime.tasks.MultiLabelTask",
+#: the metric records mtl-run writes for a classification, regression, multi-label task
+RECORDS = {
+    "c": {
+        "primary_metric": "accuracy",
+        "comparison_metrics": ["accuracy", "macro_f1"],
+        "higher_is_better": {"accuracy": True, "macro_f1": True},
+    },
+    "r": {
+        "primary_metric": "mae",
+        "comparison_metrics": ["mae", "rmse"],
+        "higher_is_better": {"mae": False, "rmse": False},
+    },
+    "m": {
+        "primary_metric": "macro_f1",
+        "comparison_metrics": ["macro_f1"],
+        "higher_is_better": {"macro_f1": True},
+    },
 }
 
 
@@ -24,14 +36,17 @@ def compare(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
 
 
-def run_dir(root: Path, name: str, summary: dict[str, dict[str, float]]) -> Path:
-    """A run directory holding only what mtl-compare reads: config.yaml and summary.json."""
+def run_dir(
+    root: Path, name: str, summary: dict[str, dict[str, float]], records: dict | None = None
+) -> Path:
+    """A run directory holding only what mtl-compare reads: summary.json with figures and
+    metric records, and a config.yaml that names no task class (nothing to import)."""
     path = root / name
     path.mkdir()
-    tasks = {t: {"class_path": TASK_CLASSES[t]} for t in summary}
-    (path / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"tasks": tasks}}}))
+    (path / "config.yaml").write_text("model: {}\n")
+    records = RECORDS if records is None else records
     (path / "summary.json").write_text(
-        json.dumps({t: {**m, "loss": 0.1, "epoch": 3} for t, m in summary.items()})
+        json.dumps({t: {**m, "loss": 0.1, "epoch": 3, **records[t]} for t, m in summary.items()})
     )
     return path
 
@@ -121,26 +136,44 @@ def test_help_shows_examples():
     assert result.exit_code == 0 and "Examples:" in result.output and "delta-m" in result.output
 
 
-def test_primary_metrics_come_from_the_task_classes(tmp_path):
-    def metrics(class_path: str, **init_args: object):
-        spec = {"class_path": class_path, "init_args": init_args}
-        return primary_metrics("t", spec, tmp_path / "config.yaml")
-
-    assert metrics("runtime.tasks.ClassificationTask").metrics == ("accuracy", "macro_f1")
-    assert metrics("runtime.tasks.PerPositionClassificationTask").metrics == (
-        "accuracy",
-        "macro_f1",
+def test_metrics_and_directions_come_from_the_summary_alone(tmp_path):
+    """A task of a class no one can import, on a metric lower-is-better by its record."""
+    record = {
+        "w": {
+            "primary_metric": "wer",
+            "comparison_metrics": ["wer", "bleu"],
+            "higher_is_better": {"wer": False, "bleu": True},
+        }
+    }
+    mt = run_dir(tmp_path, "mt", {"w": {"wer": 0.2, "bleu": 30.0, "other": 1.0}}, record)
+    st = run_dir(tmp_path, "st", {"w": {"wer": 0.25, "bleu": 20.0, "other": 9.0}}, record)
+    (mt / "config.yaml").write_text(
+        "model:\n  init_args:\n    tasks:\n      w: {class_path: nowhere.Missing}\n"
     )
-    assert metrics("runtime.tasks.MultiLabelTask").metrics == ("macro_f1",)
-    regression = metrics("runtime.tasks.RegressionTask")
-    assert regression.metrics == ("mae", "rmse") and regression.sign("mae") == -1
-    # a task class declaring no comparison metrics is compared on its primary metric
-    assert metrics("test_compare.CustomTask").metrics == ("score",)
-    assert metrics("test_compare.CustomTask", primary_metric="other").metrics == ("other",)
-    with pytest.raises(Exception, match="cannot import"):
-        metrics("runtime.tasks.NoSuchTask")
+    out = tmp_path / "gain.json"
+    result = compare(mt, "--baseline", st, "--json", out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())["tasks"]["w"]["metrics"]
+    assert set(metrics) == {"wer", "bleu"}  # only the recorded comparison metrics
+    assert metrics["wer"]["lower_is_better"] and not metrics["bleu"]["lower_is_better"]
+    assert metrics["wer"]["delta_pct"] == pytest.approx(20.0)  # 0.25 -> 0.2 is a gain
+    assert metrics["bleu"]["delta_pct"] == pytest.approx(50.0)
+    assert "wer (lower better)" in result.stdout
 
 
-class CustomTask(Task):
-    def __init__(self, primary_metric: str = "score") -> None:
-        super().__init__(primary_metric=primary_metric)
+def test_a_summary_without_metric_records_is_refused_clearly(tmp_path):
+    """Run directories trained before the record existed: one paragraph, exit 2."""
+    mt = run_dir(tmp_path, "mt", {"c": {"accuracy": 0.5, "macro_f1": 0.5}})
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("model: {}\n")
+    (old / "summary.json").write_text(json.dumps({"c": {"accuracy": 0.5, "macro_f1": 0.5}}))
+    assert_bad_input(
+        compare(mt, "--baseline", old),
+        f"{old / 'summary.json'}: task 'c' has no metric record",
+        "higher_is_better",
+        "file-formats.md",
+    )
+    broken = dict(RECORDS["c"], higher_is_better={"accuracy": True})  # macro_f1 missing
+    bad = run_dir(tmp_path, "bad", {"c": {"accuracy": 0.5, "macro_f1": 0.5}}, {"c": broken})
+    assert_bad_input(compare(mt, "--baseline", bad), "task 'c': malformed metric record")

@@ -8,7 +8,7 @@ import math
 import torch
 from safetensors.torch import load_file
 
-from runtime.reporting import write_predictions
+from runtime.artifacts import write_predictions
 from runtime.tasks import ClassificationTask, MultiLabelTask, RegressionTask
 
 

@@ -12,9 +12,9 @@ import torch
 import yaml
 from file_run import synthetic_config
 
+from runtime.artifacts import write_json
 from runtime.cli import main
 from runtime.metrics import ConfusionMatrixMetrics, MultiLabelMetrics, RegressionMetrics
-from runtime.reporting import write_json
 
 
 def _strict(text: str) -> dict:

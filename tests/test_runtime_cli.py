@@ -200,6 +200,13 @@ def test_ema_unmerged_mixed_tasks_and_per_task_monitors(workdir, capsys):
     assert {"best.ckpt", "best-ta.ckpt", "best-tr.ckpt", "best-tb.ckpt"} <= names
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {"mae", "rmse"} <= set(summary["tr"]) and "macro_f1" in summary["tb"]
+    # each task's metric record: primary metric, comparison metrics, their directions
+    assert summary["tr"]["primary_metric"] == "mae"
+    assert summary["tr"]["comparison_metrics"] == ["mae", "rmse"]
+    assert summary["tr"]["higher_is_better"] == {"mae": False, "rmse": False}
+    assert summary["tb"]["comparison_metrics"] == ["macro_f1"]
+    assert summary["ta"]["higher_is_better"] == {"accuracy": True, "macro_f1": True}
+    assert "primary_metric" not in out and "higher_is_better" not in out  # not printed
     assert (run_dir / "confusion_matrix_ta.png").exists()
     assert not (run_dir / "confusion_matrix_tr.png").exists()
     best = torch.load(run_dir / "checkpoints/best.ckpt", weights_only=True)

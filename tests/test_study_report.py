@@ -13,6 +13,12 @@ from scripts.study import main as study_main
 from scripts.study_report import suggest_groups
 
 CLS = {"class_path": "runtime.tasks.ClassificationTask"}
+#: what mtl-run records beside a classification task's figures (runtime.metric_record)
+RECORD = {
+    "primary_metric": "accuracy",
+    "comparison_metrics": ["accuracy", "macro_f1"],
+    "higher_is_better": {"accuracy": True, "macro_f1": True},
+}
 
 
 def make_study(root, figures: dict[str, dict[str, float]], missing: tuple[str, ...] = ()):
@@ -44,7 +50,9 @@ def make_study(root, figures: dict[str, dict[str, float]], missing: tuple[str, .
             yaml.safe_dump({"model": {"init_args": {"tasks": {t: CLS for t in tasks}}}})
         )
         (run_dir / "summary.json").write_text(
-            json.dumps({t: {"accuracy": v, "macro_f1": v, "loss": 0.1} for t, v in tasks.items()})
+            json.dumps(
+                {t: {"accuracy": v, "macro_f1": v, "loss": 0.1, **RECORD} for t, v in tasks.items()}
+            )
         )
     return root
 

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from compiler.files import atomic_dir, atomic_write
+from runtime.artifacts import write_json
 from runtime.federated.clients import Federation
-from runtime.reporting import write_json
 
 ROUND = re.compile(r"round_(\d{4})")
 
