@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -134,7 +134,7 @@ CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 class EpochTimer(L.Callback):
     """Time from each training epoch's start to the end of its last training batch."""
 
-    seconds: list[float] = []
+    seconds: ClassVar[list[float]] = []
 
     def __init__(self, cuda: bool = False, clock: str = "wall") -> None:
         self.cuda = cuda

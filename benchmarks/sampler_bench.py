@@ -35,7 +35,7 @@ def main() -> None:
     for mode in SAMPLE_MODES:
         for refill in (True, False):
             seconds, steps, samples = time_epoch(mode, refill)
-            print(f"{mode:<14}{str(refill):<8}{steps:>9,}{samples:>11,}{seconds:>9.2f}")
+            print(f"{mode:<14}{refill!s:<8}{steps:>9,}{samples:>11,}{seconds:>9.2f}")
 
 
 if __name__ == "__main__":

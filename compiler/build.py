@@ -324,7 +324,7 @@ def _check_file_name(ds: DatasetParts) -> None:
         bad = "contains a path separator"
     elif "\0" in name:
         bad = "contains a NUL byte"
-    elif name.startswith("~") or os.path.isabs(name):
+    elif name.startswith("~") or Path(name).is_absolute():
         bad = "is not a plain file name"
     elif len(os.fsencode(name)) > _MAX_NAME_BYTES:
         bad = f"is longer than {_MAX_NAME_BYTES} bytes"

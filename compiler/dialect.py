@@ -262,8 +262,7 @@ class Dialect:
             run = _fill(run, ("model", "init_args", "tasks"), task_defs)
         run = _fill(run, (*DATA_ARGS, "data_modules"), modules)
         run = _fill(run, (*DATA_ARGS, "batch_sizes"), batch_sizes)
-        run = _fill(run, (*DATA_ARGS, "dataset_tasks"), dataset_tasks)
-        return run
+        return _fill(run, (*DATA_ARGS, "dataset_tasks"), dataset_tasks)
 
     # -- label merging -------------------------------------------------------------------
     def output_layer(self, task: str, decoder: list) -> int:

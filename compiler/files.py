@@ -187,7 +187,7 @@ def atomic_file(path: Path, binary: bool = True) -> Iterator[IO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        tmp.replace(path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         cause = _os_error(exc)

@@ -461,4 +461,4 @@ def _merge_task_arg(args: dict[str, Any], key: Any, value: Any, ds: DatasetParts
     )
 
 
-__all__ = ["RslearnDialect", "substitute_text", "PLACEHOLDERS"]
+__all__ = ["PLACEHOLDERS", "RslearnDialect", "substitute_text"]

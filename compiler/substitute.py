@@ -80,9 +80,9 @@ def _check(node: ast.expr) -> None:
         _check(node.right)
     elif isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         _check(node.operand)
-    elif isinstance(node, ast.Name):
-        pass
-    elif isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    elif isinstance(node, ast.Name) or (
+        isinstance(node, ast.Constant) and type(node.value) in (int, float)
+    ):
         pass
     else:
         raise ExpressionError("only names, numbers, parentheses and + - * / // % are allowed")

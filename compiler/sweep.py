@@ -157,15 +157,14 @@ def _sweep_section(src: Source) -> dict[str, Any]:
                     f"'{key}' must be a non-empty list of values (an empty grid gives no runs)",
                 )
     seeds = doc.get("seeds")
-    if seeds is not None:
-        if (
-            not isinstance(seeds, list)
-            or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-        ):
-            raise src.error(
-                ("sweep", "seeds"), "'seeds' must be a non-empty list of non-negative integers"
-            )
+    if seeds is not None and (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise src.error(
+            ("sweep", "seeds"), "'seeds' must be a non-empty list of non-negative integers"
+        )
     return doc
 
 
@@ -276,8 +275,7 @@ def _digest(value: Any) -> str:
 
 def _safe(text: str) -> str:
     """Letters, digits and ``._+=-`` only; never a hidden or relative-looking name."""
-    text = re.sub(r"[^A-Za-z0-9._+=-]+", "-", text).strip("-.") or "run"
-    return text
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "-", text).strip("-.") or "run"
 
 
 def _value_labels(grid: dict[str, list[Any]]) -> dict[str, dict[str, str]]:

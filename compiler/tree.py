@@ -17,9 +17,9 @@ def get_path(tree: Any, path: tuple, default: Any = None) -> Any:
     """Value at ``path`` (dict keys and list indices), or ``default`` when absent."""
     node = tree
     for key in path:
-        if isinstance(node, dict) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
+        if (isinstance(node, dict) and key in node) or (
+            isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node)
+        ):
             node = node[key]
         else:
             return default

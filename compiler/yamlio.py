@@ -103,7 +103,7 @@ class Source:
 
 def resolve_path(folder: Path, name: str) -> Path:
     """A path named in a file, relative to that file's folder (tidied, links kept)."""
-    return Path(os.path.normpath(folder / os.path.expanduser(name)))
+    return Path(os.path.normpath(folder / Path(name).expanduser()))
 
 
 def read_source(path: Path, what: str = "file") -> Source:
@@ -194,7 +194,7 @@ def write_all_atomic(files: list[tuple[Path, str]]) -> None:
                 fh.flush()
                 os.fsync(fh.fileno())
         for (path, _), tmp in zip(files, temps, strict=True):
-            os.replace(tmp, path)
+            Path(tmp).replace(path)
     except OSError as exc:
         for tmp in temps:
             tmp.unlink(missing_ok=True)

@@ -644,8 +644,7 @@ def plain_state(module: nn.Module) -> dict[str, dict[str, Any]]:
         for key, value in vars(sub).items():
             if (
                 key in _SKIP
-                or key.startswith("_forward")
-                or key.startswith("_backward")
+                or key.startswith(("_forward", "_backward"))
                 or key.endswith("hooks")
                 or "hook" in key
             ):

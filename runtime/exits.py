@@ -126,5 +126,5 @@ def guarded(body: Callable[[], int], argv: list[str]) -> int:
             before = " before any training step" if RUN.subcommand == "fit" else ""
             _say(f"terminated (SIGTERM){before}{_resume_hint(argv)}")
         return exitcodes.TERMINATED
-    except Exception:  # noqa: BLE001 - anything else is a bug: say so, with the traceback
+    except Exception:  # anything else is a bug: say so, with the traceback
         return exitcodes.report_bug(PROG)

@@ -71,7 +71,7 @@ def _shapes(fmt: str, path: Path) -> dict[str, tuple[int, ...]]:
 def _torch_state(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+    except Exception as exc:  # any unreadable file is bad input
         raise ValueError(
             f"init checkpoint {path}: not a loadable state dict ({first_line(exc)})"
         ) from None

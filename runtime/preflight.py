@@ -178,7 +178,7 @@ def _first_batches(datamodule: Any, split: str, where: str, trainer: Any) -> dic
         return found
     except InputError as exc:
         raise _data_error(exc, where) from None
-    except Exception as exc:  # noqa: BLE001 - any failure to read a batch is a data problem
+    except Exception as exc:  # any failure to read a batch is a data problem
         raise ConfigError(
             f"{where}at data: reading a first {split} batch failed: "
             f"{type(exc).__name__}: {first_line(exc)}"
@@ -301,7 +301,7 @@ def _forward_one(
     inputs = batch["inputs"]
     try:
         outputs = module.model(inputs, tasks)
-    except Exception as exc:  # noqa: BLE001 - a shape or type mismatch in the config
+    except Exception as exc:  # a shape or type mismatch in the config
         key, culprit = _culprit(tracer.stack) if tracer.stack else (_MODEL_KEY, "")
         tracer.stack.clear()
         shape = list(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
@@ -320,7 +320,7 @@ def _forward_one(
             metric = definition.make_metrics()
             metric.update(out, target)
             names |= {f"val/{task}/{m}" for m in metric.compute()}
-        except Exception as exc:  # noqa: BLE001 - outputs and targets that do not fit
+        except Exception as exc:  # outputs and targets that do not fit
             raise ConfigError(
                 f"task '{task}' cannot score a batch of dataset '{dataset}': outputs "
                 f"{list(out.shape)} against targets {list(target.shape)} "

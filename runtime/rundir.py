@@ -135,7 +135,7 @@ class RunDir:
         for path in candidates:
             try:
                 step = int(load_checkpoint(path).get("global_step", 0))
-            except Exception:  # noqa: BLE001 - any unreadable file is skipped, not fatal
+            except Exception:  # any unreadable file is skipped, not fatal
                 continue
             return path, step
         return None
@@ -245,7 +245,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
     try:
         checkpoint = load_checkpoint(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input here
+    except Exception as exc:  # any unreadable file is bad input here
         raise ConfigError(f"{path}: not a loadable checkpoint ({first_line(exc)})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
@@ -285,7 +285,7 @@ def build_objects(
     try:
         parsed = parser.parse_object(sections)
         objects = parser.instantiate_classes(parsed)
-    except Exception as exc:  # noqa: BLE001 - jsonargparse and constructors: bad config
+    except Exception as exc:  # jsonargparse and constructors: bad config
         reason = explain_argument_error(exc, config)  # the key path and the real reason
         raise ConfigError(f"{where}: cannot build the model/data: {reason}") from None
     datamodule = objects.get("data") if with_data else None

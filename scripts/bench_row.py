@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ class RowSpec:
 
 def _rss_mb() -> float:
     """Current resident set size of this process (Linux /proc), in MiB."""
-    with open("/proc/self/statm") as handle:
+    with Path("/proc/self/statm").open() as handle:
         pages = int(handle.read().split()[1])
     return pages * resource.getpagesize() / 2**20
 
@@ -231,7 +232,7 @@ def measure_safely(spec: RowSpec, sample: Batch) -> dict[str, Any]:
     instead of raised, so one row does not end a sweep."""
     try:
         return measure(spec, sample)
-    except Exception as exc:  # noqa: BLE001 - reported per row; the sweep goes on
+    except Exception as exc:  # reported per row; the sweep goes on
         error = f"{type(exc).__name__}: {first_line(exc, default='')}"[:300]
     _release(torch.device(spec.device))  # the failed row's tensors, once its traceback is gone
     return {**asdict(spec), "error": error}

@@ -51,7 +51,7 @@ def bad_input_exits(prog: str) -> Iterator[None]:
         sys.exit(exitcodes.TERMINATED)
     except (click.ClickException, click.exceptions.Exit):
         raise  # click's own usage errors and exits keep their codes
-    except Exception:  # noqa: BLE001 - anything else is a bug: say so, with the traceback
+    except Exception:  # anything else is a bug: say so, with the traceback
         sys.exit(exitcodes.report_bug(prog))
 
 

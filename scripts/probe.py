@@ -190,7 +190,7 @@ def load_downstream(path: Path, task: str | None, split: str) -> Downstream:
     parser.add_argument("--tasks", type=dict[str, Task], default={})
     try:
         objects = parser.instantiate_classes(parser.parse_object(sections))
-    except Exception as exc:  # noqa: BLE001 - jsonargparse and constructors: bad config
+    except Exception as exc:  # jsonargparse and constructors: bad config
         raise ConfigError(
             f"cannot build its data/tasks: {explain_argument_error(exc, sections)}", file=path
         ) from None
@@ -290,7 +290,7 @@ def check_reads(pretrained: Pretrained, data: Downstream, device: torch.device) 
 
     try:
         return features(pretrained.model, data.train_x[:2], device).shape[1]
-    except Exception as exc:  # noqa: BLE001 - any failure here is a shape/type mismatch
+    except Exception as exc:  # any failure here is a shape/type mismatch
         raise ConfigError(
             f"{pretrained.run}: its encoder cannot read the inputs of {data.path} (one sample "
             f"is {list(data.train_x.shape[1:])}): {first_line(exc)}"
@@ -340,7 +340,7 @@ def run_probe(runs: list[Pretrained], data: Downstream, settings: Settings) -> l
                 "mode": mode,
                 "fraction": fraction,
                 "seed": seed,
-                "train_samples": int(len(rows)),
+                "train_samples": len(rows),
                 "accuracy": got.accuracy,
                 "macro_f1": got.macro_f1,
             }
@@ -415,7 +415,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, 
                     "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                     "min": float(v.min()),
                     "max": float(v.max()),
-                    "n": int(len(v)),
+                    "n": len(v),
                 }
     return summary
 
@@ -562,7 +562,7 @@ def write_outputs(
         "class_names": data.class_names,
         "fractions": settings.fractions,
         "seeds": settings.seeds,
-        "eval_samples": int(len(data.eval_y)),
+        "eval_samples": len(data.eval_y),
         "train_samples": int((data.train_y >= 0).sum()),
         "runs": [{"name": p.name, "run": str(p.run)} for p in pretrained],
         "budget": {

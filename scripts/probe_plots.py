@@ -18,7 +18,7 @@ REFERENCE = "random init"
 METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
 
 
-def _png(fig) -> bytes:  # noqa: ANN001 - a matplotlib Figure
+def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

@@ -445,7 +445,7 @@ def _run_slurm(
     for job, run in zip(jobs, todo, strict=True):
         try:
             job.result()
-        except Exception as exc:  # noqa: BLE001 - submitit reports any job failure this way
+        except Exception as exc:  # submitit reports any job failure this way
             failed += 1
             note(PROG, f"{run.name}: failed ({str(exc).strip().splitlines()[-1]})")
     click.echo(status_text(study_states(study), study.folder))

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -64,7 +64,7 @@ def study_lock(study: Study) -> Iterator[None]:
     import fcntl
 
     path = study.folder / LOCK
-    with open(path, "a") as fh:
+    with path.open("a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -109,7 +109,7 @@ def start_run(
     stale = stale_attempt_s(record, log_path)  # an attempt that died with its launcher
     if stale:
         record["wall_s"] = float(record.get("wall_s") or 0.0) + stale
-    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed by finish_run
+    log = Path(log_path).open("a", buffering=1)  # noqa: SIM115 - closed by finish_run
     log.write(f"\n=== mtl-study {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
     proc = subprocess.Popen(
         cmd,
@@ -163,10 +163,8 @@ def stop_child(proc: subprocess.Popen) -> int:
     for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
             break
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + grace
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)

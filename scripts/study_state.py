@@ -196,7 +196,7 @@ def launcher_running(study: Study) -> bool:
     path = study.folder / LOCK
     if not path.exists():
         return False
-    with open(path, "a") as fh:
+    with path.open("a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -313,6 +313,6 @@ def child_environment(threads: int | None, gpu: str | None) -> dict[str, str]:
 def format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

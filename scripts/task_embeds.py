@@ -88,7 +88,7 @@ def load_model(path: Path) -> SentenceTransformer:
     hf_logging.disable_progress_bar()
     try:
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read a user-given folder is bad input
+    except Exception as exc:  # any failure to read a user-given folder is bad input
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ConfigError(
             f"cannot load a sentence-transformers model from here: {reason}", file=path

@@ -239,7 +239,7 @@ def command_flags(code: str) -> list[tuple[str, str]]:
 def help_flags(command: str) -> frozenset[str]:
     """Every ``--flag`` that ``COMMAND --help`` prints (mtl-run: its short and full help)."""
     argv = command.split()
-    helps = [argv + ["--help"]]
+    helps = [[*argv, "--help"]]
     if argv[0] == "mtl-run":
         helps = [
             ["mtl-run", "--help"],

@@ -68,7 +68,8 @@ def test_frame_regression_loss_and_metrics_skip_missing_entries_exactly():
     assert loss.item() == pytest.approx(2.0)
     loss.backward()
     grad = outputs.grad[0]
-    assert grad[:, 1].abs().sum() == 0 and grad[1, 2] == 0  # masked entries get no gradient
+    assert grad[:, 1].abs().sum() == 0
+    assert grad[1, 2] == 0
     # a masked entry's output can be anything
     moved = outputs.detach().clone()
     moved[0, 1, 2] = 1e6
@@ -104,7 +105,8 @@ def test_frame_regression_target_spec_checks_per_frame_shape():
 def test_segments_are_runs_of_equal_labels():
     label, start, end = segments(np.array([0, 0, 1, 1, 1, 2, 0]))
     assert label.tolist() == [0, 1, 2, 0]
-    assert start.tolist() == [0, 2, 5, 6] and end.tolist() == [2, 5, 6, 7]
+    assert start.tolist() == [0, 2, 5, 6]
+    assert end.tolist() == [2, 5, 6, 7]
     assert len(segments(np.array([], dtype=np.int64))[0]) == 0
 
 
@@ -187,7 +189,8 @@ def test_class_weights_come_from_the_training_split_only():
     data = MultiDatasetDataModule(data_modules={"acts": module}, batch_sizes={"acts": 4})
     data.setup("fit")
     task = FrameClassificationTask(num_classes=8, class_weights="balanced")
-    assert task.class_weights is None and task.needs_training_labels()
+    assert task.class_weights is None
+    assert task.needs_training_labels()
     fit_to_training_labels({"actions": task}, data)
     train = module.train_dataset.targets["actions"]
     assert torch.equal(training_labels(data, "actions")[0], train)
@@ -210,14 +213,17 @@ def test_action_sequences_are_seeded_and_shaped_and_mask_keypoints():
         num_sequences=20, seq_len=50, num_keypoints=4, seed=1, keypoint_task=None
     )
     x, y = a.load(), b.load()
-    assert torch.equal(x.inputs, y.inputs) and x.inputs.shape == (20, 50, 32)
-    assert x.targets["actions"].shape == (20, 50) and x.targets["keypoints"].shape == (20, 50, 8)
+    assert torch.equal(x.inputs, y.inputs)
+    assert x.inputs.shape == (20, 50, 32)
+    assert x.targets["actions"].shape == (20, 50)
+    assert x.targets["keypoints"].shape == (20, 50, 8)
     kp = x.targets["keypoints"]
     assert torch.equal(torch.isnan(kp), torch.isnan(y.targets["keypoints"]))
     assert 0.1 < torch.isnan(kp).float().mean() < 0.2
     assert torch.equal(torch.isnan(kp[..., 0::2]), torch.isnan(kp[..., 1::2]))  # x, y together
     single = alone.load()  # the single-task baseline sees the very same sequences
-    assert alone.tasks == ["actions"] and torch.equal(single.inputs, x.inputs)
+    assert alone.tasks == ["actions"]
+    assert torch.equal(single.inputs, x.inputs)
     assert torch.equal(single.targets["actions"], x.targets["actions"])
     counts = torch.bincount(x.targets["actions"].reshape(-1), minlength=8)
     assert counts[-1] < counts[0]  # the last classes are the rare ones
@@ -284,7 +290,9 @@ def test_bad_temporal_setting_in_the_suite_exits_2(tmp_path, monkeypatch, capsys
     config.write_text(yaml.safe_dump(doc))
     code = main(["fit", "--check", str(config)])
     err = capsys.readouterr().err
-    assert code == 2 and "dilations" in err and "Traceback" not in err
+    assert code == 2
+    assert "dilations" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "runs").exists()
     tasks = doc["model"]["init_args"]["tasks"]
     encoder["init_args"]["dilations"] = [1, 2]
@@ -292,4 +300,6 @@ def test_bad_temporal_setting_in_the_suite_exits_2(tmp_path, monkeypatch, capsys
     config.write_text(yaml.safe_dump(doc))
     code = main(["fit", "--check", str(config)])
     err = capsys.readouterr().err
-    assert code == 2 and "class_weights" in err and "Traceback" not in err
+    assert code == 2
+    assert "class_weights" in err
+    assert "Traceback" not in err

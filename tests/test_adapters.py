@@ -50,7 +50,8 @@ def test_adapters_follow_every_target_layer_and_start_as_identity() -> None:
         "0.blocks.1.attn",
         "0.blocks.1.ff",
     ]
-    assert m.task_conditioned and m.task_conditioned_encoder
+    assert m.task_conditioned
+    assert m.task_conditioned_encoder
     before = outputs(m)
     m.task_adapters.set_enabled(False)
     plain = outputs(m)
@@ -90,13 +91,15 @@ def test_adapters_sit_on_peft_lora_layers_and_both_train() -> None:
     m = model(lora=True)
     assert len(m.task_adapters.layer_names) == 2 * LAYERS
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
-    assert any("lora_A" in n for n in trainable) and any("task_adapters" in n for n in trainable)
+    assert any("lora_A" in n for n in trainable)
+    assert any("task_adapters" in n for n in trainable)
     assert not any(n.endswith("q_proj.base_layer.weight") for n in trainable)  # peft froze it
     m.train()
     loss = sum(o.sum() for o in m(INPUTS, TASKS).values())
     loss.backward()
     grads = [p.grad for n, p in m.named_parameters() if "adapters.a." in n and "up" in n]
-    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert grads
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_state_dict_round_trip_keeps_per_task_weights_and_the_switch() -> None:
@@ -104,7 +107,8 @@ def test_state_dict_round_trip_keeps_per_task_weights_and_the_switch() -> None:
     perturb(m.task_adapters)
     m.task_adapters.set_enabled(False)
     state = m.state_dict()
-    assert "task_adapters.adapters.b.3.up.weight" in state and "task_adapters.enabled" in state
+    assert "task_adapters.adapters.b.3.up.weight" in state
+    assert "task_adapters.enabled" in state
     fresh = model(lora=True, seed=1)
     fresh.load_state_dict(state)
     assert not fresh.task_adapters.is_enabled
@@ -132,7 +136,7 @@ def test_bottleneck_adapter_is_residual() -> None:
     ],
 )
 def test_bad_adapter_settings_are_named(kwargs: dict, needle: str) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="TaskAdapters") as caught:
         MultiTaskModel(
             encoder=[MLPEncoder(4, [8])],
             decoders={"a": [ClassificationHead(8, 2)]},

@@ -168,7 +168,8 @@ def test_python_and_mtl_run_give_the_same_run_numbers_and_predictions(tmp_path):
         for key, value in theirs.items():
             assert ours[task][key].dtype == value.dtype
             assert torch.equal(ours[task][key], value), (task, key)
-    assert set(ours["shape"]) == {"label", "probs"} and set(ours["size"]) == {"value"}
+    assert set(ours["shape"]) == {"label", "probs"}
+    assert set(ours["size"]) == {"value"}
     assert set(ours["tags"]) == {"labels", "probs"}
 
 
@@ -281,12 +282,13 @@ def test_train_raises_config_errors_and_writes_nothing(tmp_path):
     with pytest.raises(ConfigError) as caught:
         api.train(config, run_dir=tmp_path / "run")
     message = str(caught.value)
-    assert "encoder[0].init_args.hiden_sizes" in message and "hidden_sizes" in message
+    assert "encoder[0].init_args.hiden_sizes" in message
+    assert "hidden_sizes" in message
     assert not (tmp_path / "run").exists()
 
     with pytest.raises(ConfigError, match="not plain data"):
         api.train({**synthetic_config(), "seed_everything": object()}, run_dir=tmp_path / "r")
-    with pytest.raises(ConfigError, match="no such file|does not exist|not found"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml at config: .*File does not exist"):
         api.train(tmp_path / "missing.yaml", run_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
@@ -321,7 +323,8 @@ def test_predict_takes_numpy_and_tensors_and_batches_without_changing_results():
     x = np.random.default_rng(0).normal(size=(37, 6))  # float64
     whole = trained.predict(x, batch_size=1024)
     assert whole["shape"]["label"].dtype == torch.int64
-    assert whole["shape"]["probs"].shape == (37, 3) and whole["size"]["value"].shape == (37, 1)
+    assert whole["shape"]["probs"].shape == (37, 3)
+    assert whole["size"]["value"].shape == (37, 1)
     chunked = trained.predict(torch.from_numpy(x).float(), batch_size=5)
     for task in whole:
         for key in whole[task]:
@@ -330,7 +333,8 @@ def test_predict_takes_numpy_and_tensors_and_batches_without_changing_results():
     only = trained.predict(x.tolist(), tasks="size")
     assert list(only) == ["size"]
     empty = trained.predict(np.zeros((0, 6)))
-    assert empty["shape"]["label"].shape == (0,) and empty["size"]["value"].shape == (0, 1)
+    assert empty["shape"]["label"].shape == (0,)
+    assert empty["size"]["value"].shape == (0, 1)
 
 
 def test_predict_runs_in_eval_mode_and_restores_the_mode():
@@ -368,7 +372,8 @@ def test_load_refuses_what_is_not_a_run(tmp_path):
 def test_load_with_fresh_weights_from_a_run_config_on_the_chosen_device(tmp_path):
     config = write_config(tmp_path / "synthetic.yaml", synthetic_config())
     trained = api.load(config, checkpoint=None, device="cpu")
-    assert trained.run_dir is None and trained.checkpoint_path is None
+    assert trained.run_dir is None
+    assert trained.checkpoint_path is None
     assert trained.device == torch.device("cpu")
     assert not trained.module.training
     out = trained.predict(test_inputs())
@@ -447,7 +452,9 @@ def test_import_runtime_is_light_and_serves_the_api_lazily():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"  # the API (torch, Lightning) loads on first use only
     assert runtime.train.__module__ == "runtime.api"
-    assert runtime.load is api.load and runtime.ConfigError is api.ConfigError
-    assert set(runtime.API) <= set(api.__all__) and set(runtime.API) <= set(dir(runtime))
+    assert runtime.load is api.load
+    assert runtime.ConfigError is api.ConfigError
+    assert set(runtime.API) <= set(api.__all__)
+    assert set(runtime.API) <= set(dir(runtime))
     with pytest.raises(AttributeError):
         runtime.no_such_name  # noqa: B018

@@ -220,7 +220,7 @@ def test_aggregate_gives_shared_the_aggregation_and_heads_their_own_gradient():
     x = torch.randn(8, 4)
     values = model.losses(x)
     shared = [model.encoder.weight, model.encoder.bias]
-    heads = [p for p in model.decoders.parameters()]
+    heads = list(model.decoders.parameters())
     rows = [
         torch.cat([g.flatten() for g in torch.autograd.grad(v, shared, retain_graph=True)])
         for v in values
@@ -251,7 +251,8 @@ def test_aggregate_saves_torchjd_state_kept_outside_state_dict():
     again.load_state_dict(state)
     inner = [m for m in b.aggregator.modules() if hasattr(m, "_phi_t")]
     inner_again = [m for m in again.aggregator.modules() if hasattr(m, "_phi_t")]
-    assert inner and inner[0]._phi_t is not None
+    assert inner
+    assert inner[0]._phi_t is not None
     torch.testing.assert_close(inner_again[0]._phi_t, inner[0]._phi_t)
     x = torch.randn(8, 4)
     outs = []

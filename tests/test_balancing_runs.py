@@ -119,7 +119,7 @@ def test_dwa_weights_follow_the_logged_epoch_means(tmp_path: Path):
         ]
     )
     assert code == 0
-    with open(run_dir / "metrics.csv", newline="") as fh:
+    with (run_dir / "metrics.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     tasks = [c.removeprefix("train/weight/") for c in rows[0] if c.startswith("train/weight/")]
     assert len(tasks) >= 2
@@ -134,7 +134,8 @@ def test_dwa_weights_follow_the_logged_epoch_means(tmp_path: Path):
             weights.setdefault(int(r["epoch"]), []).append(
                 [float(r[f"train/weight/{t}"]) for t in tasks]
             )
-    assert sorted(weights) == [0, 1, 2] and sorted(means) == [0, 1, 2]
+    assert sorted(weights) == [0, 1, 2]
+    assert sorted(means) == [0, 1, 2]
     for epoch in (0, 1):
         assert all(w == [1.0] * len(tasks) for w in weights[epoch])
     expo = [math.exp(new / old / 2.0) for old, new in zip(means[0], means[1], strict=True)]
@@ -165,7 +166,8 @@ def test_all_datasets_without_balancer_sums_every_task(tmp_path: Path):
         == 0
     )
     rows = (run_dir / "metrics.csv").read_text().splitlines()
-    assert "train/digits_low/loss" in rows[0] and "train/parity/loss" in rows[0]
+    assert "train/digits_low/loss" in rows[0]
+    assert "train/parity/loss" in rows[0]
     assert json.loads((run_dir / "run_info.json").read_text())["balancer"] is None
 
 
@@ -176,7 +178,8 @@ def test_needs_all_tasks_with_per_dataset_mode_is_refused_at_check(tmp_path: Pat
     )
     assert code == 2
     err = capsys.readouterr().err
-    assert "sample_mode: all_datasets" in err and "Traceback" not in err
+    assert "sample_mode: all_datasets" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "runs").exists()
 
 

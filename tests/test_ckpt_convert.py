@@ -80,10 +80,11 @@ def test_encoder_export_rebuilds_and_starts_a_new_run_with_identical_outputs(run
         result = convert(run_dir, "--to", fmt, "-o", out)
         assert result.exit_code == 0, result.output
         config = json.loads((out / "config.json").read_text())
-        assert config["part"] == "encoder" and config["format"] == fmt
+        assert config["part"] == "encoder"
+        assert config["format"] == fmt
         assert config["encoder"][0]["class_path"] == "runtime.encoders.MLPEncoder"
         assert list(config["tensors"]) == list(encoder.state_dict())
-        assert list(config["tensors"])[0] == "0.net.0.weight"
+        assert next(iter(config["tensors"])) == "0.net.0.weight"
         assert config["source"]["checkpoint"].endswith("best.ckpt")
         assert torch.equal(build_exported(out)(x), expected)
         weights = out / config["weights"]
@@ -184,12 +185,14 @@ def test_merge_adapters_folds_peft_lora_into_the_base_weights(tmp_path, style):
     expected = encoder(x)
 
     as_is = convert(run_dir, "--to", "safetensors", "-o", tmp_path / "as_is")
-    assert as_is.exit_code == 0 and "exported as they are" in as_is.output
+    assert as_is.exit_code == 0
+    assert "exported as they are" in as_is.output
     names = json.loads((tmp_path / "as_is/config.json").read_text())["tensors"]
     assert any("lora_A" in n for n in names)
 
     merged = convert(run_dir, "--to", "safetensors", "--merge-adapters", "-o", tmp_path / "m")
-    assert merged.exit_code == 0 and "folded 1 adapter" in merged.output
+    assert merged.exit_code == 0
+    assert "folded 1 adapter" in merged.output
     config = json.loads((tmp_path / "m/config.json").read_text())
     assert config["adapters"] == {"present": 1, "merged": True}
     assert not any("lora" in n for n in config["tensors"])

@@ -35,7 +35,8 @@ def command(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_every_command_has_help(name, flag):
     done = command(name, flag)
     assert done.returncode == 0, done.stderr
-    assert "usage:" in done.stdout.lower() and "----" not in done.stdout
+    assert "usage:" in done.stdout.lower()
+    assert "----" not in done.stdout
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -66,7 +67,8 @@ def test_mtl_run_help_is_short_and_says_where_the_rest_is():
     text = command("mtl-run", "--help").stdout
     lines = text.splitlines()
     assert len(lines) <= 45
-    assert lines[0].startswith("usage: mtl-run") and "RUN.yaml" in lines[0]
+    assert lines[0].startswith("usage: mtl-run")
+    assert "RUN.yaml" in lines[0]
     for needed in (
         "fit",
         "validate",
@@ -83,8 +85,10 @@ def test_mtl_run_help_is_short_and_says_where_the_rest_is():
 
 def test_mtl_run_without_arguments_prints_the_usage_and_exits_2():
     done = command("mtl-run")
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith("usage: mtl-run") and "RUN.yaml" in done.stderr
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("usage: mtl-run")
+    assert "RUN.yaml" in done.stderr
 
 
 @pytest.mark.slow
@@ -92,8 +96,10 @@ def test_the_full_option_list_shows_run_yaml_and_no_four_dash_flags():
     done = command("mtl-run", "fit", "--help")
     assert done.returncode == 0
     assert done.stdout.startswith("usage: mtl-run fit RUN.yaml")
-    assert "----" not in done.stdout and "--no_resume" in done.stdout
-    assert "--trainer.max_epochs" in done.stdout and "--run.tensorboard" in done.stdout
+    assert "----" not in done.stdout
+    assert "--no_resume" in done.stdout
+    assert "--trainer.max_epochs" in done.stdout
+    assert "--run.tensorboard" in done.stdout
     # Group titles are whole sentences of ours, not Lightning docstrings cut mid-sentence.
     titles = [
         line
@@ -119,7 +125,8 @@ def refuse_light(cwd: Path, *argv: str) -> str:
         [sys.executable, "-c", PROBE, *argv], cwd=cwd, capture_output=True, text=True, timeout=60
     )
     assert done.stdout.split() == ["2", "-"], (done.stdout, done.stderr)
-    assert done.stderr.startswith("mtl-run: error: ") and "Traceback" not in done.stderr
+    assert done.stderr.startswith("mtl-run: error: ")
+    assert "Traceback" not in done.stderr
     return done.stderr
 
 
@@ -130,12 +137,15 @@ def test_refusals_that_need_no_model_come_before_lightning(tmp_path):
     (tmp_path / "runs/qs").mkdir(parents=True)
     (tmp_path / "runs/qs/run_info.json").write_text(json.dumps({}))
     err = refuse_light(tmp_path, "qs.run.yaml")
-    assert "runs/qs already exists" in err and "--resume" in err and "--force" in err
+    assert "runs/qs already exists" in err
+    assert "--resume" in err
+    assert "--force" in err
     (tmp_path / "other").mkdir()
     (tmp_path / "other/x").write_text("")
     assert "other already exists" in refuse_light(tmp_path, "qs.run.yaml", "--run-dir=other")
     err = refuse_light(tmp_path, "qs.run.yaml", "--resmue")
-    assert "unknown option '--resmue'" in err and "did you mean '--resume'" in err
+    assert "unknown option '--resmue'" in err
+    assert "did you mean '--resume'" in err
     assert "'--epochs'" in refuse_light(tmp_path, "fit", "qs.run.yaml", "--epochs", "3")
     assert "is a directory" in refuse_light(tmp_path, "runs/qs")
     assert "missing RUN.yaml" in refuse_light(tmp_path, "fit")

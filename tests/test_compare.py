@@ -93,7 +93,8 @@ def test_delta_m_matches_a_hand_computation(tmp_path):
     assert delta["mean"] == pytest.approx((33.125 + (100 / 12 - 5) / 2) / 2)
     assert delta["mean"] == pytest.approx(sum(run_gains) / 2)
     assert delta["std"] == pytest.approx(abs(run_gains[0] - run_gains[1]) / 2**0.5)
-    assert delta["n"] == 2 and report["skipped"] == {}
+    assert delta["n"] == 2
+    assert report["skipped"] == {}
     assert f"delta-m = +{delta['mean']:.2f}% ± {delta['std']:.2f} over 2 tasks" in result.stdout
     assert "mae (lower better)" in result.stdout
 
@@ -133,7 +134,9 @@ def test_bad_run_directories_exit_2(tmp_path):
 
 def test_help_shows_examples():
     result = compare("--help")
-    assert result.exit_code == 0 and "Examples:" in result.output and "delta-m" in result.output
+    assert result.exit_code == 0
+    assert "Examples:" in result.output
+    assert "delta-m" in result.output
 
 
 def test_metrics_and_directions_come_from_the_summary_alone(tmp_path):
@@ -155,7 +158,8 @@ def test_metrics_and_directions_come_from_the_summary_alone(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())["tasks"]["w"]["metrics"]
     assert set(metrics) == {"wer", "bleu"}  # only the recorded comparison metrics
-    assert metrics["wer"]["lower_is_better"] and not metrics["bleu"]["lower_is_better"]
+    assert metrics["wer"]["lower_is_better"]
+    assert not metrics["bleu"]["lower_is_better"]
     assert metrics["wer"]["delta_pct"] == pytest.approx(20.0)  # 0.25 -> 0.2 is a gain
     assert metrics["bleu"]["delta_pct"] == pytest.approx(50.0)
     assert "wer (lower better)" in result.stdout

@@ -112,9 +112,12 @@ def test_lightning_trainer_internals(tmp_path: Path):
     # log_every_n_steps=3: Lightning writes steps 2 and 5 (0-based), its own decision
     assert [flag for flag, _ in module.seen] == [False, False, True, False, False, True]
     assert module.seen_processed == 5  # the sixth batch is not finished inside its step
-    assert checkpoint.after == [4] and (tmp_path / "last.ckpt").is_file()
+    assert checkpoint.after == [4]
+    assert (tmp_path / "last.ckpt").is_file()
     skip, on_epoch_end, candidates = checkpoint.checks[0]
-    assert skip is False and on_epoch_end is True and {"epoch", "step"} <= set(candidates)
+    assert skip is False
+    assert on_epoch_end is True
+    assert {"epoch", "step"} <= set(candidates)
     assert compat.checkpoint_schedule(checkpoint) == {
         "every_n_train_steps": 4,
         "every_n_epochs": 0,
@@ -165,12 +168,14 @@ def test_torchjd_famo_state_round_trip():
     scalarization = pytest.importorskip("torchjd.scalarization")
     famo = scalarization.FAMO(2, min_losses=torch.zeros(2), lr=0.1, weight_decay=0.0)
     losses = torch.tensor([1.0, 2.0], requires_grad=True)
-    assert compat.famo_previous_losses(famo) is None and compat.famo_adam_state(famo) is None
+    assert compat.famo_previous_losses(famo) is None
+    assert compat.famo_adam_state(famo) is None
     famo(losses)
     compat.set_famo_previous_losses(famo, losses.detach())
     famo.update(torch.tensor([0.5, 1.5]))
     w, adam = compat.famo_logits(famo).clone(), compat.famo_adam_state(famo)
-    assert adam is not None and w.shape == (2,)
+    assert adam is not None
+    assert w.shape == (2,)
     other = scalarization.FAMO(2, min_losses=torch.zeros(2), lr=0.1, weight_decay=0.0)
     compat.apply_to_tensors(other, lambda t: t.double())
     assert compat.famo_logits(other).dtype == torch.float64
@@ -215,8 +220,10 @@ def test_submitit_sbatch_rendering(tmp_path: Path):
 
     executor = ScriptOnly(tmp_path / "%j")
     script = compat.sbatch_script(executor, {"timeout_min": 7, "job_name": "probe"}, 3)
-    assert "#SBATCH --array=0-2" in script and "#SBATCH --time=7" in script
-    assert "#SBATCH --job-name=probe" in script and "submitit" in script
+    assert "#SBATCH --array=0-2" in script
+    assert "#SBATCH --time=7" in script
+    assert "#SBATCH --job-name=probe" in script
+    assert "submitit" in script
 
 
 def test_only_compat_reaches_into_library_internals():

@@ -249,12 +249,14 @@ def test_explain_chain(project, cli):
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "trainer.max_epochs = 11" in out
-    assert "configs/base.yaml:" in out and "makers/maker.yaml:" in out
+    assert "configs/base.yaml:" in out
+    assert "makers/maker.yaml:" in out
     assert "--set" in out
     lines = out.splitlines()
     lr = lines.index("model.init_args.optimizer.init_args.lr = 0.01")
     assert "configs/base.yaml:" in lines[lr + 1]
-    assert "(from ${lr}: lr <- " in lines[lr + 1] and "maker.yaml:" in lines[lr + 1]
+    assert "(from ${lr}: lr <- " in lines[lr + 1]
+    assert "maker.yaml:" in lines[lr + 1]
     assert "configs/datasets/b.yaml:" in out
 
 
@@ -300,4 +302,5 @@ def test_single_task_baselines(project, cli):
         "b2": {"offset": 0, "num_outputs": 2},
     }
     assert a["model"]["init_args"]["optimizer"] == b["model"]["init_args"]["optimizer"]
-    assert "dropped" in result.stderr and "tasks.a" in result.stderr
+    assert "dropped" in result.stderr
+    assert "tasks.a" in result.stderr

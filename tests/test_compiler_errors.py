@@ -89,7 +89,8 @@ def test_unresolved_placeholders_are_all_listed(cli, project):
         "${missing_two}",
         "${hidden}",
     )
-    assert "configs/datasets/a.yaml:" in result.output and "configs/base.yaml:" in result.output
+    assert "configs/datasets/a.yaml:" in result.output
+    assert "configs/base.yaml:" in result.output
 
 
 @pytest.mark.parametrize(
@@ -202,4 +203,5 @@ def test_real_process_exit_code_and_no_traceback(project):
         timeout=60,
     )
     assert result.returncode == 2
-    assert "absent.yaml" in result.stderr and "Traceback" not in result.stderr
+    assert "absent.yaml" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -144,7 +144,8 @@ def test_set_refused_and_output_never_depends_on_hash_seed(project):
             timeout=60,
             env={**os.environ, "PYTHONHASHSEED": seed},
         )
-        assert result.returncode == 2 and "!!set is not allowed" in result.stderr
+        assert result.returncode == 2
+        assert "!!set is not allowed" in result.stderr
         outs.add(result.stderr)
     assert len(outs) == 1
 
@@ -155,8 +156,13 @@ def test_valid_tags_still_read():
         "f: !!timestamp 2024-01-02\ng: ! 12\n",
         "x.yaml",
     )
-    assert doc["a"] == 7 and doc["b"] == 1.0 and doc["c"] is True and doc["d"] == "1"
-    assert doc["e"] is None and str(doc["f"]) == "2024-01-02" and doc["g"] == "12"
+    assert doc["a"] == 7
+    assert doc["b"] == 1.0
+    assert doc["c"] is True
+    assert doc["d"] == "1"
+    assert doc["e"] is None
+    assert str(doc["f"]) == "2024-01-02"
+    assert doc["g"] == "12"
 
 
 # -- 20. duplicate keys --------------------------------------------------------------------
@@ -244,7 +250,7 @@ def test_arithmetic_results_are_bounded(cli, project, value, expr, needle):
 
 def test_non_utf8_argv_and_file_names(project, tmp_path):
     folder = os.fsencode(tmp_path) + b"/caf\xe9-\xff"
-    os.makedirs(folder)
+    Path(folder).mkdir(parents=True)
     weird = Project(Path(os.fsdecode(folder)))
     maker = weird.standard()
     exe = [sys.executable, "-m", "compiler"]
@@ -268,14 +274,17 @@ def test_non_utf8_argv_and_file_names(project, tmp_path):
         capture_output=True,
         timeout=60,
     )
-    assert bad.returncode == 2 and b"not valid UTF-8" in bad.stderr
+    assert bad.returncode == 2
+    assert b"not valid UTF-8" in bad.stderr
     assert b"Traceback" not in bad.stderr
     explain = subprocess.run(
         [*exe, os.fsencode(maker), b"--explain", b"\xff.x"], capture_output=True, timeout=60
     )
-    assert explain.returncode == 2 and b"Traceback" not in explain.stderr
+    assert explain.returncode == 2
+    assert b"Traceback" not in explain.stderr
     missing = subprocess.run([*exe, folder + b"/nope\xff.yaml"], capture_output=True, timeout=60)
-    assert missing.returncode == 2 and b"\\xff" in missing.stderr
+    assert missing.returncode == 2
+    assert b"\\xff" in missing.stderr
 
 
 @pytest.mark.parametrize(
@@ -355,7 +364,8 @@ def test_size_cap_option_and_env(cli, project, tmp_path):
     assert invoke(maker, "-o", out, env={"MTL_MAX_FILE_SIZE": "2MiB"}).exit_code == 0
     for bad in ("0", "-1", "lots", "1X", ""):
         result = cli(maker, "--max-file-size", bad)
-        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.exit_code == 2
+        assert "Traceback" not in result.output
 
 
 def test_output_over_the_cap_is_refused_and_not_written(cli, project, tmp_path):
@@ -745,7 +755,8 @@ def test_yaml_12_numbers_in_native_inputs_and_set(cli, project, text, value):
         run = reader(out.read_text())
         optimizer = run["model"]["init_args"]["optimizer"]["init_args"]["lr"]
         for got in (optimizer, run["direct"], run["trainer"]["via_set"]):
-            assert got == value and type(got) is type(value), (text, got)
+            assert got == value, (text, got)
+            assert type(got) is type(value), (text, got)
     assert cli(maker, "-o", out, "--set", f"lr={text}").exit_code == 0
 
 
@@ -755,7 +766,8 @@ def test_rslearn_dialect_keeps_yaml_11_numbers(rs_maker):
         maker, dialect="rslearn", sets=["trainer.lr=1e-3"], output=tmp / "o.yaml"
     ).run
     assert run["trainer"]["lr"] == "1e-3"
-    assert run["trainer"]["octal"] == 10 and run["trainer"]["sexagesimal"] == 90
+    assert run["trainer"]["octal"] == 10
+    assert run["trainer"]["sexagesimal"] == 90
 
 
 @pytest.fixture
@@ -794,7 +806,8 @@ def test_substitutions_resolve_transitively(project):
         "hidden_sizes"
     ] == [32]
     assert run["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.5
-    assert run["label"] == "w=32" and run["esc"] == "${literal}"
+    assert run["label"] == "w=32"
+    assert run["esc"] == "${literal}"
 
 
 @pytest.mark.parametrize(
@@ -838,7 +851,8 @@ def test_label_groups_name_known_tasks_and_are_not_empty(cli, project, merge_hea
     refused(cli(maker, *args), "maker.yaml:", "ghost")
     maker = project.standard(merge_options={**opts, "same_label_groups": [["a"], []]})
     refused(cli(maker, *args), "maker.yaml:", "at least one task")
-    assert not (project.root / "s").exists() and not (project.root / "o.yaml").exists()
+    assert not (project.root / "s").exists()
+    assert not (project.root / "o.yaml").exists()
 
 
 # -- 22. deep nesting and --explain '' -----------------------------------------------------
@@ -957,7 +971,8 @@ def test_timeout_guard_for_fifo_in_a_subprocess(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "compiler", str(fifo)], capture_output=True, text=True, timeout=30
     )
-    assert result.returncode == 2 and "not a regular file" in result.stderr
+    assert result.returncode == 2
+    assert "not a regular file" in result.stderr
 
 
 def test_output_onto_a_device_or_fifo_is_refused(cli, project, tmp_path):
@@ -965,7 +980,8 @@ def test_output_onto_a_device_or_fifo_is_refused(cli, project, tmp_path):
     os.mkfifo(fifo)
     for target in (Path("/dev/null"), fifo):
         refused(cli(project.standard(), "-o", target), "not a regular file")
-    assert fifo.exists() and not fifo.is_file()
+    assert fifo.exists()
+    assert not fifo.is_file()
 
 
 def test_rslearn_text_substitution_growth_is_bounded(cli, rs_maker):

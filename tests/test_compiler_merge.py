@@ -65,7 +65,8 @@ def test_markers_inside_new_subtrees_are_resolved():
 def test_merge_is_pure_and_deterministic(base, override):
     before_b, before_o = copy.deepcopy(base), copy.deepcopy(override)
     first = deep_merge(base, override)
-    assert base == before_b and override == before_o
+    assert base == before_b
+    assert override == before_o
     assert deep_merge(base, override) == first
     assert deep_merge(copy.deepcopy(base), copy.deepcopy(override)) == first
 

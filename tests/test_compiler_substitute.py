@@ -37,7 +37,8 @@ def test_whole_placeholder_keeps_type_partial_becomes_text():
 )
 def test_arithmetic(expr, value):
     out, _ = sub("${" + expr + "}", p=8)
-    assert out == value and type(out) is type(value)
+    assert out == value
+    assert type(out) is type(value)
 
 
 def test_escape_and_keys():
@@ -64,7 +65,8 @@ def test_anything_but_arithmetic_is_refused(expr):
     out, s = sub("${" + expr + "}", p=2, f=1)
     assert out == "${" + expr + "}"
     allowed = "only names, numbers, parentheses and + - * / // % are allowed"
-    assert s.failed == [(out, allowed)] and s.unresolved == []
+    assert s.failed == [(out, allowed)]
+    assert s.unresolved == []
 
 
 def test_division_by_zero_and_non_numbers_are_reported():

@@ -36,7 +36,8 @@ def test_digit_label_sets_agree_with_the_digit() -> None:
     digit = train.targets["d"]
     assert torch.equal(train.targets["p"], digit % 2)
     assert torch.equal(train.targets["g"], (digit >= 5).long())
-    assert train.inputs.dtype == torch.float32 and train.inputs.shape[1] == 64
+    assert train.inputs.dtype == torch.float32
+    assert train.inputs.shape[1] == 64
     assert sum(len(s) for s in splits(module)) == 1797
     assert abs(float(train.inputs.mean())) < 1e-3  # standardized with training statistics
 
@@ -64,7 +65,8 @@ def test_split_is_seeded_and_stratified() -> None:
 
 def test_regression_dataset_gives_float_targets() -> None:
     train = splits(SklearnDataModule("diabetes", {"y": "target"}))[0]
-    assert train.targets["y"].dtype == torch.float32 and train.targets["y"].dim() == 1
+    assert train.targets["y"].dtype == torch.float32
+    assert train.targets["y"].dim() == 1
     assert abs(float(train.targets["y"].mean())) < 1e-3
 
 
@@ -119,7 +121,8 @@ def test_tensor_file_columns(tmp_path, suffix: str) -> None:
     parts = splits(module)
     assert sum(len(p) for p in parts) == 20
     train = parts[0]
-    assert train.inputs.shape[1] == 2 and train.inputs.dtype == torch.float32
+    assert train.inputs.shape[1] == 2
+    assert train.inputs.dtype == torch.float32
     assert train.targets["cls"].dtype == torch.int64
     assert train.targets["reg"].dtype == torch.float32
     expected = sorted(_columns()["label"].tolist())
@@ -143,17 +146,19 @@ def test_tensor_file_missing_column_names_file_and_column(tmp_path) -> None:
     with pytest.raises(DataConfigError) as error:
         module.setup("fit")
     message = str(error.value)
-    assert "data.csv" in message and "'f3'" in message and "inputs.1" in message
+    assert "data.csv" in message
+    assert "'f3'" in message
+    assert "inputs.1" in message
 
 
 def test_tensor_file_unreadable_file_is_a_clear_error(tmp_path) -> None:
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a torch file")
-    with pytest.raises(DataConfigError, match="broken.pt.*cannot read"):
+    with pytest.raises(DataConfigError, match=r"broken\.pt.*cannot read"):
         TensorFileDataModule(str(bad), inputs="x", targets={"t": "y"}).setup("fit")
+    other = tmp_path / "data.parquet"
+    other.write_text("x")
     with pytest.raises(DataConfigError, match="unsupported file type"):
-        other = tmp_path / "data.parquet"
-        other.write_text("x")
         TensorFileDataModule(str(other), inputs="x", targets={"t": "y"}).setup("fit")
 
 
@@ -172,11 +177,15 @@ def test_synthetic_shapes_and_dtypes(shape: list[int], position_shape: tuple | N
         tasks["pos"] = {"kind": "per_position", "num_classes": 3}
     module = SyntheticDataModule(num_samples=40, input_shape=shape, tasks=tasks)
     batch = splits(module)[0].get_batch(torch.arange(5))
-    assert batch["inputs"].shape == (5, *shape) and batch["inputs"].dtype == torch.float32
+    assert batch["inputs"].shape == (5, *shape)
+    assert batch["inputs"].dtype == torch.float32
     targets = batch["targets"]
-    assert targets["cls"].shape == (5,) and targets["cls"].dtype == torch.int64
-    assert targets["ml"].shape == (5, 3) and set(targets["ml"].unique().tolist()) <= {0.0, 1.0}
-    assert targets["reg"].shape == (5,) and targets["reg2"].shape == (5, 2)
+    assert targets["cls"].shape == (5,)
+    assert targets["cls"].dtype == torch.int64
+    assert targets["ml"].shape == (5, 3)
+    assert set(targets["ml"].unique().tolist()) <= {0.0, 1.0}
+    assert targets["reg"].shape == (5,)
+    assert targets["reg2"].shape == (5, 2)
     if position_shape:
         assert targets["pos"].shape == (5, *position_shape)
         assert targets["pos"].dtype == torch.int64
@@ -191,7 +200,8 @@ def test_synthetic_is_seeded_and_marks_missing_labels() -> None:
     assert not torch.equal(splits(make(1))[0].inputs, splits(make(2))[0].inputs)
     missing_c = (all_targets(make(1), "c") == -100).float().mean()
     missing_r = torch.isnan(all_targets(make(1), "r")).float().mean()
-    assert 0.15 < missing_c < 0.35 and 0.15 < missing_r < 0.35
+    assert 0.15 < missing_c < 0.35
+    assert 0.15 < missing_r < 0.35
 
 
 def test_synthetic_labels_are_learnable() -> None:
@@ -255,8 +265,10 @@ def test_batches_carry_only_the_datasets_tasks() -> None:
     )
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    assert batch["dataset"] == "syn" and list(batch["targets"]) == ["b"]
-    assert batch["index"].dtype == torch.int64 and len(batch["index"]) == 8
+    assert batch["dataset"] == "syn"
+    assert list(batch["targets"]) == ["b"]
+    assert batch["index"].dtype == torch.int64
+    assert len(batch["index"]) == 8
     assert data.tasks == {"syn": ["b"]}
 
 
@@ -309,7 +321,8 @@ def test_data_module_state_dict_resumes_mid_epoch() -> None:
     second = make()
     second.load_state_dict(state)
     resumed = [(b["dataset"], b["index"].tolist()) for b in second.train_dataloader()]
-    assert resumed == rest and len(head) + len(rest) == 2 * 8
+    assert resumed == rest
+    assert len(head) + len(rest) == 2 * 8
 
 
 @pytest.mark.parametrize(
@@ -351,6 +364,7 @@ def test_constructed_by_jsonargparse_from_class_path() -> None:
     parser = ArgumentParser()
     parser.add_argument("--data", type=LightningDataModule)
     data = parser.instantiate(parser.parse_object(config)).data
-    assert isinstance(data, MultiDatasetDataModule) and data.sample_mode == "temperature"
+    assert isinstance(data, MultiDatasetDataModule)
+    assert data.sample_mode == "temperature"
     assert isinstance(data.data_modules["low"], SklearnDataModule)
     assert data.batch_sizes == {"low": 32, "seq": 4}

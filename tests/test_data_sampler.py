@@ -117,7 +117,8 @@ def test_refill_upsamples_smaller_datasets_to_the_largest() -> None:
     counts = Counter(d for d, _ in keys(make("random_cycle", refill=True)))
     assert counts == {0: 7, 1: 7, 2: 7}
     seen = [i for d, ids in keys(make("random_cycle", refill=True)) if d == 0 for i in ids]
-    assert len(seen) == 28 and set(seen) == set(range(10))
+    assert len(seen) == 28
+    assert set(seen) == set(range(10))
 
 
 def test_sample_limit_is_global_across_ranks_and_fresh_each_epoch() -> None:
@@ -131,13 +132,15 @@ def test_sample_limit_is_global_across_ranks_and_fresh_each_epoch() -> None:
 
     first, second = epoch_ids(0), epoch_ids(1)
     assert len(first) == len(set(first)) == 20
-    assert len(second) == 20 and set(first) != set(second)
+    assert len(second) == 20
+    assert set(first) != set(second)
 
 
 def test_sample_limit_with_refill_cycles_within_the_subset() -> None:
     sampler = make("round_robin", True, sizes=[100, 40], batch_sizes=[4, 4], limits=[8, None])
     ids = [i for d, idx in keys(sampler) if d == 0 for i in idx]
-    assert len(ids) == 40 and len(set(ids)) == 8
+    assert len(ids) == 40
+    assert len(set(ids)) == 8
 
 
 @pytest.mark.parametrize("mode", PER_DATASET)

@@ -97,7 +97,9 @@ CSV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,edit,line,pattern,key", CSV_CASES, ids=[c[0] for c in CSV_CASES])
+@pytest.mark.parametrize(
+    ("case", "edit", "line", "pattern", "key"), CSV_CASES, ids=[c[0] for c in CSV_CASES]
+)
 def test_bad_csv_is_refused_naming_file_line_column_and_row(
     tmp_path, case, edit, line, pattern, key
 ):
@@ -117,7 +119,7 @@ def test_bad_csv_is_refused_naming_file_line_column_and_row(
 
 
 @pytest.mark.parametrize(
-    "content,pattern",
+    ("content", "pattern"),
     [
         (b"", "empty"),
         (b"f0,f1,f2,f3,y,r\n0,0,0,0,1,0\n" + bytes([0xFF, 0xFE, 0x81]) * 10, "not a UTF-8"),
@@ -153,7 +155,7 @@ def test_label_dtype_follows_the_task_and_lossy_casts_are_refused(tmp_path):
     train = data.data_modules["a"].train_dataset
     assert train.targets["t"].dtype == torch.int64
     assert train.targets["r"].dtype == torch.float32
-    with pytest.raises(DataConfigError, match="target_dtypes.t is float32.*int64") as info:
+    with pytest.raises(DataConfigError, match=r"target_dtypes\.t is float32.*int64") as info:
         _setup(path, target_dtypes={"t": "float32"})
     assert info.value.key[-2:] == ("target_dtypes", "t")
     # an explicit int64 request never silently truncates 0.5 into 0
@@ -192,7 +194,7 @@ def test_bundled_and_generated_data_are_checked_too():
         input_shape=[4],
         tasks={"t": {"kind": "classification", "missing_fraction": 1}},
     )
-    with pytest.raises(DataConfigError, match="none of the .* training rows has a label"):
+    with pytest.raises(DataConfigError, match=r"none of the .* training rows has a label"):
         missing.setup("fit")
 
 
@@ -205,13 +207,15 @@ def test_mtl_run_reports_data_errors_with_exit_2_before_writing(tmp_path, monkey
         .replace("\n", "\n", 1)
         .replace(
             good.read_text().splitlines()[3],
-            ",".join(good.read_text().splitlines()[3].split(",")[:4] + ["9", "0"]),
+            ",".join([*good.read_text().splitlines()[3].split(",")[:4], "9", "0"]),
         )
     )
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(file_config(bad)))
     for args in (["--check", "run.yaml"], ["fit", "run.yaml"]):
         assert main(args) == 2
         err = capsys.readouterr().err
-        assert f"{bad}:4:" in err and "data.init_args.data_modules.a.init_args.targets.t" in err
-        assert "class id 9" in err and "Traceback" not in err
+        assert f"{bad}:4:" in err
+        assert "data.init_args.data_modules.a.init_args.targets.t" in err
+        assert "class id 9" in err
+        assert "Traceback" not in err
     assert not (tmp_path / "runs").exists()

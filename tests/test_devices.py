@@ -71,7 +71,8 @@ def test_cuda_without_a_gpu_is_refused_the_same_way_everywhere(run_dir, tmp_path
     assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
     fresh = tmp_path / "fresh"
     code = mtl_run([str(config), "--run-dir", str(fresh), "--trainer.accelerator=gpu"])
-    assert code == 2 and not fresh.exists()
+    assert code == 2
+    assert not fresh.exists()
     assert "trainer.accelerator is 'gpu' but no CUDA device" in capsys.readouterr().err
 
 
@@ -83,7 +84,8 @@ def test_trainer_arguments_for_a_device():
 def test_eval_and_run_validate_take_device_cpu(run_dir, tmp_path, capsys):
     result = invoke(eval_main, run_dir, "--device", "cpu", "--json", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
-    assert "on cpu" in result.stderr and "--device" in invoke(eval_main, "--help").output
+    assert "on cpu" in result.stderr
+    assert "--device" in invoke(eval_main, "--help").output
     assert_bad_input(invoke(eval_main, run_dir, "--device", "tpu"), "--device tpu")
     config = run_dir.parent / "run.yaml"
     code = mtl_run(["validate", str(config), "--run-dir", str(run_dir), "--device", "cpu",
@@ -130,7 +132,8 @@ def test_out_of_memory_is_a_clean_message(tmp_path, monkeypatch, capsys):
     path.write_text(yaml.safe_dump(config))
     assert mtl_run([str(path), "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "ran out of memory (batch sizes:" in err and "bf16-mixed" in err
+    assert "ran out of memory (batch sizes:" in err
+    assert "bf16-mixed" in err
     assert "Traceback" not in err
 
 
@@ -155,12 +158,16 @@ def test_loader_defaults_follow_where_training_runs():
     from data_recording_model import synthetic_datamodule
 
     data = synthetic_datamodule()
-    assert data.loader_workers() == 0 and data.pins_memory() is False  # no trainer: CPU
+    assert data.loader_workers() == 0
+    assert data.pins_memory() is False
     data._device_hint = "cuda"  # what for_task sets for batches bound for a GPU
-    assert data.pins_memory() is True and data.loader_workers() >= 0
+    assert data.pins_memory() is True
+    assert data.loader_workers() >= 0
     narrowed = data.for_task("b", 7, "cuda:0")
-    assert narrowed.names == ["b"] and narrowed.batch_sizes == {"b": 7}
+    assert narrowed.names == ["b"]
+    assert narrowed.batch_sizes == {"b": 7}
     assert narrowed.pins_memory() is True
     explicit = synthetic_datamodule(num_workers=2, pin_memory=False)
     explicit._device_hint = "cuda"
-    assert explicit.loader_workers() == 2 and explicit.pins_memory() is False
+    assert explicit.loader_workers() == 2
+    assert explicit.pins_memory() is False

@@ -41,7 +41,7 @@ def test_a_runnable_block_without_a_marker_is_an_error(tmp_path):
 )
 def test_a_bad_marker_is_an_error(tmp_path, marker):
     root, page = repo_with(tmp_path, f"{marker}\n```sh\ntrue\n```\n")
-    with pytest.raises(DocsError, match="README.md:2"):
+    with pytest.raises(DocsError, match=r"README\.md:2"):
         parse_page(page, root)
 
 
@@ -79,7 +79,9 @@ def test_markers_are_read_and_other_languages_need_none(tmp_path):
         ("output", "console", 15),
         ("not-run", "python", 19),
     ]
-    assert blocks[1].exit_code == 2 and blocks[1].slow and blocks[1].code == "exit 2\n"
+    assert blocks[1].exit_code == 2
+    assert blocks[1].slow
+    assert blocks[1].code == "exit 2\n"
     assert blocks[3].reason == "needs 8 GPUs"
     assert page_is_slow(page)
 

@@ -121,7 +121,8 @@ def test_module_with_ema_decay_adds_the_callback_every_run():
     first = module.configure_callbacks()
     assert [c for c in first if isinstance(c, EMAWeights)] == [module.ema]
     assert module.configure_callbacks() == first  # fit then test: the same EMA state
-    assert module.ema.prefix == "model." and "encoder.0.weight" in module.ema.ema.names
+    assert module.ema.prefix == "model."
+    assert "encoder.0.weight" in module.ema.ema.names
     plain = MultiTaskModule(model, tasks)
     assert plain.ema is None
     assert not any(isinstance(c, EMAWeights) for c in plain.configure_callbacks())

@@ -81,7 +81,8 @@ def test_per_position_merged_and_unmerged_figures_match(tmp_path):
 def test_single_task_run_without_merged_heads(tmp_path):
     run_dir = fake_run(tmp_path / "plain", merged_config("regression", merged=False))
     report = _report(run_dir, tmp_path, "--ckpt", run_dir / "checkpoints" / "last.ckpt")
-    assert set(report) == set(TASKS) and {"mae", "rmse", "loss"} == set(report["tc"])
+    assert set(report) == set(TASKS)
+    assert {"mae", "rmse", "loss"} == set(report["tc"])
 
 
 def test_bad_input_exits_2(tmp_path, trained):
@@ -97,4 +98,6 @@ def test_bad_input_exits_2(tmp_path, trained):
 
 def test_help_shows_examples():
     result = evaluate("--help")
-    assert result.exit_code == 0 and "Examples:" in result.output and "--split" in result.output
+    assert result.exit_code == 0
+    assert "Examples:" in result.output
+    assert "--split" in result.output

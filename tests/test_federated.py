@@ -99,9 +99,11 @@ def test_two_clients_two_rounds_resume_and_hand_average(tmp_path: Path) -> None:
         for r in rows
         if r["round"] == "2" and r["phase"] == "train"
     }
-    assert sorted(weights) == [0, 1] and sum(weights.values()) > 0
+    assert sorted(weights) == [0, 1]
+    assert sum(weights.values()) > 0
     global_ = _global(run)
-    assert global_ and all(name.startswith("encoder.") for name in global_)
+    assert global_
+    assert all(name.startswith("encoder.") for name in global_)
     local = {
         c: torch.load(
             run / "rounds/round_0002/clients" / f"client_{c:03d}/checkpoints/last.ckpt",
@@ -122,7 +124,8 @@ def test_two_clients_two_rounds_resume_and_hand_average(tmp_path: Path) -> None:
         assert not torch.equal(*heads)
 
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["rounds_done"] == 2 and summary["bytes_sent"] > 0
+    assert summary["rounds_done"] == 2
+    assert summary["bytes_sent"] > 0
     assert "kind/accuracy" in summary["global"]
     assert (run / "rounds.png").stat().st_size > 0
     per_round = list(csv.DictReader((run / "rounds.csv").open()))
@@ -139,7 +142,8 @@ def test_two_clients_two_rounds_resume_and_hand_average(tmp_path: Path) -> None:
     # interrupted between round 1 and round 2, then resumed: the same weights as unbroken
     script = [sys.executable, str(TESTS / "federate_interrupt.py"), "1"]
     cut = federate(config, *common, "--run-dir", "cut", cwd=tmp_path, script=script)
-    assert cut.returncode != 0 and "stopped after round 1" in cut.stderr
+    assert cut.returncode != 0
+    assert "stopped after round 1" in cut.stderr
     assert [p.name for p in sorted((tmp_path / "cut/rounds").iterdir())] == ["round_0001"]
     resumed = federate(config, *common, "--run-dir", "cut", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -148,7 +152,8 @@ def test_two_clients_two_rounds_resume_and_hand_average(tmp_path: Path) -> None:
     for name in global_:
         assert torch.equal(again[name], global_[name]), name
     changed = federate(config, *common, "--seed", "3", "--run-dir", "cut", "--resume", cwd=tmp_path)
-    assert changed.returncode == 2 and "seed (recorded 0, given 3)" in changed.stderr
+    assert changed.returncode == 2
+    assert "seed (recorded 0, given 3)" in changed.stderr
 
 
 def test_fedprox_term_pulls_gradients_towards_the_global_weights(tmp_path: Path) -> None:
@@ -181,7 +186,8 @@ def test_client_configs_per_dataset_and_travelling_tensors() -> None:
     second = client_config(fed, 1)["data"]["init_args"]
     assert second["data_modules"] == {"b": {"class_path": "B"}}
     assert second["batch_sizes"] == {"b": 8}
-    assert fed.shared("encoder.0.weight") and not fed.shared("decoders.kind.0.weight")
+    assert fed.shared("encoder.0.weight")
+    assert not fed.shared("decoders.kind.0.weight")
     fed.heads = "averaged"
     assert fed.shared("decoders.kind.0.weight")
     shared = Federation(root="/x", config=config, clients=3, rounds=1, partition="iid")

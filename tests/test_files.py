@@ -39,11 +39,15 @@ def test_a_failed_write_is_a_write_error_and_keeps_the_old_file(tmp_path, code):
     path = tmp_path / "best.ckpt"
     path.write_bytes(b"old and good")
 
-    with pytest.raises(WriteError, match=os.strerror(code)) as info:
+    def write_half() -> None:
         with atomic_file(path) as handle:
             handle.write(b"half of the new")
             raise OSError(code, os.strerror(code))
-    assert isinstance(info.value, ConfigError) and str(path) in str(info.value)
+
+    with pytest.raises(WriteError, match=os.strerror(code)) as info:
+        write_half()
+    assert isinstance(info.value, ConfigError)
+    assert str(path) in str(info.value)
     assert path.read_bytes() == b"old and good"
     assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
 
@@ -51,11 +55,16 @@ def test_a_failed_write_is_a_write_error_and_keeps_the_old_file(tmp_path, code):
 def test_a_torch_save_that_fails_underneath_is_a_write_error(tmp_path):
     """torch reports a failed write as a RuntimeError whose context is the OSError."""
     path = tmp_path / "x.ckpt"
-    with pytest.raises(WriteError, match="No space left"), atomic_file(path):
-        try:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+
+    def save() -> None:
+        with atomic_file(path):
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+
+    with pytest.raises(WriteError, match="No space left"):
+        save()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -68,9 +77,12 @@ def test_killed_writers_temporaries_are_removed_live_ones_kept(tmp_path, dead_pi
     stale_dir.mkdir()
     (stale_dir / "weights.pt").write_bytes(b"cut short")
     atomic_write(tmp_path / "last.ckpt", b"new")  # a write of that name cleans up after it
-    assert not stale_file.exists() and live.exists() and stale_dir.exists()
+    assert not stale_file.exists()
+    assert live.exists()
+    assert stale_dir.exists()
     remove_stale_temps_in(tmp_path)
-    assert not stale_dir.exists() and live.exists()
+    assert not stale_dir.exists()
+    assert live.exists()
     remove_stale_temps_in(tmp_path, any_owner=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
@@ -107,4 +119,5 @@ def test_a_directory_is_never_replaced_by_a_file_nor_a_file_by_a_directory(tmp_p
         pass
     with pytest.raises(ConfigError, match="is a file"):
         check_output(file / "sub" / "out.json")
-    assert folder.is_dir() and file.read_text() == "x"
+    assert folder.is_dir()
+    assert file.read_text() == "x"

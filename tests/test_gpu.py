@@ -64,7 +64,8 @@ def test_bf16_mixed_training_gives_finite_losses(tmp_path):
     header = rows[0].split(",")
     column = header.index("train/loss_epoch")
     losses = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
-    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 2
+    assert all(math.isfinite(v) for v in losses)
     assert losses[1] < losses[0]
 
 
@@ -103,7 +104,8 @@ def test_throughput_on_cuda(gpu_run, tmp_path, compile_):
     result = CliRunner().invoke(throughput_main, args + (["--compile"] if compile_ else []))
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
-    assert len(rows) == 4 and all(r["error"] is None for r in rows)
+    assert len(rows) == 4
+    assert all(r["error"] is None for r in rows)
     assert all(r["device"].startswith("cuda") and r["compile"] is compile_ for r in rows)
     assert all(r["peak_mem_kind"] == "cuda_allocator_peak" and r["peak_mem_mb"] > 0
                for r in rows)  # fmt: skip

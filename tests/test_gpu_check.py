@@ -27,9 +27,11 @@ def check(*args: object, timeout: int = 60, cwd: Path | None = None) -> subproce
 
 def test_bad_arguments_exit_2(tmp_path):
     done = check("--bogus")
-    assert done.returncode == 2 and "unknown argument '--bogus'" in done.stderr
+    assert done.returncode == 2
+    assert "unknown argument '--bogus'" in done.stderr
     done = check("--wheels", tmp_path / "none")
-    assert done.returncode == 2 and "is not a directory" in done.stderr
+    assert done.returncode == 2
+    assert "is not a directory" in done.stderr
     assert check("--help").returncode == 0
 
 
@@ -37,7 +39,8 @@ def test_bad_arguments_exit_2(tmp_path):
 def test_without_a_gpu_it_says_so_and_runs_nothing(tmp_path):
     done = check("--out", tmp_path)
     assert done.returncode == 2
-    assert "no CUDA GPU is visible" in done.stderr and "--cpu-dry-run" in done.stderr
+    assert "no CUDA GPU is visible" in done.stderr
+    assert "--cpu-dry-run" in done.stderr
     assert not list(tmp_path.iterdir())
 
 
@@ -57,6 +60,7 @@ def test_cpu_dry_run_passes_every_step_and_prints_one_summary(tmp_path):
         "overhead-bf16",
     ):
         assert any(line.split()[:2] == [name, "PASS"] for line in summary.splitlines()), name
-    assert "Per-task results" in summary and "bare/mtl-run" in summary
+    assert "Per-task results" in summary
+    assert "bare/mtl-run" in summary
     assert summary.rstrip().splitlines()[-1].startswith("gpu_check: PASSED")
     assert not (tmp_path / "out" / "pydeps").exists()  # everything was already installed

@@ -182,6 +182,7 @@ def test_mixed_directions_in_a_collection_need_the_member_name():
 )
 def test_metric_classes_forward_torchmetrics_keyword_arguments(metric):
     built = metric(sync_on_compute=False, compute_with_cache=False)
-    assert built.sync_on_compute is False and built.compute_with_cache is False
+    assert built.sync_on_compute is False
+    assert built.compute_with_cache is False
     with pytest.raises(ValueError, match="compute_on_cpu"):
         metric(compute_on_cpu="yes")  # torchmetrics checks them: really forwarded

@@ -42,7 +42,8 @@ def invoke(command, *args: object):
 
 def assert_refused(result, name: str) -> None:
     assert result.exit_code == 2, result.output
-    assert name in result.output and "Traceback" not in result.output
+    assert name in result.output
+    assert "Traceback" not in result.output
 
 
 # (command, arguments before the output flag, output flag, extra arguments)
@@ -111,7 +112,9 @@ def test_mtl_run_refuses_a_run_dir_that_is_a_file(tmp_path, victim_file, capsys,
     code = mtl_run([subcommand, str(config), "--run-dir", str(victim_file)])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert str(victim_file) in err and "not a directory" in err and "Traceback" not in err
+    assert str(victim_file) in err
+    assert "not a directory" in err
+    assert "Traceback" not in err
     assert victim_file.read_text() == "keep"
 
 
@@ -143,8 +146,10 @@ def test_mtl_run_refuses_a_wrong_kind_of_output_inside_the_run_dir(
     code = mtl_run([subcommand, str(config), "--run-dir", str(run_dir)])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert str(blocker) in err and "Traceback" not in err
-    assert blocker.exists() and not (run_dir / f"{subcommand}_info.json").exists()
+    assert str(blocker) in err
+    assert "Traceback" not in err
+    assert blocker.exists()
+    assert not (run_dir / f"{subcommand}_info.json").exists()
 
 
 def test_unmerge_refuses_a_read_only_run_directory(merged_run, monkeypatch):
@@ -163,4 +168,5 @@ def test_unmerge_refuses_a_read_only_run_directory(merged_run, monkeypatch):
     )
     result = invoke(unmerge, merged_run)
     assert_refused(result, str(merged_run))
-    assert "not writable" in result.output and not (merged_run / "unmerged").exists()
+    assert "not writable" in result.output
+    assert not (merged_run / "unmerged").exists()

@@ -56,7 +56,8 @@ def test_csv_columns_carry_index_and_true_label(tmp_path):
         ("9", "1", "1"),
     ]  # -100: a missing label, left empty
     saved = load_file(str(tmp_path / "predictions/c.safetensors"))
-    assert saved["index"].tolist() == [4, 7, 9] and saved["target"].tolist() == [0, -100, 1]
+    assert saved["index"].tolist() == [4, 7, 9]
+    assert saved["target"].tolist() == [0, -100, 1]
 
 
 def test_regression_and_multilabel_targets(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -112,11 +113,12 @@ def test_subsets_are_stratified_and_nested():
     np.random.default_rng(0).shuffle(labels)
     fractions = [0.01, 0.05, 0.1, 0.25, 1.0]
     subsets = nested_subsets(labels, fractions, seed=3)
-    for small, large in zip(fractions[:-1], fractions[1:], strict=True):
+    for small, large in itertools.pairwise(fractions):
         assert set(subsets[small]) <= set(subsets[large])
     for f, rows in subsets.items():
         picked = labels[rows]
-        assert (picked != -100).all() and len(set(rows)) == len(rows)
+        assert (picked != -100).all()
+        assert len(set(rows)) == len(rows)
         for cls, n in ((0, 50), (1, 30), (2, 8)):
             assert (picked == cls).sum() == max(1, int(np.ceil(f * n - 1e-9)))
     assert len(subsets[1.0]) == 88
@@ -147,7 +149,8 @@ def test_probe_writes_table_json_and_figures(pretrained, tmp_path):
     for png in ("curve.png", "embedding.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "probe.json").read_text())
-    assert report["task"] == "activity" and report["fractions"] == [0.1, 0.5, 1.0]
+    assert report["task"] == "activity"
+    assert report["fractions"] == [0.1, 0.5, 1.0]
     records = report["records"]
     # (pre linear, pre fine-tune, random-init linear, scratch) x fractions x seeds
     assert len(records) == 4 * 3 * 2
@@ -158,7 +161,8 @@ def test_probe_writes_table_json_and_figures(pretrained, tmp_path):
                 for r in sorted(records, key=lambda r: r["fraction"])
                 if r["mode"] == mode and r["seed"] == seed
             ]
-            assert sizes == sorted(sizes) and sizes[-1] == report["train_samples"]
+            assert sizes == sorted(sizes)
+            assert sizes[-1] == report["train_samples"]
     assert all(0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 for r in records)
     line = report["summary"]["pre (linear)"]["1.0"]["accuracy"]
     values = [
@@ -166,7 +170,8 @@ def test_probe_writes_table_json_and_figures(pretrained, tmp_path):
         for r in records
         if r["pretraining"] == "pre" and r["mode"] == "linear" and r["fraction"] == 1.0
     ]
-    assert line["n"] == 2 and line["mean"] == pytest.approx(np.mean(values))
+    assert line["n"] == 2
+    assert line["mean"] == pytest.approx(np.mean(values))
     # the same inputs give the same figures
     again = probe(
         f"pre={pretrained}", "--data", downstream(tmp_path), "--fractions", "0.1,50%,1",
@@ -201,7 +206,7 @@ def test_not_a_run_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "case, needle",
+    ("case", "needle"),
     [
         ("no_tasks", "no labels to probe"),
         ("regression_only", "no labels to probe"),

@@ -28,20 +28,25 @@ def test_the_toolkits_parts_declare_their_capabilities():
     _, data = build_objects(merged_config())
     for protocol in (P.HasTasks, P.PreparesFit, P.RecordsConfusion, P.TakesParamGroups):
         assert isinstance(module, protocol), protocol
-    assert P.inner_model(module) is module.model and isinstance(module.model, P.NamesTasks)
+    assert P.inner_model(module) is module.model
+    assert isinstance(module.model, P.NamesTasks)
     for protocol in (P.KnowsDatasetTasks, P.HasBatchSizes):
         assert isinstance(data, protocol), protocol
     assert isinstance(ClassificationHead(4, 3), P.SizedHead)
     trunk = TaskTrunk(8, [MoETransformerBlock(8, num_heads=2, route_by="task")])
-    assert P.is_task_conditioned(trunk) and isinstance(trunk, P.AddsEmbedding)
+    assert P.is_task_conditioned(trunk)
+    assert isinstance(trunk, P.AddsEmbedding)
     assert isinstance(trunk, P.EmbeddingConsumer)
     moe = MoEFeedForward(8)
-    assert isinstance(moe, P.AuxLossSource) and isinstance(moe, P.EmbeddingConsumer)
+    assert isinstance(moe, P.AuxLossSource)
+    assert isinstance(moe, P.EmbeddingConsumer)
     embedding = TaskEmbedding(dim=4)
-    assert isinstance(embedding, P.PerTaskParameters) and isinstance(embedding, P.EmbeddingSource)
+    assert isinstance(embedding, P.PerTaskParameters)
+    assert isinstance(embedding, P.EmbeddingSource)
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = WarmupCosine(optimizer)
-    assert isinstance(scheduler, P.DerivesTotalSteps) and isinstance(scheduler, P.ScalesBaseLrs)
+    assert isinstance(scheduler, P.DerivesTotalSteps)
+    assert isinstance(scheduler, P.ScalesBaseLrs)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     assert not isinstance(plateau, P.DerivesTotalSteps)
     assert isinstance(FineTuneStages([FineTuneStage(epoch=0)]), P.ParamGroupSplitter)
@@ -59,7 +64,8 @@ def test_a_false_flag_is_not_task_conditioned():
     class Off(nn.Module):
         task_conditioned = False
 
-    assert isinstance(Off(), P.TaskConditioned) and not P.is_task_conditioned(Off())
+    assert isinstance(Off(), P.TaskConditioned)
+    assert not P.is_task_conditioned(Off())
 
 
 def _capability_members() -> set[str]:

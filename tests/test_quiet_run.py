@@ -54,7 +54,8 @@ def test_a_run_and_its_resume_print_no_noise_and_log_to_tensorboard(tmp_path):
     for done in (first, resumed):
         printed = done.stdout + done.stderr
         assert not [n for n in NOISE if n in printed], printed
-        assert "parameters (" in done.stderr and "trainable)" in done.stderr
+        assert "parameters (" in done.stderr
+        assert "trainable)" in done.stderr
         assert done.stdout.strip().splitlines()[-1] == "runs/toy"
     events = list((tmp_path / "runs/toy/tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 2  # one file per attempt, in the same folder

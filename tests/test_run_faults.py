@@ -146,7 +146,8 @@ def test_a_failed_checkpoint_write_is_a_clean_error_then_resumes(workdir, mode):
     failed = mtl_run(workdir, "run.yaml", "--run-dir", mode, fault=(mode, "last.ckpt#2"))
     assert failed.returncode == 2, failed.stderr
     assert "Traceback" not in failed.stderr
-    assert "No space left on device" in failed.stderr and "last.ckpt" in failed.stderr
+    assert "No space left on device" in failed.stderr
+    assert "last.ckpt" in failed.stderr
     assert "--resume" in failed.stderr
     assert_clean(run_dir)  # the first last.ckpt is intact, no temporary left
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
@@ -162,7 +163,8 @@ def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(workdir):
         workdir, "run.yaml", "--run-dir", "sigterm", fault=("sigterm-after", "step-6.ckpt#1")
     )
     assert stopped.returncode == 143, stopped.stderr
-    assert "terminated (SIGTERM)" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert "terminated (SIGTERM)" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
     assert "mtl-run run.yaml --run-dir sigterm --resume" in stopped.stderr
     last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert last["global_step"] == 6  # saved at the step the signal arrived in
@@ -178,5 +180,6 @@ def test_ctrl_c_exits_130(workdir):
         workdir, "run.yaml", "--run-dir", "sigint", fault=("sigint-after", "step-3.ckpt#1")
     )
     assert stopped.returncode == 130, stopped.stderr
-    assert "interrupted (Ctrl-C)" in stopped.stderr and "--resume" in stopped.stderr
+    assert "interrupted (Ctrl-C)" in stopped.stderr
+    assert "--resume" in stopped.stderr
     assert_clean(workdir / "sigint")

@@ -62,7 +62,8 @@ def test_a_second_process_on_the_run_directory_is_refused(trained, capsys):
         for extra in (["--resume"], ["--force"]):
             code, err = run(capsys, "toy.yaml", "--run-dir", trained, *extra)
             assert code == 2, err
-            assert "in use by another mtl-run process" in err and str(holder.pid) in err
+            assert "in use by another mtl-run process" in err
+            assert str(holder.pid) in err
         assert snapshot(trained) == before
     finally:
         holder.kill()  # SIGKILL: the OS drops the lock with the process
@@ -84,7 +85,8 @@ def test_a_resume_that_does_not_fit_writes_nothing(trained, capsys, override):
     before = snapshot(trained)
     code, err = run(capsys, "toy.yaml", "--run-dir", trained, "--resume", override)
     assert code == 2, err
-    assert "does not fit" in err and "Traceback" not in err
+    assert "does not fit" in err
+    assert "Traceback" not in err
     assert snapshot(trained) == before  # config.yaml, run_info.json, metrics.csv untouched
 
 
@@ -126,8 +128,9 @@ def test_a_moved_or_copied_run_resumes_with_the_same_checkpoint_names(
     last = torch.load(target / "checkpoints/last.ckpt", weights_only=True)
     assert last["epoch"] == 2
     states = [s for k, s in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
-    assert states and all(Path(s["dirpath"]) == (target / "checkpoints").resolve() for s in states)
-    best = [s for s in states if s["monitor"] == "val/score"][0]
+    assert states
+    assert all(Path(s["dirpath"]) == (target / "checkpoints").resolve() for s in states)
+    best = next(s for s in states if s["monitor"] == "val/score")
     assert Path(best["best_model_path"]) == (target / "checkpoints/best.ckpt").resolve()
     if how == "copy":
         assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == [
@@ -150,7 +153,8 @@ def test_a_damaged_metrics_csv_stops_the_resume_cleanly(trained, capsys, damage)
     before = snapshot(trained)
     code, err = run(capsys, "toy.yaml", "--run-dir", trained, "--resume", "--trainer.max_epochs=2")
     assert code == 2, err
-    assert "metrics.csv" in err and "Traceback" not in err
+    assert "metrics.csv" in err
+    assert "Traceback" not in err
     assert snapshot(trained) == before
 
 
@@ -167,7 +171,8 @@ def test_a_truncated_config_yaml_stops_the_resume_cleanly(trained, capsys):
     config.write_text(config.read_text()[: len(config.read_text()) // 3] + "\n  - [unclosed")
     code, err = run(capsys, config, "--resume")
     assert code == 2, err
-    assert "config.yaml" in err and "Traceback" not in err
+    assert "config.yaml" in err
+    assert "Traceback" not in err
 
 
 def test_an_unwritable_run_directory_is_refused(trained, capsys, monkeypatch):
@@ -213,4 +218,5 @@ def test_stale_checkpoint_temporaries_are_removed_on_resume(trained, capsys):
     time.sleep(0.01)
     code, err = run(capsys, "toy.yaml", "--run-dir", trained, "--resume", "--trainer.max_epochs=2")
     assert code == 0, err
-    assert not stale.exists() and not orphan.exists()
+    assert not stale.exists()
+    assert not orphan.exists()

@@ -63,14 +63,18 @@ def test_provenance_reads_the_header_hashes_and_the_git_state(tmp_path: Path):
     subprocess.run([*git, "add", "run.yaml"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "c"], cwd=tmp_path, check=True)
     clean = git_commit(tmp_path)
-    assert clean is not None and len(clean["commit"]) == 40 and clean["dirty"] is False
+    assert clean is not None
+    assert len(clean["commit"]) == 40
+    assert clean["dirty"] is False
     config.write_text("model: {}\n")
     assert git_commit(tmp_path)["dirty"] is True
     versions = package_versions()
     assert {"python", "torch", "lightning"} <= set(versions)
     info = run_info(["fit", "run.yaml"], "fit", config, 7)
-    assert info["seed"] == 7 and info["command"][1:] == ["fit", "run.yaml"]
-    assert info["versions"] == versions and info["header"] == []
+    assert info["seed"] == 7
+    assert info["command"][1:] == ["fit", "run.yaml"]
+    assert info["versions"] == versions
+    assert info["header"] == []
 
 
 def test_summary_holds_figures_and_each_tasks_metric_record(tmp_path: Path):
@@ -111,7 +115,8 @@ def test_figures_are_pngs_written_whole(tmp_path: Path):
         "epoch,step,train/weight/a,train/weight/b\n0,1,0.5,1.5\n0,2,0.6,1.4\n0,3,,\n"
     )
     out = plot_task_weights(tmp_path)
-    assert out == tmp_path / "task_weights.png" and out.read_bytes()[:8] == PNG
+    assert out == tmp_path / "task_weights.png"
+    assert out.read_bytes()[:8] == PNG
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "cm.png",
         "metrics.csv",

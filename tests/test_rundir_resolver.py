@@ -83,7 +83,8 @@ def test_nothing_falls_back_to_fresh_weights(tmp_path):
 
 def test_layout_and_default_run_directory(tmp_path):
     run = make_run(tmp_path, "last", "best", "step-3")
-    assert run.info("fit") == run.run_info and run.info("test").name == "test_info.json"
+    assert run.info("fit") == run.run_info
+    assert run.info("test").name == "test_info.json"
     assert run.resumable_checkpoints() == [
         run.checkpoint_file("last"),
         run.checkpoint_file("step-3"),
@@ -91,7 +92,8 @@ def test_layout_and_default_run_directory(tmp_path):
     assert RunDir.default_for(Path("maker_configs/q.run.yaml")).path == Path("runs/q")
     assert RunDir.default_for(run.config).path == Path("runs/config")  # no run_info.json
     run.run_info.write_text("{}")
-    assert RunDir.default_for(run.config).path == run.path and run.is_run()
+    assert RunDir.default_for(run.config).path == run.path
+    assert run.is_run()
 
 
 def _spelled(path: Path) -> list[str]:

@@ -25,7 +25,7 @@ def _strict(text: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "metric,logits,target",
+    ("metric", "logits", "target"),
     [
         (ConfusionMatrixMetrics(["a", "b"]), torch.randn(4, 2), torch.full((4,), -100)),
         (MultiLabelMetrics(["a", "b"]), torch.randn(4, 2), torch.full((4, 2), -100.0)),
@@ -50,9 +50,11 @@ def test_dataset_too_small_for_validation_is_reported_and_its_task_is_null(
     Path("mix.yaml").write_text(yaml.safe_dump(config))
     assert main(["fit", "mix.yaml"]) == 0
     err = capsys.readouterr().err
-    assert "no validation samples in 'b'" in err and "tb" in err
+    assert "no validation samples in 'b'" in err
+    assert "tb" in err
     summary = _strict(Path("runs/mix/summary.json").read_text())
-    assert summary["tb"]["accuracy"] is None and summary["tb"]["macro_f1"] is None
+    assert summary["tb"]["accuracy"] is None
+    assert summary["tb"]["macro_f1"] is None
     assert isinstance(summary["ta"]["accuracy"], float)
     assert Path("runs/mix/checkpoints/best.ckpt").is_file()
 
@@ -65,7 +67,8 @@ def test_no_validation_split_at_all_is_refused_before_anything_is_written(
     for args in (["--check", "tiny.yaml"], ["fit", "tiny.yaml"]):
         assert main(args) == 2
         err = capsys.readouterr().err
-        assert "no dataset has validation samples" in err and "'a' 4 train / 0 val" in err
+        assert "no dataset has validation samples" in err
+        assert "'a' 4 train / 0 val" in err
     assert not Path("runs").exists()
 
 
@@ -75,4 +78,6 @@ def test_a_task_without_any_label_is_refused(tmp_path, monkeypatch, capsys):
     Path("nolabels.yaml").write_text(yaml.safe_dump(config))
     assert main(["--check", "nolabels.yaml"]) == 2
     err = capsys.readouterr().err
-    assert "task 'ta'" in err and "none of the" in err and "has a label" in err
+    assert "task 'ta'" in err
+    assert "none of the" in err
+    assert "has a label" in err

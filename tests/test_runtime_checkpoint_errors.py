@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow  # one short fit (a few seconds, longer on a busy 
 def trained(tmp_path_factory) -> Path:
     """A fitted toy run (1 epoch) in ``<tmp>/runs/toy``, and bad checkpoints beside it."""
     root = tmp_path_factory.mktemp("ckpt_errors")
-    cwd = os.getcwd()
+    cwd = Path.cwd()
     os.chdir(root)
     try:
         Path("toy.yaml").write_text(yaml.safe_dump(toy_config(max_epochs=1)))
@@ -54,7 +54,7 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("stage", ["validate", "test", "predict"])
 @pytest.mark.parametrize(
-    "name,words",
+    ("name", "words"),
     [
         ("truncated.ckpt", "not a loadable checkpoint"),
         ("random.ckpt", "not a loadable checkpoint"),
@@ -69,14 +69,18 @@ def test_bad_ckpt_path_exits_2_naming_file_and_tensors(
     monkeypatch.chdir(trained)
     code = main([stage, "toy.yaml", "--ckpt_path", name])
     err = capsys.readouterr().err
-    assert code == 2 and name in err and words in err and "Traceback" not in err
+    assert code == 2
+    assert name in err
+    assert words in err
+    assert "Traceback" not in err
     if name == "mismatched.ckpt":
-        assert "model.encoder.0.net.0.bias" in err and "model.extra.weight" in err
+        assert "model.encoder.0.net.0.bias" in err
+        assert "model.extra.weight" in err
     assert not (trained / f"runs/toy/{stage}_info.json").exists()
 
 
 @pytest.mark.parametrize(
-    "name,words",
+    ("name", "words"),
     [
         ("mismatched.ckpt", "model.decoders.ClassificationHead.0.net.0.weight is [9, 16]"),
         ("weights_only.ckpt", "cannot be resumed"),
@@ -94,7 +98,9 @@ def test_resume_onto_a_checkpoint_that_does_not_fit_writes_nothing(
     os.utime(last, (last.stat().st_atime + 60, last.stat().st_mtime + 60))
     code = main(["fit", "toy.yaml", "--run-dir", str(run), "--resume"])
     err = capsys.readouterr().err
-    assert code == 2 and str(last) in err and words in err
+    assert code == 2
+    assert str(last) in err
+    assert words in err
     assert ((run / "config.yaml").read_bytes(), (run / "run_info.json").read_bytes()) == before
 
 
@@ -104,7 +110,8 @@ def test_companion_loading_names_the_mismatched_tensors(trained):
     message = str(info.value)
     assert "mismatched.ckpt does not fit" in message
     assert "model.decoders.ClassificationHead.0.net.0.weight is [9, 16]" in message
-    assert "model.encoder.0.net.0.bias" in message and "model.extra.weight" in message
+    assert "model.encoder.0.net.0.bias" in message
+    assert "model.extra.weight" in message
 
 
 def test_mismatch_description_lists_the_first_few_of_each_kind():
@@ -114,6 +121,7 @@ def test_mismatch_description_lists_the_first_few_of_each_kind():
     assert text.startswith(
         "6 tensor(s) of another shape (w0 is [3, 2] in the checkpoint but [2, 2] in the model"
     )
-    assert "and 2 more" in text and "4 tensor(s) of the model missing" in text
+    assert "and 2 more" in text
+    assert "4 tensor(s) of the model missing" in text
     assert "1 tensor(s) of the checkpoint unknown to the model (x)" in text
     assert describe_mismatch(expected, expected) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -70,7 +71,8 @@ def test_lazy_decoding_runs_only_the_batch_tasks_decoders():
     model = merged_model()
     out = model(torch.randn(3, 4), ["c"])
     assert set(out) == {"c"}
-    assert model.decoders["merged"][-1].calls == 0 and model.decoders["solo"][-1].calls == 1
+    assert model.decoders["merged"][-1].calls == 0
+    assert model.decoders["solo"][-1].calls == 1
     model.lazy_decode = False
     assert set(model(torch.randn(3, 4), ["c"])) == {"a", "b", "c"}
 
@@ -92,7 +94,8 @@ def test_per_task_metrics_use_local_labels_of_a_merged_head():
     }
     module._step(batch, "val")
     metric = module.metrics["val"]["b"]
-    assert metric.confusion_matrix.shape == (2, 2) and int(metric.confusion_matrix.sum()) == 8
+    assert metric.confusion_matrix.shape == (2, 2)
+    assert int(metric.confusion_matrix.sum()) == 8
     assert module.metrics["val"]["a"].update_count == 0
 
 
@@ -144,7 +147,8 @@ def test_focal_loss_downweights_easy_examples():
             for i in range(2)
         ]
     )
-    assert (focal < ce).all() and focal[0] / ce[0] < focal[1] / ce[1]
+    assert (focal < ce).all()
+    assert focal[0] / ce[0] < focal[1] / ce[1]
     assert classification_loss(logits, target, focal_gamma=0.0) == pytest.approx(ce.mean().item())
 
 
@@ -157,7 +161,7 @@ def test_multilabel_bce_masks_entries():
 
 
 @pytest.mark.parametrize(
-    "kind,fn", [("mse", F.mse_loss), ("l1", F.l1_loss), ("huber", F.huber_loss)]
+    ("kind", "fn"), [("mse", F.mse_loss), ("l1", F.l1_loss), ("huber", F.huber_loss)]
 )
 def test_regression_losses_mask_nan_targets(kind, fn):
     preds = torch.randn(6, 1)
@@ -231,6 +235,7 @@ def test_warmup_cosine_schedule():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)
+    assert lrs[0] == pytest.approx(0.2)
+    assert lrs[4] == pytest.approx(1.0)
     assert lrs[14] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(lrs[4:-1], lrs[5:], strict=True))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))

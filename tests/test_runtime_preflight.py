@@ -88,7 +88,9 @@ BAD_CONFIGS: list[tuple[str, Callable[[dict], None], str, str]] = [
 ]
 
 
-@pytest.mark.parametrize("case,edit,key,words", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+@pytest.mark.parametrize(
+    ("case", "edit", "key", "words"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS]
+)
 def test_check_and_fit_refuse_the_same_config_the_same_way(
     tmp_path, monkeypatch, capsys, case, edit, key, words
 ):
@@ -98,9 +100,12 @@ def test_check_and_fit_refuse_the_same_config_the_same_way(
     Path("bad.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     code, check_err = _run(capsys, "--check", "bad.yaml")
     assert code == 2, check_err
-    assert key in check_err and words in check_err and "Traceback" not in check_err
+    assert key in check_err
+    assert words in check_err
+    assert "Traceback" not in check_err
     code, fit_err = _run(capsys, "fit", "bad.yaml")
-    assert code == 2 and fit_err == check_err
+    assert code == 2
+    assert fit_err == check_err
     assert not Path("runs").exists()
 
 
@@ -113,7 +118,9 @@ def test_check_reads_the_data_files_and_writes_nothing(tmp_path, monkeypatch, ca
     assert main(["--check", "ok.yaml"]) == 0
     assert "ok.yaml: OK" in capsys.readouterr().out
     code, err = _run(capsys, "--check", "gone.yaml")
-    assert code == 2 and "gone.csv" in err and "not found" in err
+    assert code == 2
+    assert "gone.csv" in err
+    assert "not found" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "gone.yaml", "ok.yaml"]
 
 
@@ -167,7 +174,7 @@ NESTED_TYPOS = [
 
 
 @pytest.mark.parametrize(
-    "args,edit,key,owner,suggestion", NESTED_TYPOS, ids=[t[2] for t in NESTED_TYPOS]
+    ("args", "edit", "key", "owner", "suggestion"), NESTED_TYPOS, ids=[t[2] for t in NESTED_TYPOS]
 )
 def test_typos_name_the_nested_class_key_path_and_a_suggestion(
     tmp_path, monkeypatch, capsys, args, edit, key, owner, suggestion
@@ -179,6 +186,7 @@ def test_typos_name_the_nested_class_key_path_and_a_suggestion(
     Path("toy.yaml").write_text(yaml.safe_dump(config))
     code, err = _run(capsys, "--check", "toy.yaml", *args)
     assert code == 2
-    assert f"at {key}:" in err and owner in err
+    assert f"at {key}:" in err
+    assert owner in err
     assert f"(did you mean '{suggestion}'?)" in err
     assert "MultiTaskModule" not in err  # the nested class is blamed, not its owner

@@ -23,7 +23,8 @@ def run_dir(tmp_path: Path) -> Path:
 def test_loads_config_weights_and_data_without_touching_the_config(run_dir):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     run = load_run(run_dir, "last")
-    assert run.run_dir == run_dir and run.checkpoint_path == run_dir / "checkpoints/last.ckpt"
+    assert run.run_dir == run_dir
+    assert run.checkpoint_path == run_dir / "checkpoints/last.ckpt"
     assert run.config == config  # building objects leaves the config dict as plain data
     assert yaml.safe_dump(run.config)
     saved = torch.load(run.checkpoint_path, weights_only=True)["state_dict"]
@@ -31,13 +32,16 @@ def test_loads_config_weights_and_data_without_touching_the_config(run_dir):
         run.module.state_dict()["model.encoder.0.net.0.weight"],
         saved["model.encoder.0.net.0.weight"],
     )
-    assert not run.module.training and run.datamodule.dataset_tasks["ds_a"] == ["ta", "tb"]
+    assert not run.module.training
+    assert run.datamodule.dataset_tasks["ds_a"] == ["ta", "tb"]
     fresh = load_run(run_dir / "config.yaml", None, with_data=False)
-    assert fresh.datamodule is None and fresh.checkpoint_path is None and fresh.run_dir is None
+    assert fresh.datamodule is None
+    assert fresh.checkpoint_path is None
+    assert fresh.run_dir is None
 
 
 @pytest.mark.parametrize(
-    "where, needle",
+    ("where", "needle"),
     [
         ("missing", "no such run directory or run config"),
         ("empty", "is not a run directory: it has no config.yaml"),
@@ -60,7 +64,7 @@ def test_config_whose_classes_cannot_be_built(run_dir):
     config = copy.deepcopy(merged_config())
     config["model"]["init_args"]["model"]["init_args"]["encoder"][0]["class_path"] = "no.Such"
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(ConfigError, match="config.yaml: cannot build the model/data"):
+    with pytest.raises(ConfigError, match=r"config\.yaml: cannot build the model/data"):
         load_run(run_dir)
 
 
@@ -74,7 +78,7 @@ def test_missing_checkpoints(run_dir, capsys):
     (run_dir / "checkpoints" / "last.ckpt").unlink()
     with pytest.raises(ConfigError, match=r"no best checkpoint \(.*best.ckpt is missing; "):
         load_run(run_dir)
-    with pytest.raises(ConfigError, match="gone.ckpt does not exist"):
+    with pytest.raises(ConfigError, match=r"gone\.ckpt does not exist"):
         load_run(run_dir, str(run_dir / "gone.ckpt"))
     with pytest.raises(ConfigError, match="--ckpt last needs a run directory"):
         load_run(run_dir / "config.yaml", "last")
@@ -96,7 +100,7 @@ def test_corrupt_checkpoint(run_dir, corrupt):
                 corrupt
             ]
         )
-    with pytest.raises(ConfigError, match="best.ckpt: not a loadable checkpoint"):
+    with pytest.raises(ConfigError, match=r"best\.ckpt: not a loadable checkpoint"):
         load_run(run_dir)
 
 
@@ -109,5 +113,5 @@ def test_checkpoint_that_is_not_a_lightning_checkpoint(run_dir, content):
 
 def test_checkpoint_of_another_model(run_dir):
     write_checkpoint(run_dir / "checkpoints" / "best.ckpt", {"model.other": torch.zeros(2)})
-    with pytest.raises(ConfigError, match="best.ckpt does not fit the model of .*config.yaml"):
+    with pytest.raises(ConfigError, match=r"best\.ckpt does not fit the model of .*config\.yaml"):
         load_run(run_dir)

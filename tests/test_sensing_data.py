@@ -32,14 +32,18 @@ def test_shapes_label_ranges_and_missing_labels_of_non_human_sources() -> None:
     splits = [dm.train_dataset, dm.val_dataset, dm.test_dataset]
     assert sum(len(s) for s in splits) == SMALL["num_samples"]
     data = dm.train_dataset
-    assert data.inputs.shape[1:] == (40, 12) and data.inputs.dtype == torch.float32
+    assert data.inputs.shape[1:] == (40, 12)
+    assert data.inputs.dtype == torch.float32
     assert torch.isfinite(data.inputs).all()
     source, activity, identity = (data.targets[t] for t in dm.tasks)
     assert set(source.tolist()) <= set(range(len(SOURCES)))
     human = source == SOURCES.index("human")
-    assert (activity[~human] == -100).all() and (identity[~human] == -100).all()
-    assert activity[human].min() >= 0 and activity[human].max() < len(ACTIVITIES)
-    assert identity[human].min() >= 0 and identity[human].max() < 4
+    assert (activity[~human] == -100).all()
+    assert (identity[~human] == -100).all()
+    assert activity[human].min() >= 0
+    assert activity[human].max() < len(ACTIVITIES)
+    assert identity[human].min() >= 0
+    assert identity[human].max() < 4
     # standardized per subcarrier with the training split's statistics
     torch.testing.assert_close(data.inputs.mean(dim=(0, 1)), torch.zeros(12), atol=1e-4, rtol=0)
 

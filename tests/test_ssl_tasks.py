@@ -38,7 +38,7 @@ def sequences(b: int = 6, t: int = 12, f: int = 4) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "aug, shape",
+    ("aug", "shape"),
     [(a, (6, 12, 4)) for a in SEQUENCE_AUGMENTATIONS]
     + [(a, (6, 2, 8, 8)) for a in IMAGE_AUGMENTATIONS]
     + [(a, (6, 8, 8)) for a in IMAGE_AUGMENTATIONS],
@@ -70,7 +70,8 @@ def test_sequence_augmentations_keep_what_they_should():
     assert torch.allclose(factor, factor[:, :1].expand_as(factor), atol=1e-5)  # constant in time
     assert torch.allclose(augment.TimeWarp(0.0)(x, gen(0)), x, atol=1e-5)  # no warp: same
     warped = augment.TimeWarp(0.5)(x, gen(0))
-    assert torch.allclose(warped[:, 0], x[:, 0]) and torch.allclose(warped[:, -1], x[:, -1])
+    assert torch.allclose(warped[:, 0], x[:, 0])
+    assert torch.allclose(warped[:, -1], x[:, -1])
 
 
 def test_image_augmentations_shift_and_mirror():
@@ -97,7 +98,8 @@ def test_augmentation_classification_targets_name_the_transform_applied():
     x = sequences(b=32)
     objective = AugmentationChoice([augment.Identity(), augment.Flip(p=1.0)])
     inputs, target = objective.make(x, gen(4))
-    assert target.dtype == torch.int64 and set(target.tolist()) == {0, 1}
+    assert target.dtype == torch.int64
+    assert set(target.tolist()) == {0, 1}
     assert torch.equal(inputs[target == 0], x[target == 0])
     assert torch.equal(inputs[target == 1], x[target == 1].flip(-1))
     assert objective.class_names == ["Identity", "Flip"]
@@ -111,7 +113,8 @@ def test_masked_reconstruction_hides_whole_steps_and_scores_only_them():
     assert hidden.any(dim=(1, 2)).all()  # every sample has something to predict
     assert torch.equal(hidden, hidden[:, :, :1].expand_as(hidden))  # whole time steps
     assert torch.equal(target[hidden], x[hidden])
-    assert (inputs[hidden] == 0).all() and torch.equal(inputs[~hidden], x[~hidden])
+    assert (inputs[hidden] == 0).all()
+    assert torch.equal(inputs[~hidden], x[~hidden])
     assert 0.1 < hidden.float().mean() < 0.5
     task = MaskedReconstructionTask(num_outputs=20 * 4)
     # perfect at the hidden positions, garbage at the visible ones: no loss
@@ -124,7 +127,8 @@ def test_feature_statistics_match_numpy():
     x = sequences()
     stats = FeatureStatistics(["mean", "std", "min", "max", "abs_mean", "slope"])
     inputs, target = stats.make(x, gen(0))
-    assert torch.equal(inputs, x) and target.shape == (6, 6 * 4)
+    assert torch.equal(inputs, x)
+    assert target.shape == (6, 6 * 4)
     a = x.numpy()
     steps = np.arange(12) - 5.5
     slope = (a * steps[None, :, None]).sum(1) / (steps**2).sum()
@@ -139,9 +143,11 @@ def test_feature_statistics_match_numpy():
 def test_contrastive_views_pair_rows_i_and_i_plus_b():
     x = sequences(b=5)
     inputs, target = ContrastiveViews([augment.Jitter(0.5)]).make(x, gen(0))
-    assert inputs.shape == (10, 12, 4) and target.tolist() == [0, 1, 2, 3, 4] * 2
+    assert inputs.shape == (10, 12, 4)
+    assert target.tolist() == [0, 1, 2, 3, 4] * 2
     assert not torch.equal(inputs[:5], inputs[5:])
-    assert (inputs[:5] - x).abs().mean() > 0.2 and (inputs[5:] - x).abs().mean() > 0.2
+    assert (inputs[:5] - x).abs().mean() > 0.2
+    assert (inputs[5:] - x).abs().mean() > 0.2
 
 
 def test_nt_xent_against_a_hand_computed_value():
@@ -160,7 +166,8 @@ def test_nt_xent_against_a_hand_computed_value():
     assert task.loss(z, pairs).item() == pytest.approx(total / 4, rel=1e-5)
     # rows with a missing id (-100) neither anchor nor count as positives
     masked = nt_xent(z, torch.tensor([0, -100, 0, -100]), t)
-    assert torch.isfinite(masked) and masked.item() > 0
+    assert torch.isfinite(masked)
+    assert masked.item() > 0
     with pytest.raises(ValueError, match="temperature"):
         ContrastiveTask(temperature=0)
 
@@ -210,7 +217,9 @@ def test_activity_recordings_are_seeded_and_labelled():
     a, b = base_module(), base_module()
     x1, act, user = a.recordings()
     x2, _, _ = b.recordings()
-    assert x1.shape == (60, 16, 6) and np.array_equal(x1, x2)
-    assert set(act) <= set(range(5)) and set(user) == {0, 1}
+    assert x1.shape == (60, 16, 6)
+    assert np.array_equal(x1, x2)
+    assert set(act) <= set(range(5))
+    assert set(user) == {0, 1}
     c = SimulatedActivityModule(num_users=2, samples_per_user=30, length=16, seed=1)
     assert not np.array_equal(c.recordings()[0], x1)

@@ -269,9 +269,11 @@ def _assert_stopped(code: int, err: str, run_dir: Path, step: int, task: str) ->
     assert named in err
     assert "Traceback" not in err
     summary = _strict_json(run_dir / "summary.json")
-    assert set(summary) == {"ta", "tb"} and all(s["epoch"] == 0 for s in summary.values())
+    assert set(summary) == {"ta", "tb"}
+    assert all(s["epoch"] == 0 for s in summary.values())
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
-    assert checkpoints and all(_finite_weights(p) for p in checkpoints)
+    assert checkpoints
+    assert all(_finite_weights(p) for p in checkpoints)
     steps = [torch.load(p, weights_only=True)["global_step"] for p in checkpoints]
     assert max(steps) <= step  # nothing saved after the bad step
     rows = [r for r in _rows(run_dir) if r.get("train/loss_step")]
@@ -337,7 +339,8 @@ def test_a_balanced_run_skips_a_non_finite_update(tmp_path, name):
     weights = [
         float(v) for r in _rows(run_dir) for k, v in r.items() if k.startswith("train/w") and v
     ]
-    assert weights and all(math.isfinite(v) for v in weights)
+    assert weights
+    assert all(math.isfinite(v) for v in weights)
     epochs = _epoch_rows(run_dir)
     assert all(math.isfinite(v) for row in epochs.values() for v in row.values())
 
@@ -362,7 +365,8 @@ def test_a_balanced_run_logs_the_same_loss_means_as_an_unbalanced_one(tmp_path, 
     code, run_dir = _fit(tmp_path, balanced, name="balanced")
     assert code == 0
     want, got = _epoch_rows(plain), _epoch_rows(run_dir)
-    assert set(got) == {0, 1} and {"train/ta/loss", "train/tb/loss"} <= set(got[0])
+    assert set(got) == {0, 1}
+    assert {"train/ta/loss", "train/tb/loss"} <= set(got[0])
     for epoch, row in want.items():
         assert got[epoch].keys() == row.keys()
         for key, value in row.items():
@@ -393,7 +397,8 @@ def test_a_balanced_training_step_neither_syncs_nor_logs(tmp_path, monkeypatch):
     # per log interval (3 of 18 steps) the loss and the weight of the step's task, then the
     # epoch means: nothing per step
     intervals = [n for n in logged if n.endswith("_step") or n.startswith("train/weight/")]
-    assert intervals.count("train/loss_step") == 3 and len(intervals) == 6
+    assert intervals.count("train/loss_step") == 3
+    assert len(intervals) == 6
     assert {n for n in logged if n not in intervals} == {
         "train/loss_epoch",
         "train/ta/loss",

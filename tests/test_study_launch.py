@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import signal
 import subprocess
 import time
@@ -57,7 +56,9 @@ def test_local_launcher_runs_every_run_two_at_a_time(finished_study):
     for name, record in records.items():
         assert (folder / "runs" / name / "summary.json").is_file()
         assert (folder / "runs" / name / "config.yaml").is_file()  # an ordinary run directory
-        assert record["state"] == "done" and record["attempts"] == 1 and record["exit_code"] == 0
+        assert record["state"] == "done"
+        assert record["attempts"] == 1
+        assert record["exit_code"] == 0
         assert record["wall_s"] > 0
         assert "Per-task results" in (folder / "logs" / f"{name}.log").read_text()
     spans = [(r["started"], r["ended"]) for r in records.values()]
@@ -66,10 +67,12 @@ def test_local_launcher_runs_every_run_two_at_a_time(finished_study):
     assert "4 runs: 4 done" in result.stdout
     again = mtl_study("run", folder, "--max-parallel", "2")
     assert again.returncode == 0
-    assert again.stderr.count("skipped, done") == 4 and "nothing to launch" in again.stderr
+    assert again.stderr.count("skipped, done") == 4
+    assert "nothing to launch" in again.stderr
     status = mtl_study("status", folder, "--only", "digits_*")
     assert status.returncode == 0
-    assert "digits_low" in status.stdout and "all " not in status.stdout
+    assert "digits_low" in status.stdout
+    assert "all " not in status.stdout
     assert "2 runs: 2 done" in status.stdout
 
 
@@ -103,11 +106,13 @@ def test_report_numbers_equal_mtl_compare(finished_study):
         assert fig["delta_pct"] == expected["tasks"][task]["delta_pct"]
         assert fig["mean"] == expected["tasks"][task]["metrics"][fig["metric"]]["multitask"]["mean"]
     single = next(e for e in report["combinations"] if e["combination"] == "parity")
-    assert single["delta_m_pct"] is None and single["tasks"]["parity"]["n"] == 1
+    assert single["delta_m_pct"] is None
+    assert single["tasks"]["parity"]["n"] == 1
     assert report["best_overall"]["combination"] == "all"
     assert set(report["best_per_task"]) == {"digits_low", "digits_high", "parity"}
     assert f"{entry['delta_m_pct']['mean']:+.2f}" in result.output
-    assert report["not_finished"] == {} and len(report["runs"]) == 4
+    assert report["not_finished"] == {}
+    assert len(report["runs"]) == 4
 
 
 @pytest.mark.slow
@@ -138,7 +143,8 @@ def test_sigkilled_launcher_leaves_no_child_and_a_rerun_finishes_without_redoing
     finally:
         launcher.kill()
     status = mtl_study("status", folder)
-    assert "interrupted" in status.stdout and "1 done" in status.stdout
+    assert "interrupted" in status.stdout
+    assert "1 done" in status.stdout
 
     # Ctrl-C on the rerun stops its child cleanly; the run stays resumable
     again = subprocess.Popen(
@@ -188,7 +194,8 @@ def test_failed_runs_are_retried_only_when_asked(tmp_path):
     assert "max_epochz" in (folder / "logs" / "parity.log").read_text()
     config.write_text(good)
     skipped = mtl_study("run", folder)
-    assert skipped.returncode == 1 and "pass --retry-failed" in skipped.stderr
+    assert skipped.returncode == 1
+    assert "pass --retry-failed" in skipped.stderr
     retried = mtl_study("run", folder, "--retry-failed")
     assert retried.returncode == 0, retried.stderr
     assert status_of(folder, "parity")["state"] == "done"
@@ -208,14 +215,18 @@ def test_bad_input_exits_2(tmp_path):
     ]:
         result = runner.invoke(study_main, args)
         assert result.exit_code == 2, (args, result.output)
-        assert needle in result.output and "Traceback" not in result.output
-    with open(study / ".launcher.lock", "a") as held:
+        assert needle in result.output
+        assert "Traceback" not in result.output
+    with (study / ".launcher.lock").open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         result = runner.invoke(study_main, ["run", str(study)])
-    assert result.exit_code == 2 and "being launched by another" in result.output
-    assert not (study / "runs").exists() and not (study / "logs").exists()
+    assert result.exit_code == 2
+    assert "being launched by another" in result.output
+    assert not (study / "runs").exists()
+    assert not (study / "logs").exists()
     assert runner.invoke(study_main, ["--version"]).output.startswith("mtl-study ")
     assert "report" in runner.invoke(study_main, ["-h"]).output
     dry = runner.invoke(study_main, ["run", str(study), "--dry-run"])
-    assert dry.exit_code == 0 and "-m runtime fit" in dry.output
-    assert os.path.basename(str(study / "configs" / "parity.yaml")) in dry.output
+    assert dry.exit_code == 0
+    assert "-m runtime fit" in dry.output
+    assert (study / "configs" / "parity.yaml").name in dry.output

@@ -67,7 +67,8 @@ def test_a_failed_exit_with_a_summary_is_failed_and_not_relaunched(study):
     state = run_state(study, run, local_alive=False)
     assert state.state == "failed"
     chosen, skipped = runs_to_launch([state], retry_failed=False)
-    assert chosen == [] and "--retry-failed" in skipped[run.name]
+    assert chosen == []
+    assert "--retry-failed" in skipped[run.name]
     chosen, _ = runs_to_launch([state], retry_failed=True)
     assert chosen == [run]
 
@@ -78,10 +79,10 @@ def test_finish_run_records_exit_3_as_failed(study):
     write_status(study, run, {"state": "running", "started": time.time()})
     log = study.log_path(run)
     log.parent.mkdir(parents=True, exist_ok=True)
-    assert finish_run(study, run, 3, open(log, "a")) == "failed"  # noqa: SIM115 - closed there
-    assert finish_run(study, run, 143, open(log, "a")) == "interrupted"  # noqa: SIM115
-    assert finish_run(study, run, 0, open(log, "a")) == "done"  # noqa: SIM115
-    assert finish_run(study, run, 3, open(log, "a"), stopped=True) == "interrupted"  # noqa: SIM115
+    assert finish_run(study, run, 3, Path(log).open("a")) == "failed"  # noqa: SIM115 - closed there
+    assert finish_run(study, run, 143, Path(log).open("a")) == "interrupted"  # noqa: SIM115
+    assert finish_run(study, run, 0, Path(log).open("a")) == "done"  # noqa: SIM115
+    assert finish_run(study, run, 3, Path(log).open("a"), stopped=True) == "interrupted"  # noqa: SIM115
 
 
 def test_the_run_directory_alone_tells_failed_done_and_interrupted(study):
@@ -105,7 +106,8 @@ def test_an_interrupted_run_is_resumed(study):
     state = run_state(study, run, local_alive=False)
     assert state.state == "interrupted"
     chosen, _ = runs_to_launch([state], retry_failed=False)
-    assert chosen == [run] and "--resume" in fit_command(run)
+    assert chosen == [run]
+    assert "--resume" in fit_command(run)
     # stopped by SIGTERM after writing its summary: interrupted too
     write_status(study, run, {"state": "interrupted", "exit_code": 143, "ended": 2100.0})
     assert run_state(study, run, local_alive=False).state == "interrupted"
@@ -130,11 +132,15 @@ def test_a_real_run_stopped_on_a_non_finite_loss_is_reported_failed(tmp_path):
     assert (run_dir / "summary.json").is_file()  # written, yet not done
     assert json.loads((run_dir / "run_info.json").read_text())["exit"]["code"] == 3
     record = json.loads((folder / "status" / "parity.json").read_text())
-    assert record["state"] == "failed" and record["exit_code"] == 3
+    assert record["state"] == "failed"
+    assert record["exit_code"] == 3
     status = mtl_study("status", folder)
-    assert "1 failed" in status.stdout and "done" not in status.stdout
+    assert "1 failed" in status.stdout
+    assert "done" not in status.stdout
     again = mtl_study("run", folder)
-    assert "pass --retry-failed" in again.stderr and "skipped, done" not in again.stderr
+    assert "pass --retry-failed" in again.stderr
+    assert "skipped, done" not in again.stderr
     shutil.rmtree(folder / "status")  # as if launched elsewhere: the run directory says it
     status = mtl_study("status", folder)
-    assert "1 failed" in status.stdout and "done" not in status.stdout
+    assert "1 failed" in status.stdout
+    assert "done" not in status.stdout

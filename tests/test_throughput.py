@@ -70,7 +70,8 @@ def test_rows_table_and_json_for_a_run_directory(run_dir, tmp_path):
         out,
     )
     assert result.exit_code == 0, result.output
-    assert "best.ckpt" in result.output and "samples/s" in result.output
+    assert "best.ckpt" in result.output
+    assert "samples/s" in result.output
     rows = json.loads(out.read_text())
     assert [(r["mode"], r["batch_size"]) for r in rows] == [
         ("infer", 2),
@@ -80,14 +81,18 @@ def test_rows_table_and_json_for_a_run_directory(run_dir, tmp_path):
     ]
     params = sum(p.numel() for p in load_run(run_dir, with_data=False).module.parameters())
     for row in rows:
-        assert ROW_KEYS <= set(row) and row["error"] is None
-        assert row["task"] == "ta" and row["dtype"] == "float32" and row["device"] == "cpu"
+        assert set(row) >= ROW_KEYS
+        assert row["error"] is None
+        assert row["task"] == "ta"
+        assert row["dtype"] == "float32"
+        assert row["device"] == "cpu"
         assert 0 < row["ms_p50"] <= row["ms_p90"]
         assert row["samples_per_s"] == pytest.approx(row["batch_size"] * 1000 / row["ms_p50"])
         assert row["peak_mem_kind"] == "process_peak_rss"
         assert row["peak_mem_mb"] >= row["base_mem_mb"] > 0
         assert row["total_params"] == row["trainable_params"] == params
-        assert row["input_shape"] == [8] and row["inputs"] == "synthetic"
+        assert row["input_shape"] == [8]
+        assert row["inputs"] == "synthetic"
     assert bench_cpu(run_dir, "--json", out, "--task", "ta").exit_code == 2  # no --force
 
 
@@ -135,7 +140,8 @@ def test_config_file_uses_random_weights_and_real_data(tmp_path):
         "1",
     )
     assert result.exit_code == 0, result.output
-    assert "random weights" in result.output and "inputs: real" in result.output
+    assert "random weights" in result.output
+    assert "inputs: real" in result.output
     line = next(ln for ln in result.output.splitlines() if ln.startswith("infer  tb"))
     assert line.split()[2:4] == ["200", "bfloat16"]
 
@@ -161,9 +167,11 @@ def test_config_file_with_an_explicit_checkpoint(run_dir):
 def test_timing_warms_up_untimed_and_reports_median_and_p90():
     calls = []
     times = time_steps(calls.append, warmup=3, iters=5, device=torch.device("cpu"))
-    assert calls == list(range(8)) and len(times) == 5
+    assert calls == list(range(8))
+    assert len(times) == 5
     stats = summarize([i / 1000 for i in range(1, 11)], batch_size=4)  # 1..10 ms
-    assert stats["ms_p50"] == pytest.approx(5.5) and stats["ms_p90"] == pytest.approx(9.1)
+    assert stats["ms_p50"] == pytest.approx(5.5)
+    assert stats["ms_p90"] == pytest.approx(9.1)
     assert stats["samples_per_s"] == pytest.approx(4 / 0.0055)
 
 
@@ -201,7 +209,8 @@ def test_inputs_follow_the_data_modules_shapes_and_label_values():
     assert all(set(b["targets"]) == {"ta"} and len(b["inputs"]) == 16 for b in seen)
     assert torch.equal(seen[9]["inputs"], seen[0]["inputs"])
     fake = synthetic_batch(samples["tc"], 64)
-    assert fake["inputs"].shape == (64, 8) and fake["inputs"].dtype == torch.float32
+    assert fake["inputs"].shape == (64, 8)
+    assert fake["inputs"].dtype == torch.float32
     assert not torch.isin(fake["inputs"], samples["tc"]["inputs"]).any()  # drawn, not copied
     assert set(fake["targets"]["tc"].tolist()) <= set(samples["tc"]["targets"]["tc"].tolist())
     assert fake["targets"]["tc"].dtype == torch.int64
@@ -243,11 +252,14 @@ def test_a_failing_row_is_reported_not_raised(tmp_path):
     )
     sample = {"dataset": "a", "inputs": torch.randn(2, 8), "targets": {"ta": torch.zeros(2)}}
     row = measure_safely(spec, sample)
-    assert row["error"].startswith("ConfigError") and "gone.yaml" in row["error"]
-    assert row["batch_size"] == 4 and "samples_per_s" not in row
+    assert row["error"].startswith("ConfigError")
+    assert "gone.yaml" in row["error"]
+    assert row["batch_size"] == 4
+    assert "samples_per_s" not in row
     lines = table([row]).splitlines()
     assert lines[1].split()[:4] == ["infer", "ta", "4", "float32"]
-    assert lines[1].endswith(row["error"]) and "-" in lines[1].split()
+    assert lines[1].endswith(row["error"])
+    assert "-" in lines[1].split()
 
 
 def test_real_data_comes_through_the_runs_own_loader_at_the_row_batch_size():

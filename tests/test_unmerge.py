@@ -93,10 +93,12 @@ def test_unmerged_dir_is_a_run_directory_for_mtl_run(tmp_path, capsys, monkeypat
     model_args = config["model"]["init_args"]["model"]["init_args"]
     assert list(model_args["decoders"]) == ["tb"]
     assert model_args["decoders"]["tb"][-1]["init_args"]["num_outputs"] == 2
-    assert "decoder_to_target" not in model_args and "task_label_offsets" not in model_args
+    assert "decoder_to_target" not in model_args
+    assert "task_label_offsets" not in model_args
     assert list(config["model"]["init_args"]["tasks"]) == ["tb"]
     data = config["data"]["init_args"]
-    assert list(data["data_modules"]) == ["ds_a"] and data["dataset_tasks"] == {"ds_a": ["tb"]}
+    assert list(data["data_modules"]) == ["ds_a"]
+    assert data["dataset_tasks"] == {"ds_a": ["tb"]}
     info = json.loads((part / "run_info.json").read_text())
     assert info["unmerged_from"]["task"] == "tb"
     assert info["unmerged_from"]["checkpoint"] == str((run_dir / "checkpoints/last.ckpt").resolve())
@@ -225,4 +227,6 @@ def test_existing_output_needs_force(merged_run):
 
 def test_help_shows_examples():
     result = unmerge("--help")
-    assert result.exit_code == 0 and "Examples:" in result.output and "--force" in result.output
+    assert result.exit_code == 0
+    assert "Examples:" in result.output
+    assert "--force" in result.output

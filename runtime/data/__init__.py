@@ -15,8 +15,8 @@ from runtime.data.synthetic import SyntheticDataModule
 from runtime.data.tensor_file import TensorFileDataModule, read_tensor_file
 
 __all__ = [
-    "ActionSegmentsDataModule",
     "SAMPLE_MODES",
+    "ActionSegmentsDataModule",
     "BatchKey",
     "DataConfigError",
     "DatasetModule",

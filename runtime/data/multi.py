@@ -181,7 +181,7 @@ class MultiDatasetDataModule(pl.LightningDataModule):
 
     def _limits(self, given: dict[str, int] | int | None) -> dict[str, int | None]:
         if given is None or isinstance(given, int):
-            given = {name: given for name in self.names}
+            given = dict.fromkeys(self.names, given)
         self._check_names(given, "sample_limit")
         for name, limit in given.items():
             if limit is not None and limit < 1:

@@ -98,7 +98,7 @@ class MaskedReconstruction(Objective):
             steps = hidden.repeat_interleave(self.span, dim=1)[:, :t]
             return steps.unsqueeze(-1).expand_as(x)
         if x.dim() == 4:  # [B, C, H, W]: pixels
-            _, c, h, w = x.shape
+            _, _c, h, w = x.shape
             pixels = _at_least_one(_uniform_mask((b, h * w), self.mask_ratio, generator), generator)
             return pixels.view(b, 1, h, w).expand_as(x)
         flat = _at_least_one(

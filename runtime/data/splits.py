@@ -36,8 +36,8 @@ def split_indices(
     train, val, test = [], [], []
     for group in groups:
         group = rng.permutation(group)
-        n_test = int(round(len(group) * test_fraction))
-        n_val = int(round(len(group) * val_fraction))
+        n_test = round(len(group) * test_fraction)
+        n_val = round(len(group) * val_fraction)
         test.append(group[:n_test])
         val.append(group[n_test : n_test + n_val])
         train.append(group[n_test + n_val :])

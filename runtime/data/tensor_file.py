@@ -113,7 +113,7 @@ def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor | TextColumn]:
             return _read_csv(path)
     except DataConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - corrupt or foreign files fail in many ways
+    except Exception as exc:  # corrupt or foreign files fail in many ways
         raise DataConfigError(f"cannot read the file: {exc}", file=path) from None
     raise DataConfigError(f"unsupported file type '{suffix}'; use .pt, .npz or .csv", file=path)
 
