@@ -4,9 +4,6 @@ Pure Python (pyyaml, deepmerge, click); importing it never imports torch, lightn
 jsonargparse, so it runs on a login node or a laptop.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from compiler._version import __version__
 
-try:  # the one place the version is written is pyproject.toml
-    __version__ = version("mtl-toolkit")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "unknown"
+__all__ = ["__version__"]

@@ -16,13 +16,14 @@ import torch
 import yaml
 from jsonargparse import ActionYesNo, ArgumentError
 from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
-from lightning.pytorch import Callback, LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from compiler.files import check_output
+from runtime import compat
 from runtime.checkpoints import AtomicCheckpointIO, RunCheckpoint
 from runtime.command_line import launched_as_rank_zero, split_command_line
 from runtime.config_errors import ConfigError, explain_argument_error, load_yaml
@@ -101,6 +102,7 @@ class RunCLI(LightningCLI):
         self.run_dir: Path | None = None
         self.resume_from: Path | None = None
         self.resume_step: int | None = None
+        compat.int_before_float(Trainer.__init__)
         super().__init__(
             LightningModule,
             LightningDataModule,

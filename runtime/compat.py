@@ -38,6 +38,32 @@ JSONARGPARSE_UNRECOGNIZED = re.compile(r"unrecognized arguments: -*([^\s=]+)")
 JSONARGPARSE_GOT_CLASS = re.compile(r"Got value: Namespace\(class_path='([^']+)'")
 
 
+# ---- typing: union order as jsonargparse sees it -------------------------------------------
+def int_before_float(function: Any) -> None:
+    """Make every int-or-float union in ``function``'s annotations list ``int`` first.
+
+    ``typing`` caches ``Optional[X]`` by ``X``, and ``Union[float, int] == Union[int, float]``.
+    So a library imported before Lightning that builds a float-first ``Optional`` union (httpx,
+    which Flower imports, does) can hand its float-first union to
+    ``Trainer``'s ``limit_train_batches: Optional[Union[int, float]]``, and jsonargparse, which
+    tries union members in order, reads ``limit_train_batches: 4`` as 4.0 (a fraction, to
+    Lightning). Rebuilt as ``int | float | None`` (never cached), the order is the declared one.
+    """
+    import functools
+    import operator
+    import types
+    import typing
+
+    notes = function.__annotations__
+    for name, hint in list(notes.items()):
+        if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+            continue
+        members = typing.get_args(hint)
+        if int in members and float in members and members.index(float) < members.index(int):
+            ordered = (int, *(m for m in members if m is not int))
+            notes[name] = functools.reduce(operator.or_, ordered)
+
+
 # ---- lightning ---------------------------------------------------------------------------------
 def should_update_logs(trainer: Trainer) -> bool:
     """Whether Lightning writes this training step to the logger (``log_every_n_steps``):

@@ -77,7 +77,7 @@ def read_task_embeddings(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = fh.metadata() or {}
-            if TENSOR not in fh:
+            if TENSOR not in fh.keys():  # noqa: SIM118 - safe_open is not iterable
                 raise TaskEmbeddingsError(
                     f"no '{TENSOR}' tensor in this safetensors file (it holds: "
                     f"{', '.join(fh.keys()) or 'nothing'})",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -136,10 +138,9 @@ def test_bottleneck_adapter_is_residual() -> None:
     ],
 )
 def test_bad_adapter_settings_are_named(kwargs: dict, needle: str) -> None:
-    with pytest.raises(ValueError, match="TaskAdapters") as caught:
+    with pytest.raises(ValueError, match=re.escape(needle)):
         MultiTaskModel(
             encoder=[MLPEncoder(4, [8])],
             decoders={"a": [ClassificationHead(8, 2)]},
             task_adapters=TaskAdapters(**kwargs),
         )
-    assert needle in str(caught.value)

@@ -4,6 +4,7 @@ exercised, so an upgrade that changes one fails here, loudly, before a run depen
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import lightning as L
@@ -258,3 +259,52 @@ def test_only_compat_reaches_into_library_internals():
                     continue
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: .{node.attr}")
     assert found == []
+
+
+def test_int_before_float_undoes_a_float_first_union():
+    """The rewrite compat applies to ``Trainer.__init__``, on a function of our own."""
+    import typing
+
+    def f(a=None, b=1, c=1.0) -> None:
+        """A float-first union, an int-first one, and no union."""
+
+    f.__annotations__.update(
+        a=typing.Union[float, int, None],  # noqa: UP007 - the typing spelling is the point
+        b=typing.Union[int, float],  # noqa: UP007
+        c=float,
+    )
+    compat.int_before_float(f)
+    assert typing.get_args(f.__annotations__["a"]) == (int, float, type(None))
+    assert typing.get_args(f.__annotations__["b"]) == (int, float)
+    assert f.__annotations__["c"] is float
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(f)
+    parsed = parser.parse_args(["--a", "4", "--b", "4", "--c", "4"])
+    assert (type(parsed.a), type(parsed.b), type(parsed.c)) == (int, int, float)
+
+
+def test_a_float_first_union_imported_earlier_does_not_reach_the_trainer(tmp_path: Path):
+    """httpx (imported by Flower) is imported before Lightning: typing's cache then hands a
+    float-first union to ``limit_train_batches``. A run in such a process must still read
+    ``limit_train_batches: 3`` as three batches."""
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("httpx") is None:  # not imported here: it would stay imported
+        pytest.skip("httpx comes with the [federated] extra")
+    config = tmp_path / "run.yaml"
+    script = (
+        "import httpx\n"
+        "import sys, yaml\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from runtime_toy import toy_config\n"
+        f"open({str(config)!r}, 'w').write(yaml.safe_dump(toy_config(max_epochs=1)))\n"
+        "from runtime.cli import main\n"
+        f"sys.exit(main(['fit', {str(config)!r}, '--run-dir', {str(tmp_path / 'run')!r},"
+        " '--trainer.limit_train_batches=3', '--trainer.limit_val_batches=1']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "is not valid" not in done.stderr

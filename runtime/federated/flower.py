@@ -18,11 +18,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-# Lightning's annotations must exist before Flower's: Flower imports httpx, whose
-# ``Optional[Union[float, int]]`` would otherwise be handed back by typing's cache for
-# Lightning's ``Optional[Union[int, float]]`` (the two compare equal), and jsonargparse then
-# reads ``limit_train_batches: 4`` as the float 4.0, which means "4 %" to Lightning.
-import lightning.pytorch  # noqa: F401
 import numpy as np
 import torch
 
