@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .dialect import DECODERS, MODEL_ARGS, DatasetParts, Dialect
+from .dialect import DatasetParts, Dialect
 from .errors import ConfigError, format_key
+from .keypaths import DATA_ARGS, DECODERS, INIT_FROM, MODEL_ARGS, TASKS
 from .labels import merge_heads
 from .maker import Maker, load_maker
 from .merge import deep_merge, normalize
@@ -244,7 +245,7 @@ def _assemble(
                 "finetune_from",
                 maker.source,
                 ("finetune_from",),
-                ("model", "init_args", "init_from"),
+                INIT_FROM,
             )
         )
     for key, value in keys.items():
@@ -337,10 +338,8 @@ def _check_file_name(ds: DatasetParts) -> None:
 
 
 #: Maps keyed by task name / dataset name: overrides of absent ones are dropped (single-task).
-_PER_TASK = (DECODERS, ("model", "init_args", "tasks"), (*MODEL_ARGS, "task_label_offsets"))
-_PER_DATASET = tuple(
-    ("data", "init_args", k) for k in ("data_modules", "batch_sizes", "dataset_tasks")
-)
+_PER_TASK = (DECODERS, TASKS, (*MODEL_ARGS, "task_label_offsets"))
+_PER_DATASET = tuple((*DATA_ARGS, k) for k in ("data_modules", "batch_sizes", "dataset_tasks"))
 
 
 def _subset_view(

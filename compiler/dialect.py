@@ -12,14 +12,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError, format_key
+from .keypaths import DATA_ARGS, DECODERS, MODEL_ARGS, TASKS
 from .maker import Maker
 from .merge import deep_merge
 from .tree import get_path
 from .yamlio import Source, max_file_size, parse, read_source
-
-MODEL_ARGS = ("model", "init_args", "model", "init_args")
-DECODERS = (*MODEL_ARGS, "decoders")
-DATA_ARGS = ("data", "init_args")
 
 
 @dataclass
@@ -182,16 +179,14 @@ class Dialect:
         parts.decoders = decoders
         parts.tasks = list(decoders)
         self._ignored_model_keys(config, parts)
-        task_defs = get_path(config, ("model", "init_args", "tasks"), {}) or {}
+        task_defs = get_path(config, TASKS, {}) or {}
         if not isinstance(task_defs, dict):
-            raise parts.error(
-                "'tasks' must map task names to task definitions", ("model", "init_args", "tasks")
-            )
+            raise parts.error("'tasks' must map task names to task definitions", TASKS)
         for task in task_defs:
             if task not in decoders:
                 raise parts.error(
                     f"task definition '{task}' has no decoder (tasks: {', '.join(parts.tasks)})",
-                    ("model", "init_args", "tasks", task),
+                    (*TASKS, task),
                 )
         parts.task_defs = task_defs
         data = config.get("data")
@@ -209,7 +204,7 @@ class Dialect:
     def _ignored_model_keys(self, config: dict, parts: DatasetParts) -> None:
         """Warn about model keys a dataset sets that assembly will not take."""
         spine = {MODEL_ARGS[:n] for n in range(1, len(MODEL_ARGS) + 1)}
-        kept = {DECODERS, ("model", "init_args", "tasks")}
+        kept = {DECODERS, TASKS}
         ignored = []
         stack = [(("model",), config.get("model"))]
         while stack:
@@ -232,14 +227,9 @@ class Dialect:
     def placements(self, parts: DatasetParts) -> list[Placement]:
         """Where each piece of a dataset goes in the run config."""
         out = [Placement((*DECODERS, t), (*DECODERS, t)) for t in parts.tasks]
-        out += [
-            Placement(("model", "init_args", "tasks", t), ("model", "init_args", "tasks", t))
-            for t in parts.task_defs
-        ]
+        out += [Placement((*TASKS, t), (*TASKS, t)) for t in parts.task_defs]
         out.append(Placement(("data",), (*DATA_ARGS, "data_modules", parts.name)))
-        out.append(
-            Placement(("data", "init_args", "batch_size"), (*DATA_ARGS, "batch_sizes", parts.name))
-        )
+        out.append(Placement((*DATA_ARGS, "batch_size"), (*DATA_ARGS, "batch_sizes", parts.name)))
         return out
 
     def assemble(self, base: dict, datasets: list[DatasetParts]) -> dict:
@@ -259,7 +249,7 @@ class Dialect:
             dataset_tasks[ds.name] = list(ds.tasks)
         run = _fill(run, DECODERS, decoders)
         if task_defs:
-            run = _fill(run, ("model", "init_args", "tasks"), task_defs)
+            run = _fill(run, TASKS, task_defs)
         run = _fill(run, (*DATA_ARGS, "data_modules"), modules)
         run = _fill(run, (*DATA_ARGS, "batch_sizes"), batch_sizes)
         return _fill(run, (*DATA_ARGS, "dataset_tasks"), dataset_tasks)

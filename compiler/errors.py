@@ -58,3 +58,14 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def print_error(prog: str, message: str, label: str = "error") -> None:
+    """The toolkit's one error printer: ``PROG: error: MESSAGE`` on stderr, one paragraph,
+    with bytes that are not UTF-8 (in file names) shown as ``\\xNN``."""
+    import os
+    import sys
+
+    line = os.fsencode(f"{prog}: {label}: {message}").decode("utf-8", "backslashreplace")
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()

@@ -6,8 +6,8 @@ import re
 from typing import Any
 
 from .build import Compiled, Contribution
-from .dialect import DECODERS, MODEL_ARGS
 from .errors import ConfigError, format_key
+from .keypaths import DECODERS, MODEL_ARGS
 from .tree import get_path, parse_key
 from .yamlio import Source, dump
 

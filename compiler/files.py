@@ -203,6 +203,32 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         handle.write(data)
 
 
+def write_all_atomic(files: list[tuple[Path, str]]) -> None:
+    """Write several files: every one is written in full (and fsynced) to a temporary file
+    beside its target first, and only then are they all renamed into place (a failure leaves
+    none); temporaries come from :func:`create_temp`."""
+    temps: list[Path] = []
+    try:
+        for path, text in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = create_temp(path)
+            temps.append(tmp)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for (path, _), tmp in zip(files, temps, strict=True):
+            tmp.replace(path)
+    except OSError as exc:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise write_error(Path(exc.filename or files[0][0]), exc) from None
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def normalize_modes(root: Path) -> None:
     """Give ``root`` and everything under it the user's normal modes (libraries and
     ``mkdtemp`` create some files 0600 and folders 0700)."""

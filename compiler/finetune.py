@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .keypaths import INIT_FROM
+from .keypaths import TASKS as _TASKS
 from .tree import get_path, set_path
 from .yamlio import Source, resolve_path
 
@@ -51,8 +53,6 @@ SCHEMA: dict[str, Any] = {
     "description": "Start from a trained run's weights: shared parts, decoders of tasks in "
     "both runs, task-embedding rows (isolate fine-tune).",
 }
-INIT_FROM = ("model", "init_args", "init_from")
-_TASKS = ("model", "init_args", "tasks")
 _WHERE = ("finetune_from",)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dialect import DECODERS, MODEL_ARGS, DatasetParts, Dialect
+from .dialect import DatasetParts, Dialect
 from .errors import ConfigError
+from .keypaths import DECODERS, MODEL_ARGS
 from .maker import Maker
 from .tree import get_path, set_path
 

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, print_error
 
 EXIT_BAD_INPUT = 2
 
@@ -25,7 +25,7 @@ def say(message: str) -> None:
 
 
 def fail(message: str) -> None:
-    say(f"error: {message}")
+    print_error("mtl-make-config", message)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -142,7 +142,7 @@ def _name_max(folder: Path) -> int:
 
 def _write_all(runs: list) -> None:
     """Check every target, then write them all (atomically: none or all)."""
-    from .yamlio import write_all_atomic
+    from .files import write_all_atomic
 
     files = [(run.output_path, _check_target(run)) for run in runs]
     try:

@@ -62,16 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .dialect import (
-    DATA_ARGS,
-    DECODERS,
-    MODEL_ARGS,
-    DatasetParts,
-    Dialect,
-    Placement,
-    layer_args,
-)
+from .dialect import DatasetParts, Dialect, Placement, layer_args
 from .errors import ConfigError, format_key
+from .keypaths import DATA_ARGS, DECODERS, MODEL_ARGS, MODULE_ARGS
 from .maker import Maker
 from .tree import get_path, set_path
 from .yamlio import Source, load_source, max_file_size, parse, resolve_path
@@ -88,7 +81,7 @@ PLACEHOLDERS: tuple[tuple[str, str, int | None], ...] = (
 MULTI_TASK = "rslearn.train.tasks.multi_task.MultiTask"
 INFO_KEY = "all_dataset_info_path"
 TASK_SRC = (*DATA_ARGS, "task", "init_args")
-TASK_RUN = ("model", "init_args", "task")
+TASK_RUN = (*MODULE_ARGS, "task")
 INFO_FIELDS = ("num_outputs", "num_outputs_key", "outputs_key")
 
 

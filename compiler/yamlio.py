@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .files import atomic_write, create_temp, write_error
+from .files import atomic_write
 from .yamlemit import emit
 
 try:  # CPython's own SHA-256: hashlib would load OpenSSL first, a few ms of every start-up
@@ -177,29 +177,3 @@ def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never a half-written one
     (through the toolkit's one atomic writer, :func:`compiler.files.atomic_write`)."""
     atomic_write(path, text)
-
-
-def write_all_atomic(files: list[tuple[Path, str]]) -> None:
-    """Write several files: every one is written in full (and fsynced) to a temporary file
-    beside its target first, and only then are they all renamed into place (a failure leaves
-    none); temporaries come from :func:`compiler.files.create_temp`."""
-    temps: list[Path] = []
-    try:
-        for path, text in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = create_temp(path)
-            temps.append(tmp)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for (path, _), tmp in zip(files, temps, strict=True):
-            Path(tmp).replace(path)
-    except OSError as exc:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        raise write_error(Path(exc.filename or files[0][0]), exc) from None
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        raise

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from compiler.errors import ConfigError as CompilerConfigError
 from compiler.errors import did_you_mean
+from compiler.yamlio import load_source
 from runtime import compat
 
 # jsonargparse's error prose (runtime.compat holds every reliance on library internals)
@@ -179,11 +178,22 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
 
 
 def load_yaml(path: Path) -> Any:
-    """The raw config (safe loading) to walk key paths in; None when unreadable."""
+    """The raw config to walk key paths in while explaining another error; None when it
+    cannot be read (that other error is the one to report)."""
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        return load_source(path, "run config", schema="1.1").doc
+    except CompilerConfigError:
         return None
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A run config file as plain data, read as jsonargparse reads it (YAML 1.1) through the
+    toolkit's one YAML loader: a syntax error is reported at its line, not as a missing
+    section."""
+    doc = load_source(path, "run config", schema="1.1").doc
+    if not isinstance(doc, dict) or "model" not in doc:
+        raise ConfigError(f"{path}: not a run config (no 'model' section)")
+    return doc
 
 
 def _nested_class(node: Any, reason: str) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from compiler.errors import did_you_mean
+from compiler.errors import did_you_mean, print_error
 from runtime.command_line import launched_as_rank_zero, split_command_line
 from runtime.rundir import RunDir
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             precheck(argv)
         except UsageError as err:
-            print(f"{PROG}: error: {err}", file=sys.stderr)
+            print_error(PROG, str(err))
             return 2
     from runtime.cli import main as run_main
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler import exitcodes
-from compiler.errors import ConfigError
+from compiler.errors import ConfigError, print_error
 from compiler.files import WriteError
 
 PROG = "mtl-run"
@@ -99,13 +99,13 @@ def guarded(body: Callable[[], int], argv: list[str]) -> int:
         with _sigterm_handled():
             return body()
     except WriteError as err:
-        _say(f"error: {err}{_resume_hint(argv)}")
+        print_error(PROG, f"{err}{_resume_hint(argv)}")
         return exitcodes.BAD_INPUT
     except ConfigError as err:
-        _say(f"config error: {err}")
+        print_error(PROG, str(err), "config error")
         return exitcodes.BAD_INPUT
     except exitcodes.NonFiniteLoss as err:
-        _say(f"error: {err}")
+        print_error(PROG, str(err))
         return exitcodes.NON_FINITE_LOSS
     except KeyboardInterrupt:
         _say(f"interrupted (Ctrl-C){_resume_hint(argv)}")

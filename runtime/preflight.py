@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from compiler.errors import ConfigError as InputError
 from compiler.errors import did_you_mean
+from compiler.keypaths import DATA_ARGS, MODEL_ARGS, TASKS
 from runtime.config_errors import ConfigError, first_line
 from runtime.data.validate import expect_tasks
 from runtime.module import MultiTaskModule
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 Batch = dict[str, Any]
 SPLIT_OF_STAGE = {"fit": "train", "validate": "val", "test": "test", "predict": "predict"}
-_MODEL_KEY = ("model", "init_args", "model", "init_args")
+_MODEL_KEY = MODEL_ARGS
 _PREVIEW_LIMIT = 64
 """Batches read from a data module without ``preview_batches`` to find one per dataset."""
 
@@ -138,7 +139,7 @@ def check_before_run(cli: RunCLI, checkpoint: str | None = None) -> None:
 # ---------------------------------------------------------------- data
 def _data_error(exc: InputError, where: str) -> ConfigError:
     """A data module's error, its key path rooted at the run config's ``data`` section."""
-    key = ("data", "init_args", *exc.key) if exc.key else ("data",)
+    key = (*DATA_ARGS, *exc.key) if exc.key else ("data",)
     return ConfigError(
         exc.message, file=exc.file or where.rstrip(": ") or None, line=exc.line, key=key
     )
@@ -326,7 +327,7 @@ def _forward_one(
                 f"{list(out.shape)} against targets {list(target.shape)} "
                 f"({target.dtype}): {first_line(exc)}",
                 file=where.rstrip(": ") or None,
-                key=("model", "init_args", "tasks", task),
+                key=(*TASKS, task),
             ) from None
         names |= {f"train/{task}/loss", f"val/{task}/loss"}
     return names

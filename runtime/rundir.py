@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compiler.files import check_output, remove_stale_temps_in
-from runtime.config_errors import ConfigError, explain_argument_error, first_line, load_yaml
+from runtime.config_errors import (
+    ConfigError,
+    explain_argument_error,
+    first_line,
+    read_run_config,
+)
 from runtime.run_lock import LOCK_NAME, lock_run_dir
 from runtime.state_mismatch import describe_mismatch, shapes_of
 
@@ -302,9 +307,7 @@ def load_run(target: str | Path, ckpt: str | None = "best", with_data: bool = Tr
     """
     config_path, run = config_of(Path(target))
     run_dir = run.path if run is not None else None
-    config = load_yaml(config_path)
-    if not isinstance(config, dict) or "model" not in config:
-        raise ConfigError(f"{config_path}: not a run config (no 'model' section)")
+    config = read_run_config(config_path)
     module, datamodule = build_objects(config, with_data, str(config_path))
     checkpoint_path = info = None
     if ckpt is not None:

@@ -17,14 +17,14 @@ from typing import Any, NoReturn
 import click
 
 from compiler import exitcodes
-from compiler.errors import ConfigError
+from compiler.errors import ConfigError, print_error
 
 EXIT_BAD_INPUT = exitcodes.BAD_INPUT
 
 
 def fail(prog: str, message: str) -> NoReturn:
     """Print ``prog: error: message`` on stderr and exit with code 2."""
-    click.echo(f"{prog}: error: {message}", err=True)
+    print_error(prog, message)
     sys.exit(EXIT_BAD_INPUT)
 
 

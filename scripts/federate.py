@@ -58,21 +58,13 @@ def _check_numbers(clients: int | None, rounds: int, fraction: float, epochs: in
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    import yaml
-
-    from compiler.yamlio import read_source
+    from runtime.config_errors import read_run_config
 
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a run config")
     if not path.exists():
         raise ConfigError(f"{path}: no such run config (compile one with mtl-make-config)")
-    try:
-        doc = yaml.safe_load(read_source(path, "run config").text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or "model" not in doc:
-        raise ConfigError(f"{path}: not a run config (no 'model' section)")
-    return doc
+    return read_run_config(path)
 
 
 def _check_client_config(fed: Any, path: Path) -> None:

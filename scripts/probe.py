@@ -26,6 +26,7 @@ import click
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
 from compiler.files import atomic_dir, check_output
+from compiler.keypaths import MODULE_ARGS, TASKS
 from scripts.common import bad_input_exits, device_option, note
 from scripts.probe_plots import REFERENCE
 
@@ -179,7 +180,7 @@ def load_downstream(path: Path, task: str | None, split: str) -> Downstream:
     sections = {"data": doc["data"], "tasks": tasks}
     found = _placeholders(sections, ())
     if found:
-        where = found[0] if found[0][0] == "data" else ("model", "init_args", *found[0])
+        where = found[0] if found[0][0] == "data" else (*MODULE_ARGS, *found[0])
         raise source.error(
             where,
             f"{'.'.join(map(str, where))} is the placeholder {found[1]!r}; mtl-probe reads "
@@ -209,7 +210,7 @@ def load_downstream(path: Path, task: str | None, split: str) -> Downstream:
         if len(usable) != 1:
             reason = "none" if not usable else f"several ({', '.join(usable)}): pick one"
             raise source.error(
-                ("model", "init_args", "tasks"),
+                TASKS,
                 "the dataset config has no labels to probe: a classification task whose "
                 f"labels its data module serves is needed, found {reason} (--task NAME)",
             )

@@ -20,13 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compiler.dialect import DATA_ARGS, DECODERS, MODEL_ARGS
 from compiler.errors import ConfigError
+from compiler.keypaths import DATA_ARGS, DECODERS, MODEL_ARGS, TASKS
 from compiler.tree import get_path, set_path
 from runtime.model import per_task_tensors
 from runtime.protocols import SizedHead
 
-TASKS = ("model", "init_args", "tasks")
 #: prefix of the MultiTaskModel's tensors in the LightningModule's state dict
 MODEL_PREFIX = "model."
 

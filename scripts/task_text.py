@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.errors import ConfigError, did_you_mean
+from compiler.keypaths import DATA_ARGS, DECODERS, MODULE_ARGS, TASKS
 from compiler.maker import load_maker
 from compiler.merge import deep_merge
 from compiler.tree import get_path
@@ -46,11 +47,11 @@ MAX_CLASSES = 40
 
 # Where configs keep their task definitions (native, rslearn dataset config, rslearn run).
 _TASK_PLACES = (
-    ("model", "init_args", "tasks"),
-    ("data", "init_args", "task", "init_args", "tasks"),
-    ("model", "init_args", "task", "init_args", "tasks"),
+    TASKS,
+    (*DATA_ARGS, "task", "init_args", "tasks"),
+    (*MODULE_ARGS, "task", "init_args", "tasks"),
 )
-_DATA_ARGS = ("data", "init_args")
+_DATA_ARGS = DATA_ARGS
 # Data-module arguments that describe the data itself; the rest (paths, workers, splits,
 # seeds, batch sizes) describe a run and are left out on purpose.
 _DATA_KEYS = ("dataset", "subset", "input_shape", "inputs")
@@ -190,7 +191,7 @@ def _data_for(doc: dict[str, Any], task: str) -> dict[str, Any]:
 def _task_fields(doc: dict[str, Any], task: str, spec: Any) -> tuple[tuple[str, str], ...]:
     spec = spec if isinstance(spec, dict) else {}
     args = spec.get("init_args") if isinstance(spec.get("init_args"), dict) else {}
-    decoder = get_path(doc, ("model", "init_args", "model", "init_args", "decoders", task))
+    decoder = get_path(doc, (*DECODERS, task))
     head = decoder[-1] if isinstance(decoder, list) and decoder else None
     data = _data_for(doc, task)
     data_args = data.get("init_args") if isinstance(data.get("init_args"), dict) else {}

@@ -132,7 +132,7 @@ def unmerge(
     import torch
 
     from runtime.artifacts import write_json
-    from runtime.config_errors import load_yaml
+    from runtime.config_errors import read_run_config
     from runtime.hardware import resolve_device
     from runtime.provenance import header_comments, run_info
     from runtime.rundir import RunDir, build_objects, config_of, load_run, resolve_checkpoint
@@ -141,9 +141,7 @@ def unmerge(
     config_path, found_dir = config_of(run_dir)
     if found_dir is None:
         raise ConfigError(f"{run_dir} is not a run directory (give the folder, not a file)")
-    config = load_yaml(config_path)
-    if not isinstance(config, dict) or "model" not in config:
-        raise ConfigError(f"{config_path}: not a run config (no 'model' section)")
+    config = read_run_config(config_path)
     chosen = _chosen_tasks(config, run_dir, tasks)
     out_dir = out_dir or run_dir / "unmerged"
     targets = {task: out_dir / task for task in chosen}
