@@ -190,7 +190,10 @@ def read_run_config(path: Path) -> dict[str, Any]:
     """A run config file as plain data, read as jsonargparse reads it (YAML 1.1) through the
     toolkit's one YAML loader: a syntax error is reported at its line, not as a missing
     section."""
-    doc = load_source(path, "run config", schema="1.1").doc
+    try:
+        doc = load_source(path, "run config", schema="1.1").doc
+    except CompilerConfigError as exc:  # the runtime's member of the family, same message
+        raise ConfigError(str(exc)) from None
     if not isinstance(doc, dict) or "model" not in doc:
         raise ConfigError(f"{path}: not a run config (no 'model' section)")
     return doc

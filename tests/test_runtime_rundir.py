@@ -53,10 +53,16 @@ def test_missing_run_directory(tmp_path, where, needle):
         load_run(tmp_path / where)
 
 
-@pytest.mark.parametrize("text", ["trainer: {}\n", "model: [unclosed\n", ""])
+@pytest.mark.parametrize("text", ["trainer: {}\n", ""])
 def test_config_that_is_not_a_run_config(run_dir, text):
     (run_dir / "config.yaml").write_text(text)
-    with pytest.raises(ConfigError, match=r"config.yaml: not a run config \(no 'model'"):
+    with pytest.raises(ConfigError, match=r"config\.yaml: not a run config \(no 'model'"):
+        load_run(run_dir)
+
+
+def test_a_yaml_syntax_error_is_located_not_a_missing_section(run_dir):
+    (run_dir / "config.yaml").write_text("trainer: {}\nmodel: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml:3: invalid YAML: .*flow sequence"):
         load_run(run_dir)
 
 
