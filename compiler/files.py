@@ -59,6 +59,15 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
+def _raise_as_write_error(path: Path, exc: BaseException) -> None:
+    """Raise a failed write of ``path`` (an OS error, also one a library wrapped) as
+    :class:`WriteError`; return for anything else (an interrupt, a ``ConfigError``, a bug),
+    which the caller re-raises as it is."""
+    cause = _os_error(exc)
+    if cause is not None and isinstance(exc, Exception) and not isinstance(exc, ConfigError):
+        raise write_error(path, cause) from None
+
+
 def write_error(path: Path, exc: OSError) -> WriteError:
     reason = exc.strerror or str(exc)
     hint = ""
@@ -190,9 +199,7 @@ def atomic_file(path: Path, binary: bool = True) -> Iterator[IO]:
         tmp.replace(path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        cause = _os_error(exc)
-        if cause is not None and isinstance(exc, Exception) and not isinstance(exc, ConfigError):
-            raise write_error(path, cause) from None
+        _raise_as_write_error(path, exc)
         raise
     _fsync_folder(path.parent)
 
@@ -219,13 +226,11 @@ def write_all_atomic(files: list[tuple[Path, str]]) -> None:
                 os.fsync(fh.fileno())
         for (path, _), tmp in zip(files, temps, strict=True):
             tmp.replace(path)
-    except OSError as exc:
+    except BaseException as exc:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
-        raise write_error(Path(exc.filename or files[0][0]), exc) from None
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(Path(exc.filename or files[0][0]), exc) from None
         raise
 
 
@@ -274,9 +279,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             _remove(old)
         _fsync_folder(path.parent)
     except BaseException as exc:
-        cause = _os_error(exc)
-        if cause is not None and isinstance(exc, Exception) and not isinstance(exc, ConfigError):
-            raise write_error(path, cause) from None
+        _raise_as_write_error(path, exc)
         raise
     finally:
         if tmp.exists():
