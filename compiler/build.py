@@ -18,13 +18,13 @@ from typing import Any
 
 from . import __version__
 from .dialect import DatasetParts, Dialect
-from .errors import ConfigError, format_key
+from .errors import ConfigError, format_key, shown
 from .keypaths import DATA_ARGS, DECODERS, INIT_FROM, MODEL_ARGS, TASKS
 from .labels import merge_heads
 from .maker import Maker, load_maker
 from .merge import deep_merge, normalize
 from .tree import get_path, parse_key, set_dotted, set_path
-from .yamlio import Source, dump, parse, shown
+from .yamlio import Source, dump, parse
 
 
 @dataclass

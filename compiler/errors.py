@@ -60,12 +60,17 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def shown(path: Path | str) -> str:
+    """A path as text safe to print or write (undecodable bytes shown as \\xNN)."""
+    import os
+
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def print_error(prog: str, message: str, label: str = "error") -> None:
     """The toolkit's one error printer: ``PROG: error: MESSAGE`` on stderr, one paragraph,
     with bytes that are not UTF-8 (in file names) shown as ``\\xNN``."""
-    import os
     import sys
 
-    line = os.fsencode(f"{prog}: {label}: {message}").decode("utf-8", "backslashreplace")
-    sys.stderr.write(f"{line}\n")
+    sys.stderr.write(f"{shown(f'{prog}: {label}: {message}')}\n")
     sys.stderr.flush()

@@ -11,15 +11,14 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, print_error
+from . import exitcodes
+from .errors import ConfigError, print_error, shown
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = exitcodes.BAD_INPUT
 
 
 def say(message: str) -> None:
     """One line on stderr (file names that are not UTF-8 shown with \\x escapes)."""
-    from .yamlio import shown
-
     sys.stderr.write(f"mtl-make-config: {shown(message)}\n")
     sys.stderr.flush()
 
@@ -188,7 +187,6 @@ def _run(
     _report(compiled, quiet)
     if explain:
         from .explain import explain_key
-        from .yamlio import shown
 
         for key in explain:
             _stdout(shown(explain_key(compiled, key)) + "\n")

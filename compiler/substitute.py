@@ -380,7 +380,7 @@ def located_problems(text: str, sub: Substituter) -> list[tuple[str, int | None,
 
 def placeholder_error(problems: list[tuple[Any, str, int | None, str]]) -> ConfigError:
     """One error listing the first bad placeholders as file:line, and how many more."""
-    from .yamlio import shown
+    from .errors import shown
 
     items = [
         f"{shown(file)}{':' + str(line) if line else ''}: {placeholder}: {reason}"
