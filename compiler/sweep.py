@@ -449,7 +449,8 @@ def write_study(study: Study) -> None:
 
     Run directories are never touched: recompiling a study keeps its finished runs.
     """
-    from .yamlio import dump, load_source, write_atomic
+    from .files import atomic_write
+    from .yamlio import dump, load_source
 
     out = study.out_dir
     manifest_path = out / MANIFEST
@@ -472,12 +473,12 @@ def write_study(study: Study) -> None:
         ]
     try:
         for run in study.runs:
-            write_atomic(run.compiled.output_path, run.compiled.text())
+            atomic_write(run.compiled.output_path, run.compiled.text())
         header = (
             "# Study manifest written by mtl-make-config --sweep; mtl-study run/status/"
             "report read it.\n# Recompile the maker instead of editing this file.\n"
         )
-        write_atomic(manifest_path, header + dump(study.manifest()))
+        atomic_write(manifest_path, header + dump(study.manifest()))
     except OSError as exc:
         raise ConfigError(
             f"cannot write the study: {exc.strerror}", file=exc.filename or out

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .files import atomic_write
 from .yamlemit import emit
 
 try:  # CPython's own SHA-256: hashlib would load OpenSSL first, a few ms of every start-up
@@ -57,11 +56,6 @@ def parse_size(text: str) -> int:
     if not digits.isdigit() or len(digits) > 15 or int(digits) < 1:
         raise ValueError(f"{text!r} is not a size (a positive number of bytes, or like 64M, 1G)")
     return int(digits) * scale
-
-
-def shown(path: Path | str) -> str:
-    """A path as text safe to print or write (undecodable bytes shown as \\xNN)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -171,9 +165,3 @@ def load_source(path: Path, what: str = "file", schema: str = "1.2") -> Source:
 def dump(doc: Any) -> str:
     """Serialize a document deterministically: insertion key order, block style, no aliases."""
     return emit(doc)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never a half-written one
-    (through the toolkit's one atomic writer, :func:`compiler.files.atomic_write`)."""
-    atomic_write(path, text)

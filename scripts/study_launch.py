@@ -144,9 +144,7 @@ def finish_run(study: Study, run: StudyRun, code: int, log: IO, stopped: bool = 
     if isinstance(started, (int, float)):
         record["wall_s"] = float(record.get("wall_s") or 0.0) + max(0.0, time.time() - started)
     record.pop("pid", None)
-    state = state_of_exit(code, run.run_dir)
-    if stopped and state != "done":
-        state = "interrupted"
+    state = state_of_exit(code, run.run_dir, stopped)
     record.update({"state": state, "exit_code": code, "ended": time.time()})
     write_status(study, run, record)
     log.write(f"=== mtl-study: exit code {code} ({state})\n")

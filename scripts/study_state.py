@@ -145,9 +145,9 @@ def read_status(study: Study, run: StudyRun) -> dict[str, Any]:
 
 
 def write_status(study: Study, run: StudyRun, record: dict[str, Any]) -> None:
-    from compiler.yamlio import write_atomic
+    from compiler.files import atomic_write
 
-    write_atomic(study.status_path(run), json.dumps(record, indent=2) + "\n")
+    atomic_write(study.status_path(run), json.dumps(record, indent=2) + "\n")
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -210,13 +210,14 @@ def launcher_running(study: Study) -> bool:
 _STOPPED = {exitcodes.INTERRUPTED, exitcodes.TERMINATED, 128 + 9}
 
 
-def state_of_exit(code: int, run_dir: Path) -> str:
+def state_of_exit(code: int, run_dir: Path, stopped: bool = False) -> str:
     """The state a run's exit status means: *done* (0 with a summary), *interrupted*
     (stopped by a signal: resumed by the next launch) or *failed* (any other status, e.g. 3
-    for a non-finite loss even though a summary was written: rerun with --retry-failed)."""
-    if code == exitcodes.OK:
-        return "done" if RunDir(run_dir).summary.is_file() else "failed"
-    if code < 0 or code in _STOPPED:
+    for a non-finite loss even though a summary was written: rerun with --retry-failed).
+    A run the launcher ``stopped`` itself is *interrupted* whatever its status, unless done."""
+    if code == exitcodes.OK and RunDir(run_dir).summary.is_file():
+        return "done"
+    if stopped or code < 0 or code in _STOPPED:
         return "interrupted"
     return "failed"
 
@@ -266,9 +267,10 @@ def run_state(study: Study, run: StudyRun, local_alive: bool) -> RunState:
             return RunState(run, "running", record, log)
     elif recorded in ("done", "failed", "interrupted") and not _changed_since(record, run):
         code = record.get("exit_code")
-        state = state_of_exit(code, run.run_dir) if isinstance(code, int) else recorded
-        if recorded == "interrupted" and state != "done":
-            state = "interrupted"  # stopped by the launcher itself, whatever its status
+        if isinstance(code, int):
+            state = state_of_exit(code, run.run_dir, stopped=recorded == "interrupted")
+        else:
+            state = recorded
         return RunState(run, state, record, log)
     return RunState(run, _state_of_run_dir(run.run_dir), record, log)
 
