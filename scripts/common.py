@@ -9,15 +9,18 @@ atomic writer (:mod:`compiler.files`), so nothing is ever half-written. Exit cod
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from compiler import exitcodes
 from compiler.errors import ConfigError, print_error
+from compiler.files import atomic_write
 
 EXIT_BAD_INPUT = exitcodes.BAD_INPUT
 
@@ -66,3 +69,17 @@ def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
         metavar="cpu|cuda|cuda:N",
         help=f"Device to run on: {DEVICE_HELP}.",
     )(command)
+
+
+def json_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The commands' ``--json PATH`` option (into ``json_path``): a machine-readable copy
+    of what they print; check it with ``check_output(json_path, flag="--json")`` first."""
+    return click.option(
+        "--json", "json_path", type=click.Path(path_type=Path), metavar="PATH", help=help
+    )
+
+
+def write_json_result(prog: str, path: Path, data: Any) -> None:
+    """Write a command's ``--json`` result (atomically) and say where it went."""
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
+    note(prog, f"wrote {path}")

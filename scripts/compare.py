@@ -27,10 +27,10 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
-from compiler.files import atomic_write, check_output
+from compiler.files import check_output
 from runtime.metric_record import MetricRecord, figures, scored
 from runtime.rundir import RunDir
-from scripts.common import bad_input_exits
+from scripts.common import bad_input_exits, json_option, write_json_result
 from scripts.metrics_table import format_table, number
 
 PROG = "mtl-compare"
@@ -264,13 +264,7 @@ class _BaselinesCommand(click.Command):
     help="Single-task run directories (each covering one or more tasks); all "
     "arguments after --baseline up to the next option are baselines.",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path),
-    metavar="PATH",
-    help="Also write the full comparison as JSON.",
-)
+@json_option("Also write the full comparison as JSON.")
 def main(
     multitask_run_dirs: tuple[Path, ...], baseline_dirs: tuple[Path, ...], json_path: Path | None
 ) -> None:
@@ -290,8 +284,7 @@ def main(
         )
         click.echo(render(report))
         if json_path is not None:
-            atomic_write(json_path, json.dumps(report, indent=2) + "\n")
-            click.echo(f"{PROG}: wrote {json_path}", err=True)
+            write_json_result(PROG, json_path, report)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,17 @@ unmerged parts give the same figures.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
-from compiler.files import atomic_write, check_output
+from compiler.files import check_output
 from runtime.protocols import HasBatchSizes, HasTasks
-from scripts.common import bad_input_exits, device_option
+from scripts.common import bad_input_exits, device_option, json_option, write_json_result
 from scripts.metrics_table import task_table
 
 PROG = "mtl-eval"
@@ -90,10 +88,6 @@ def evaluate(
     return {t: m for t, m in per_task_report(metrics, split, tasks).items() if m}
 
 
-def write_report(path: Path, report: dict[str, Any]) -> None:
-    atomic_write(path, json.dumps(report, indent=2) + "\n")
-
-
 @click.command(
     context_settings=CONTEXT_SETTINGS,
     epilog=EXAMPLES,
@@ -108,13 +102,7 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     help="Checkpoint of RUN_DIR to score.",
 )
 @click.option("--split", type=click.Choice(list(SPLITS)), default="val", show_default=True)
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path),
-    metavar="PATH",
-    help='Also write {"<task>": {"<metric>": value, ...}, ...} to PATH.',
-)
+@json_option('Also write {"<task>": {"<metric>": value, ...}, ...} to PATH.')
 @device_option
 def main(run_dir: Path, ckpt: str, split: str, json_path: Path | None, device: str | None) -> None:
     """Per-task metrics of a run directory's checkpoint, as a table (and JSON with --json).
@@ -128,8 +116,7 @@ def main(run_dir: Path, ckpt: str, split: str, json_path: Path | None, device: s
         report = evaluate(run_dir, ckpt, split, device)
         click.echo(task_table(report))
         if json_path is not None:
-            write_report(json_path, report)
-            click.echo(f"{PROG}: wrote {json_path}", err=True)
+            write_json_result(PROG, json_path, report)
 
 
 if __name__ == "__main__":

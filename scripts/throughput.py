@@ -11,7 +11,6 @@ allocator's peak reset. Heavy imports happen inside functions so ``--help`` is f
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
-from compiler.files import atomic_write, check_output
+from compiler.files import check_output
 from runtime.protocols import NamesTasks, inner_model
-from scripts.common import bad_input_exits, device_option, note
+from scripts.common import bad_input_exits, device_option, json_option, note, write_json_result
 
 PROG = "mtl-throughput"
 MODES = ("infer", "train", "both")
@@ -289,13 +288,7 @@ def benchmark(
     default=None,
     help="torch CPU threads (default: the run's run.num_threads, else torch's).",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also write the rows as a JSON list here.",
-)
+@json_option("Also write the rows as a JSON list here.")
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def main(
     target: Path,
@@ -340,8 +333,7 @@ def main(
     click.echo(table(rows))
     if json_path is not None:
         with bad_input_exits(PROG):
-            atomic_write(json_path, json.dumps(rows, indent=2) + "\n")
-        _note(f"wrote {json_path}")
+            write_json_result(PROG, json_path, rows)
     if any(row["error"] for row in rows):
         raise SystemExit(1)
 
