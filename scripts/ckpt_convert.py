@@ -20,7 +20,7 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
-from compiler.files import atomic_dir, atomic_write, check_output, remove_stale_temps
+from compiler.files import atomic_dir, atomic_write, check_output
 from runtime.protocols import inner_model
 from scripts.common import bad_input_exits, note
 
@@ -165,7 +165,6 @@ def convert(
     from runtime.rundir import load_run
 
     check_output(out, "dir", flag="-o", replace=force)
-    remove_stale_temps(out)  # of an earlier, killed export
     _note(f"loading {target} (checkpoint: {ckpt})")
     loaded = load_run(target, ckpt=ckpt, with_data=False)
     module, entries = part_of(loaded.module, loaded.config, part)

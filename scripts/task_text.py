@@ -51,7 +51,6 @@ _TASK_PLACES = (
     (*DATA_ARGS, "task", "init_args", "tasks"),
     (*MODULE_ARGS, "task", "init_args", "tasks"),
 )
-_DATA_ARGS = DATA_ARGS
 # Data-module arguments that describe the data itself; the rest (paths, workers, splits,
 # seeds, batch sizes) describe a run and are left out on purpose.
 _DATA_KEYS = ("dataset", "subset", "input_shape", "inputs")
@@ -178,10 +177,10 @@ def _native_inputs(data: dict[str, Any]) -> str | None:
 def _data_for(doc: dict[str, Any], task: str) -> dict[str, Any]:
     """The data module that serves ``task`` (a run config keeps one per dataset)."""
     data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
-    modules = get_path(doc, (*_DATA_ARGS, "data_modules"))
+    modules = get_path(doc, (*DATA_ARGS, "data_modules"))
     if not isinstance(modules, dict):
         return data
-    owners = get_path(doc, (*_DATA_ARGS, "dataset_tasks"))
+    owners = get_path(doc, (*DATA_ARGS, "dataset_tasks"))
     for dataset, tasks in owners.items() if isinstance(owners, dict) else ():
         if isinstance(tasks, list) and task in tasks and isinstance(modules.get(dataset), dict):
             return modules[dataset]
@@ -362,7 +361,7 @@ def load_summaries(source: Path) -> tuple[str, list[TaskSummary], list[Path]]:
     if isinstance(doc, dict) and "dataset_cfgs" in doc:
         return "maker", _unique(_from_maker(source)), []
     if config_tasks(doc):
-        kind = "run config" if get_path(doc, (*_DATA_ARGS, "data_modules")) else "dataset config"
+        kind = "run config" if get_path(doc, (*DATA_ARGS, "data_modules")) else "dataset config"
         return kind, _unique(summarize_config(doc, source)), []
     if _is_descriptions(doc):
         return "descriptions", _unique(summarize_descriptions(doc, source)), []
