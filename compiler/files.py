@@ -112,15 +112,21 @@ def remove_stale_temps_in(
         return removed
     for entry in entries:
         match = _TEMP.match(entry.name)
-        if match is None or (name is not None and match["name"] != name):
+        if match is None or (name is not None and match["name"] != _stem(name)):
             continue
         if not any_owner and _pid_alive(int(match["pid"])):
             continue
-        target = directory / match["name"]
         try:
-            if match["old"] and not (target.exists() or target.is_symlink()):
-                entry.rename(target)
-                continue
+            if match["old"]:
+                # a parked original goes back under its name (known when given, or when the
+                # temporary carries it whole); one whose name was shortened is left alone
+                shortened = len(os.fsencode(match["name"])) >= _STEM_BYTES
+                if name is None and shortened:
+                    continue
+                target = directory / (name or match["name"])
+                if not (target.exists() or target.is_symlink()):
+                    entry.rename(target)
+                    continue
             _remove(entry)
         except OSError:
             continue
@@ -133,20 +139,34 @@ def remove_stale_temps(path: Path) -> list[Path]:
     return remove_stale_temps_in(path.parent, path.name)
 
 
-def _temp_path(path: Path, suffix: str = "") -> Path:
+#: Bytes of a target's name kept in its temporaries' names, so that a target whose name is
+#: near the file-system limit still gets one.
+_STEM_BYTES = 64
+
+
+def _stem(name: str) -> str:
+    """The part of a target's name its temporaries carry (the whole name when short)."""
+    return os.fsencode(name)[:_STEM_BYTES].decode("utf-8", "ignore") or "out"
+
+
+def _temp_names(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Candidate temporary paths beside ``path``: the one naming scheme, which
+    :func:`remove_stale_temps_in` reads back."""
+    stem = _stem(path.name)
     for attempt in range(1000):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{attempt}{suffix}.tmp")
+        yield path.with_name(f".{stem}.{os.getpid()}.{attempt}{suffix}.tmp")
+
+
+def _temp_path(path: Path, suffix: str = "") -> Path:
+    for tmp in _temp_names(path, suffix):
         if not (tmp.exists() or tmp.is_symlink()):
             return tmp
     raise FileExistsError(f"cannot find a free temporary name beside {path}")
 
 
 def create_temp(path: Path) -> tuple[int, Path]:
-    """A new hidden temporary file beside ``path``, created with mode 0666 & ~umask (its name
-    shortened so that a target whose name is near the file-system limit still gets one)."""
-    stem = os.fsencode(path.name)[:64].decode("utf-8", "ignore") or "out"
-    for attempt in range(1000):
-        tmp = path.with_name(f".{stem}.{os.getpid()}.{attempt}.tmp")
+    """A new hidden temporary file beside ``path``, created with mode 0666 & ~umask."""
+    for tmp in _temp_names(path):
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:

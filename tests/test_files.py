@@ -95,6 +95,24 @@ def test_an_original_parked_by_a_writer_killed_mid_swap_is_put_back(tmp_path, de
     assert (tmp_path / "export/config.json").read_text() == "{}"
 
 
+def test_names_near_the_limit_get_temporaries_and_their_leftovers_are_found(tmp_path, dead_pid):
+    """Temporaries carry a shortened name; a killed writer's one is still found by the
+    target's name, and a folder whose name is near the file-system limit is still written."""
+    long_file = tmp_path / ("f" * 200)
+    killed = tmp_path / f".{'f' * 64}.{dead_pid}.0.tmp"
+    killed.write_bytes(b"cut short")
+    atomic_write(long_file, b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [long_file.name]
+    long_dir = tmp_path / ("d" * 250)
+    with atomic_dir(long_dir) as folder:
+        (folder / "x").write_text("1")
+    assert (long_dir / "x").read_text() == "1"
+    parked = tmp_path / f".{'d' * 64}.{dead_pid}.0.old.tmp"
+    parked.mkdir()
+    remove_stale_temps_in(tmp_path)  # no name given: a shortened original is left alone
+    assert parked.exists()
+
+
 def test_ckpt_convert_removes_its_killed_exports_hidden_folder(tmp_path, dead_pid):
     from scripts.ckpt_convert import main as ckpt_convert
 
