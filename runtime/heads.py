@@ -72,7 +72,7 @@ class PerPositionClassificationHead(nn.Module):
         if features.dim() == 3:
             return self.proj(features).transpose(1, 2)
         raise ValueError(
-            f"PerPositionClassificationHead expects [B, T, F] or [B, F, H, W] features, "
+            f"{type(self).__name__} expects [B, T, F] or [B, F, H, W] features, "
             f"got shape {tuple(features.shape)}"
         )
 
