@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from runtime.encoders import _ACTIVATIONS
+from runtime.encoders import ACTIVATIONS
 from runtime.lora import _Switch, match_modules
 
 
@@ -38,7 +38,7 @@ class BottleneckAdapter(nn.Module):
     ) -> None:
         super().__init__()
         self.down = nn.Linear(features, bottleneck)
-        self.act = _ACTIVATIONS[activation]()
+        self.act = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout)
         self.up = nn.Linear(bottleneck, features)
         nn.init.zeros_(self.up.weight)
@@ -103,7 +103,6 @@ class TaskAdapters(_Switch):
         self.tasks = None if tasks is None else list(dict.fromkeys(tasks))
         self.layer_names: list[str] = []
         self.adapters = nn.ModuleDict()
-        self._handles: list[Any] = []
         self._task: str | None = None
 
     def attach(self, encoder: nn.Module, task_names: list[str]) -> None:
@@ -134,7 +133,7 @@ class TaskAdapters(_Switch):
                 for size in sizes
             )
         for i, name in enumerate(names):
-            self._handles.append(encoder.get_submodule(name).register_forward_hook(self._hook(i)))
+            encoder.get_submodule(name).register_forward_hook(self._hook(i))
 
     @property
     def adapted_tasks(self) -> list[str]:

@@ -145,12 +145,13 @@ class Permutation(Augmentation):
     def apply(self, x: Tensor, generator: Generator) -> Tensor:
         b, t, f = x.shape
         parts = min(self.segments, t)
-        bounds = [i * (t // parts) for i in range(parts)] + [t]
+        bounds = torch.tensor([i * (t // parts) for i in range(parts)] + [t])
+        starts, lengths = bounds[:-1], bounds.diff()
         order = _permutations(b, parts, generator)
-        index = torch.empty((b, t), dtype=torch.long)
-        for row in range(b):
-            pieces = [torch.arange(bounds[p], bounds[p + 1]) for p in order[row].tolist()]
-            index[row] = torch.cat(pieces)
+        taken = lengths[order]  # [b, parts]: the pieces' lengths in their new order
+        # output step j inside the k-th placed piece reads step j + starts[piece] - its new start
+        shift = starts[order] - (taken.cumsum(dim=1) - taken)
+        index = shift.flatten().repeat_interleave(taken.flatten()).view(b, t) + torch.arange(t)
         return x.gather(1, index.unsqueeze(-1).expand(b, t, f))
 
 

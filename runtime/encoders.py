@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from runtime.init_checkpoint import load_init_checkpoint
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+#: the non-linearities an ``activation`` option names (MLP layers, bottleneck adapters)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 class MLPEncoder(nn.Module):
@@ -44,7 +45,7 @@ class MLPEncoder(nn.Module):
             layers.append(nn.Linear(in_features, size))
             if layer_norm:
                 layers.append(nn.LayerNorm(size))
-            layers.append(_ACTIVATIONS[activation]())
+            layers.append(ACTIVATIONS[activation]())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             in_features = size

@@ -18,6 +18,9 @@ class LinearHead(nn.Module):
     encoder that keeps positions.
     """
 
+    #: the non-linearity after the hidden layer
+    hidden_activation: type[nn.Module] = nn.GELU
+
     def __init__(
         self,
         in_features: int,
@@ -29,7 +32,7 @@ class LinearHead(nn.Module):
         self.num_outputs = num_outputs
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
         if hidden_features:
-            layers += [nn.Linear(in_features, hidden_features), nn.GELU()]
+            layers += [nn.Linear(in_features, hidden_features), self.hidden_activation()]
             in_features = hidden_features
         layers.append(nn.Linear(in_features, num_outputs))
         self.net = nn.Sequential(*layers)
@@ -69,29 +72,20 @@ class PerPositionClassificationHead(nn.Module):
         if features.dim() == 3:
             return self.proj(features).transpose(1, 2)
         raise ValueError(
-            f"PerPositionClassificationHead expects [B, T, F] or [B, F, H, W] features, "
+            f"{type(self).__name__} expects [B, T, F] or [B, F, H, W] features, "
             f"got shape {tuple(features.shape)}"
         )
 
 
-class ProjectionHead(nn.Module):
+class ProjectionHead(LinearHead):
     """The projection of contrastive learning: ``Linear -> ReLU -> Linear`` to
     ``num_outputs`` dimensions (``ContrastiveTask`` normalizes them). Pools ``[B, T, F]``
     features by their mean first, like :class:`LinearHead`."""
 
-    def __init__(self, in_features: int, num_outputs: int = 32, hidden_features: int = 64) -> None:
-        super().__init__()
-        self.num_outputs = num_outputs
-        self.net = nn.Sequential(
-            nn.Linear(in_features, hidden_features),
-            nn.ReLU(),
-            nn.Linear(hidden_features, num_outputs),
-        )
+    hidden_activation = nn.ReLU
 
-    def forward(self, features: Tensor) -> Tensor:
-        if features.dim() == 3:
-            features = features.mean(dim=1)
-        return self.net(features)
+    def __init__(self, in_features: int, num_outputs: int = 32, hidden_features: int = 64) -> None:
+        super().__init__(in_features, num_outputs, hidden_features)
 
 
 class PerPositionRegressionHead(PerPositionClassificationHead):

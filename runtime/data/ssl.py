@@ -14,7 +14,7 @@ alike, while a new epoch (a new shuffle) gets new views.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,14 +22,7 @@ from torch.utils.data import Dataset, default_collate
 
 from runtime.data.base import DatasetModule, Sample
 from runtime.data.pretext import Objective
-
-
-@runtime_checkable
-class BatchFetching(Protocol):
-    """A dataset that gathers a whole batch at once (``TaskTensorDataset``)."""
-
-    def get_batch(self, index: torch.Tensor) -> Sample: ...
-
+from runtime.protocols import BatchFetching
 
 _SPLIT_SALT = {"train": 0, "val": 1, "test": 2, "predict": 3}
 
@@ -95,7 +88,7 @@ class SelfSupervisedModule(DatasetModule):
         seed: int = 0,
         batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size or getattr(base, "batch_size", 32))
+        super().__init__(batch_size=batch_size or base.batch_size)
         self.base = base
         self.objective = objective
         self.task = task
