@@ -117,7 +117,11 @@ def test_report_numbers_equal_mtl_compare(finished_study):
 
 @pytest.mark.slow
 def test_sigkilled_launcher_leaves_no_child_and_a_rerun_finishes_without_redoing(tmp_path):
-    folder = tiny_study(tmp_path, {"singles": True}, epochs=8, datasets=("digits_low", "parity"))
+    folder = tiny_study(tmp_path, {"singles": True}, epochs=2, datasets=("digits_low", "parity"))
+    # parity trains long enough (~0.1 s an epoch) that it is still training when each signal
+    # lands: with a few epochs it could finish between the checkpoint seen and the kill
+    config = folder / "configs" / "parity.yaml"
+    config.write_text(config.read_text().replace("max_epochs: 2\n", "max_epochs: 150\n", 1))
     first = folder / "runs" / "digits_low"
     second = folder / "runs" / "parity"
     launcher = subprocess.Popen(
