@@ -72,11 +72,18 @@ def parse_fractions(text: str) -> list[float]:
     return sorted(set(values))
 
 
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state takes no more (numpy's legacy seeding)
+
+
 def parse_seeds(text: str) -> list[int]:
+    """Distinct seeds in [0, 2**32 - 1], from ``0,1,2``."""
     try:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(f"--seeds: {text!r} is not a comma-separated list of integers") from None
+    wrong = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if wrong:
+        raise ConfigError(f"--seeds: {wrong[0]} is not a seed (give integers 0 to {MAX_SEED})")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: {text} repeats a seed")
     return seeds
@@ -451,7 +458,12 @@ def table(summary: dict, fractions: list[float], metric: str) -> str:
     show_default=True,
     help="Label fractions in (0, 1] (or percentages, 5%); subsets are nested and stratified.",
 )
-@click.option("--seeds", default="0,1,2", show_default=True, help="Seeds (subsets and probes).")
+@click.option(
+    "--seeds",
+    default="0,1,2",
+    show_default=True,
+    help="Distinct seeds 0 to 2**32-1 (subsets and probes).",
+)
 @click.option("--finetune", is_flag=True, help="Also fine-tune each encoder end to end.")
 @click.option(
     "--scratch/--no-scratch",

@@ -192,6 +192,14 @@ def test_a_fraction_outside_0_1_is_refused(pretrained, tmp_path, fraction):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "1.5", "x"])
+def test_a_seed_outside_0_to_2_32_is_refused(pretrained, tmp_path, seed):
+    out = tmp_path / "out"
+    result = probe(pretrained, "--data", downstream(tmp_path), "--seeds", f"0,{seed}", "-o", out)
+    assert_bad_input(result, "--seeds", seed)
+    assert not out.exists()
+
+
 def test_a_run_without_an_encoder_is_refused(tmp_path):
     run = train_toy_run(tmp_path / "runs", run_config([], 6), "no_encoder")
     out = tmp_path / "out"
