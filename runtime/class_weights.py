@@ -9,13 +9,14 @@ split and seed give the same weights, so a resumed run weights its loss exactly 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from runtime.data.base import TaskTensorDataset
 from runtime.data.multi import MultiDatasetDataModule
+from runtime.protocols import LearnsFromTrainingLabels
 
 FrequencyWeighting = Literal["balanced", "sqrt_balanced"]
 
@@ -39,15 +40,6 @@ def frequency_weights(labels: Tensor, num_classes: int, mode: FrequencyWeighting
     weights = inverse if mode == "balanced" else inverse.sqrt()
     weights = weights * counts.sum() / (weights * counts).sum()
     return weights.float()
-
-
-@runtime_checkable
-class LearnsFromTrainingLabels(Protocol):
-    """A task that sets something (class weights) from the training split's labels."""
-
-    def needs_training_labels(self) -> bool: ...
-
-    def fit_training_labels(self, labels: Tensor) -> None: ...
 
 
 def training_labels(datamodule: object, task: str) -> list[Tensor]:

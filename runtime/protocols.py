@@ -84,6 +84,15 @@ class Mergeable(Protocol):
     def merge_and_unload(self) -> nn.Module: ...
 
 
+@runtime_checkable
+class LearnsFromTrainingLabels(Protocol):
+    """A task that sets something (class weights) from the training split's labels."""
+
+    def needs_training_labels(self) -> bool: ...
+
+    def fit_training_labels(self, labels: Tensor) -> None: ...
+
+
 # ---- Lightning module, data, scheduler, callbacks ------------------------------------------
 @runtime_checkable
 class HasTasks(Protocol):
