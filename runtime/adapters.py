@@ -23,7 +23,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from runtime.encoders import ACTIVATIONS
-from runtime.lora import _Switch, match_modules
+from runtime.lora import AdapterSwitch, match_modules
 
 
 class BottleneckAdapter(nn.Module):
@@ -61,7 +61,7 @@ def output_features(module: nn.Module) -> int | None:
     return output_features(children[-1]) if children else None
 
 
-class TaskAdapters(_Switch):
+class TaskAdapters(AdapterSwitch):
     """Bottleneck adapters after the encoder layers named by ``target_modules``, one set per task.
 
     Args:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +55,7 @@ def match_modules(
     return chosen
 
 
-class _Switch(nn.Module):
+class AdapterSwitch(nn.Module):
     """An on/off flag kept as a buffer (saved in checkpoints) with a Python mirror."""
 
     def __init__(self, enabled: bool) -> None:
@@ -77,7 +76,7 @@ class _Switch(nn.Module):
         self.enabled.fill_(self._on)
 
 
-class TaskLoRA(_Switch):
+class TaskLoRA(AdapterSwitch):
     """Task-generated LoRA on the encoder's linear layers named by ``target_modules``.
 
     Args:
@@ -109,7 +108,6 @@ class TaskLoRA(_Switch):
         self.scale = (alpha if alpha is not None else rank) / rank
         self.layer_names: list[str] = []
         self._shapes: list[tuple[int, int]] = []
-        self._handles: list[Any] = []
         self._current: list[tuple[Tensor, Tensor]] | None = None
 
     def attach(self, encoder: nn.Module, embedding_dim: int) -> None:
@@ -126,7 +124,7 @@ class TaskLoRA(_Switch):
         nn.init.zeros_(self.to_b.weight)  # B = 0: the encoder starts as the plain encoder
         nn.init.zeros_(self.to_b.bias)
         for i, layer in enumerate(layers):
-            self._handles.append(layer.register_forward_hook(self._hook(i)))
+            layer.register_forward_hook(self._hook(i))  # for the model's lifetime
 
     def adapters(self, task_embedding: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per target layer ``(A [r, in], B [out, r])`` for one task vector."""
@@ -167,7 +165,7 @@ class TaskLoRA(_Switch):
         )
 
 
-class StaticLoRA(_Switch):
+class StaticLoRA(AdapterSwitch):
     """peft LoRA (the same for every task) on the encoder's layers named by ``target_modules``.
 
     Args:
@@ -216,6 +214,6 @@ class StaticLoRA(_Switch):
             set_adapter_disabled(layer, not self._on)  # without touching requires_grad
 
 
-def adapter_switches(model: nn.Module) -> list[_Switch]:
+def adapter_switches(model: nn.Module) -> list[AdapterSwitch]:
     """Every adapter on/off switch inside ``model``."""
-    return [m for m in model.modules() if isinstance(m, _Switch)]
+    return [m for m in model.modules() if isinstance(m, AdapterSwitch)]

@@ -12,7 +12,7 @@ import yaml
 from merged_runs import fake_run, merged_config, write_checkpoint
 
 from runtime.config_errors import ConfigError
-from runtime.rundir import load_run
+from runtime.rundir import RunDir, load_run
 
 
 @pytest.fixture
@@ -121,3 +121,20 @@ def test_checkpoint_of_another_model(run_dir):
     write_checkpoint(run_dir / "checkpoints" / "best.ckpt", {"model.other": torch.zeros(2)})
     with pytest.raises(ConfigError, match=r"best\.ckpt does not fit the model of .*config\.yaml"):
         load_run(run_dir)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, {}),
+        ('{"exit": {"code": 3}}', {"exit": {"code": 3}}),
+        ("[1, 2]", {}),
+        ('{"exit": ', {}),
+        ("\udcff", {}),
+    ],
+)
+def test_run_info_reads_as_a_mapping_or_empty(tmp_path, text, expected):
+    run = RunDir(tmp_path)
+    if text is not None:
+        run.run_info.write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert run.read_run_info() == expected
