@@ -15,6 +15,7 @@ front door of ``mtl-run`` and ``mtl-study status`` stay fast.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import sys
@@ -86,6 +87,15 @@ class RunDir:
     @property
     def run_info(self) -> Path:
         return self.path / self.RUN_INFO
+
+    def read_run_info(self) -> dict[str, Any]:
+        """``run_info.json`` as a mapping; empty when it is missing, unreadable or not a
+        JSON object (the readers only look things up in it)."""
+        try:
+            info = json.loads(self.run_info.read_text())
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
 
     @property
     def summary(self) -> Path:

@@ -65,11 +65,7 @@ def balancer_label(record: Any) -> str:
 
 def _balancer(run_dir: Path) -> str:
     """The balancer a run recorded in run_info.json (``sum`` when none or not recorded)."""
-    try:
-        info = json.loads(RunDir(run_dir).run_info.read_text())
-    except (OSError, ValueError):
-        return "sum"
-    return balancer_label(info.get("balancer") if isinstance(info, dict) else None)
+    return balancer_label(RunDir(run_dir).read_run_info().get("balancer"))
 
 
 def read_run(run_dir: Path) -> RunFigures:

@@ -231,11 +231,7 @@ def _mtime_ns(path: Path) -> int | None:
 
 def recorded_exit(run_dir: Path) -> int | None:
     """The failing exit status ``mtl-run`` noted in the run directory's ``run_info.json``."""
-    try:
-        info = json.loads(RunDir(run_dir).run_info.read_text())
-    except (OSError, ValueError):
-        return None
-    found = info.get("exit") if isinstance(info, dict) else None
+    found = RunDir(run_dir).read_run_info().get("exit")
     code = found.get("code") if isinstance(found, dict) else None
     return code if isinstance(code, int) else None
 
