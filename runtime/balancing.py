@@ -820,10 +820,11 @@ def _context(module: Any, balancer: Balancer) -> StepContext:
     step = int(module.trainer.global_step)
     if not balancer.needs_parameters:
         return StepContext(shared=[], others=[], step=step)
-    named = dict(module.model.named_parameters())
-    wanted = set(getattr(balancer, "shared_names", ()))
-    shared = [named[n] for n in getattr(balancer, "shared_names", ()) if named[n].requires_grad]
-    others = [p for n, p in module.model.named_parameters() if p.requires_grad and n not in wanted]
+    named = dict(module.model.named_parameters())  # walked once per step, not twice
+    names = getattr(balancer, "shared_names", ())
+    wanted = set(names)
+    shared = [named[n] for n in names if named[n].requires_grad]
+    others = [p for n, p in named.items() if p.requires_grad and n not in wanted]
     return StepContext(shared=shared, others=others, step=step)
 
 
