@@ -129,8 +129,21 @@ class Balancer(nn.Module):
     def bind(self, task_names: Sequence[str], model: nn.Module) -> None:
         """Called once by ``MultiTaskModule`` with its tasks (in model order) and model."""
         self.task_names = list(task_names)
+        #: task name -> its index in ``task_names``
+        self.position = {name: i for i, name in enumerate(self.task_names)}
+        self._present: dict[tuple[str, ...], Tensor] = {}
         self.weights = torch.ones(len(self.task_names))
         self.setup(model)
+
+    def present(self, names: Sequence[str]) -> Tensor:
+        """The indices of a step's tasks (``names``, in model order) in ``task_names``: made
+        once per set of tasks, not on every step."""
+        key = tuple(names)
+        found = self._present.get(key)
+        if found is None:
+            found = torch.tensor([self.position[t] for t in key], dtype=torch.long)
+            self._present[key] = found
+        return found
 
     def setup(self, model: nn.Module) -> None:
         """Per-task state once the tasks are known."""
@@ -807,10 +820,11 @@ def _context(module: Any, balancer: Balancer) -> StepContext:
     step = int(module.trainer.global_step)
     if not balancer.needs_parameters:
         return StepContext(shared=[], others=[], step=step)
-    named = dict(module.model.named_parameters())
-    wanted = set(getattr(balancer, "shared_names", ()))
-    shared = [named[n] for n in getattr(balancer, "shared_names", ()) if named[n].requires_grad]
-    others = [p for n, p in module.model.named_parameters() if p.requires_grad and n not in wanted]
+    named = dict(module.model.named_parameters())  # walked once per step, not twice
+    names = getattr(balancer, "shared_names", ())
+    wanted = set(names)
+    shared = [named[n] for n in names if named[n].requires_grad]
+    others = [p for n, p in named.items() if p.requires_grad and n not in wanted]
     return StepContext(shared=shared, others=others, step=step)
 
 
@@ -838,9 +852,7 @@ def training_step(module: Any, batch: Mapping[str, Any]) -> Tensor | None:
     balancer: Balancer | None = module.balancer
     if balancer is None:
         return total
-    order = {t: i for i, t in enumerate(module.model.task_names)}
-    present = torch.tensor([order[t] for t in names], dtype=torch.long)
-    loss = balancer.loss(values, present, _context(module, balancer))
+    loss = balancer.loss(values, balancer.present(names), _context(module, balancer))
     return loss if step.aux is None else loss + step.aux
 
 
@@ -878,10 +890,10 @@ class BalancingHooks(Callback):
         balancer: Balancer = pl_module.balancer
         # the weights of the step Lightning writes to the logger, not one log call per step
         if compat.should_update_logs(trainer):
-            order = {t: i for i, t in enumerate(balancer.task_names)}
+            weights, position = balancer.weights, balancer.position
             pl_module.log_dict(
                 {
-                    f"train/weight/{name}": balancer.weights[order[name]].detach().clone()
+                    f"train/weight/{name}": weights[position[name]].detach().clone()
                     for name in _step_tasks(pl_module, batch)
                 },
                 on_step=True,

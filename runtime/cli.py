@@ -275,7 +275,7 @@ class RunCLI(LightningCLI):
                 )
             )
         if self.subcommand_name == "fit":
-            callbacks.append(GracefulStop(run.checkpoint_file("last")))
+            callbacks.append(GracefulStop(run.checkpoint_file(RunDir.LAST)))
         if opts.early_stopping_patience is not None:
             # a plain int: the callback's state (patience) goes into checkpoints, which load
             # with weights_only=True, where jsonargparse's NonNegativeInt is not allowed

@@ -112,31 +112,18 @@ class EMAWeights(Callback):
             self.ema.update()
 
     # ---- evaluation on the EMA weights ---------------------------------------------------
-    def _swap_in(self) -> None:
+    def swap_in(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Put the EMA weights into the network (if not already there)."""
         if not self.ema.swapped:
             self.ema.swap()
 
-    def _swap_out(self) -> None:
+    def swap_out(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Put the training weights back (if the EMA weights are in)."""
         if self.ema.swapped:
             self.ema.swap()
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._swap_in()
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._swap_out()
-
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._swap_in()
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._swap_out()
-
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._swap_in()
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._swap_out()
+    on_validation_start = on_test_start = on_predict_start = swap_in
+    on_validation_end = on_test_end = on_predict_end = swap_out
 
     # ---- checkpoints ---------------------------------------------------------------------
     def on_save_checkpoint(

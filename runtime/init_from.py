@@ -76,12 +76,11 @@ class InitReport:
     fresh: list[str] = field(default_factory=list)
     rows: dict[str, str] = field(default_factory=dict)
 
-    def summary(self, source: str | None = None) -> str:
-        source = self.source if source is None else source
+    def summary(self) -> str:
         rows = ", ".join(f"{new} <- {old}" for new, old in self.rows.items()) or "none"
         fresh = ", ".join(self.fresh[:6]) + (" ..." if len(self.fresh) > 6 else "")
         return (
-            f"init_from {source}: {len(self.loaded)} tensors loaded; per-task rows: {rows}; "
+            f"init_from {self.source}: {len(self.loaded)} tensors loaded; per-task rows: {rows}; "
             f"kept fresh: {fresh or 'none'}"
         )
 

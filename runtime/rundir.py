@@ -156,7 +156,7 @@ class RunDir:
         return None
 
     def has_checkpoint(self) -> bool:
-        """Whether a fit in this directory saved any checkpoint."""
+        """Whether a fit in this directory saved any checkpoint (one that never did is reused)."""
         return bool(self.checkpoint_files())
 
     def is_run(self) -> bool:
@@ -334,11 +334,6 @@ def load_run(target: str | Path, ckpt: str | None = "best", with_data: bool = Tr
     return LoadedRun(config_path, config, module, datamodule, checkpoint_path, run_dir, info)
 
 
-def has_trained(run_dir: Path) -> bool:
-    """Whether a fit in ``run_dir`` saved any checkpoint (one that never did can be reused)."""
-    return RunDir(run_dir).has_checkpoint()
-
-
 def clear_run_dir(run_dir: Path) -> None:
     """Delete what a run directory holds (its lock file aside)."""
     for entry in run_dir.iterdir():
@@ -399,7 +394,7 @@ def prepare_fit_dir(
             f"--force: {run_dir} is not an mtl-run run directory (no run_info.json)"
             "; refusing to delete it"
         )
-    if entries and (has_trained(run_dir) or not ours) and not force:
+    if entries and (run.has_checkpoint() or not ours) and not force:
         raise ConfigError(run.existing_message())
     if not run_dir.is_dir():
         return None  # created (and locked) once everything is built: see create_run_dir

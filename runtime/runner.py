@@ -129,11 +129,10 @@ def run_subcommand(cli: RunCLI, argv: list[str]) -> None:
     else:
         record()
     compile_model(cli.model, cli.config.run.compile)
-    stages = {"fit": _fit, "validate": _evaluate, "test": _evaluate, "predict": _predict}
     if stage == "fit":
         _fit(cli)
     else:
-        stages[stage](cli, str(ckpt))
+        (_predict if stage == "predict" else _evaluate)(cli, str(ckpt))
 
 
 def _tasks(cli: RunCLI) -> dict[str, Any]:
@@ -179,9 +178,10 @@ def _fit(cli: RunCLI) -> None:
             "validation samples, or no validation ran): summary.json marks them null",
             file=sys.stderr,
         )
+    run = RunDir(run_dir)
     if stopped is not None:  # recorded before summary.json: a kill in between is no success
-        _record_exit(RunDir(run_dir).run_info, exitcodes.NON_FINITE_LOSS, str(stopped))
-    write_summary(RunDir(run_dir).summary, summary, tasks)
+        _record_exit(run.run_info, exitcodes.NON_FINITE_LOSS, str(stopped))
+    write_summary(run.summary, summary, tasks)
     plot_task_weights(run_dir)
     write_confusion_matrices(run_dir, confusion, tasks, "confusion_matrix_", "validation, best")
     _print_results("best validation", summary)
@@ -210,7 +210,7 @@ def checkpoint_for_evaluation(cli: RunCLI) -> Path:
     """``--ckpt_path`` (a checkpoint name or path), else the run's ``best``: both resolved by
     :meth:`runtime.rundir.RunDir.checkpoint`'s rule (never freshly built weights)."""
     assert cli.run_dir is not None
-    return resolve_checkpoint(cli.run_dir, cli.config.ckpt_path or "best")
+    return resolve_checkpoint(cli.run_dir, cli.config.ckpt_path or RunDir.BEST)
 
 
 def _evaluate(cli: RunCLI, ckpt: str) -> None:

@@ -101,7 +101,8 @@ class StepStats:
         step whose tasks saw different numbers of samples (an ``all_datasets`` step)."""
         slots = [self._slot[name] for name in task_losses] + [self.total]
         values = [*task_losses.values(), total]
-        weights = [float((task_weights or {}).get(name, weight)) for name in task_losses]
+        per_task = task_weights or {}
+        weights = [float(per_task.get(name, weight)) for name in task_losses]
         weights.append(float(weight))
         if aux is not None:
             slots.append(self.aux)

@@ -39,6 +39,8 @@ class BatchAssembler(Dataset):
         self.names = list(names)
         self.datasets = list(datasets)
         self.tasks = [list(t) for t in tasks]
+        #: per dataset: whether it fetches whole batches (asked once, not per batch)
+        self.fetches_batches = [isinstance(d, BatchFetching) for d in self.datasets]
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets)
@@ -48,7 +50,7 @@ class BatchAssembler(Dataset):
             return {"dataset": None, "parts": [self[k] for k in key]}
         dataset = self.datasets[key.dataset]
         index = torch.as_tensor(np.ascontiguousarray(key.indices), dtype=torch.long)
-        if isinstance(dataset, BatchFetching):
+        if self.fetches_batches[key.dataset]:
             sample = dataset.get_batch(index)
         else:
             sample = default_collate([dataset[int(i)] for i in index])
