@@ -137,15 +137,10 @@ def _placeholders(node: Any, key: tuple) -> tuple[tuple, str] | None:
 
 def _whole_split(dataset: Any, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
-    from torch.utils.data import default_collate
 
-    from runtime.data.ssl import BatchFetching
+    from runtime.data.base import batch_fetcher
 
-    index = torch.arange(len(dataset))
-    if isinstance(dataset, BatchFetching):
-        batch = dataset.get_batch(index)
-    else:
-        batch = default_collate([dataset[int(i)] for i in index])
+    batch = batch_fetcher(dataset)(torch.arange(len(dataset)))
     return batch["inputs"], batch["targets"][task]
 
 

@@ -80,12 +80,23 @@ def _docstrings(tree: ast.Module) -> set[ast.AST]:
     }
 
 
+def _batch_reading(node: ast.AST) -> bool:
+    """Collating a dataset's samples into a batch (or asking it for a whole one)."""
+    if isinstance(node, ast.ImportFrom) and node.module == "torch.utils.data":
+        return any(alias.name == "default_collate" for alias in node.names)
+    return isinstance(node, ast.Name) and node.id == "BatchFetching"
+
+
 HOMES = {
     "did-you-mean (difflib)": (_imports("difflib"), {"compiler/errors.py"}),
     "YAML reading": (_yaml_reading, {"compiler/yamlload.py"}),
     "atomic writing (rename into place)": (_renaming, {"compiler/files.py"}),
     "the error printer": (_error_line, {"compiler/errors.py"}),
     "run-config key paths": (_key_path, {"compiler/keypaths.py"}),
+    "reading a batch of samples": (
+        _batch_reading,
+        {"runtime/data/base.py", "runtime/protocols.py"},
+    ),
 }
 
 
@@ -109,6 +120,7 @@ def test_the_checks_see_a_second_home(tmp_path: Path) -> None:
         "os.replace(tmp, path)\n"
         "print(f'{prog}: error: {message}')\n"
         "TASKS = ('model', 'init_args', 'tasks')\n"
+        "from torch.utils.data import default_collate\n"
     )
     for idea, (matches, _) in HOMES.items():
         assert any(matches(n) for n in ast.walk(stray)), idea

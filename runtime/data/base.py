@@ -7,20 +7,36 @@ and does all batching, sampling and sharding, so a per-dataset module never buil
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from runtime.data.errors import DataConfigError
 from runtime.data.splits import split_indices
 from runtime.data.validate import Source, TargetSpec, require_labels, validated
+from runtime.protocols import BatchFetching
 
 Sample = dict[str, Any]
 """``{"inputs": Tensor, "targets": {task: Tensor}}`` - one sample, or a batch of them."""
+
+
+def _collated(dataset: Dataset, index: torch.Tensor) -> Sample:
+    return default_collate([dataset[int(i)] for i in index])
+
+
+def batch_fetcher(dataset: Dataset) -> Callable[[torch.Tensor], Sample]:
+    """How to read the samples ``index`` (a 1-D long tensor) of ``dataset`` as one batch: its
+    own ``get_batch`` when it fetches whole batches (:class:`~runtime.protocols.BatchFetching`),
+    else its items one by one, collated. Decided once per dataset, not per batch; picklable, so
+    loader workers started by spawn can hold it."""
+    if isinstance(dataset, BatchFetching):
+        return dataset.get_batch
+    return partial(_collated, dataset)
 
 
 class TaskTensorDataset(Dataset):

@@ -17,15 +17,14 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from compiler.errors import did_you_mean
 from runtime.compat import batches_processed_this_epoch
-from runtime.data.base import DatasetModule
+from runtime.data.base import DatasetModule, batch_fetcher
 from runtime.data.errors import DataConfigError
 from runtime.data.sampler import EVAL_MODE, SAMPLE_MODES, BatchKey, MultiDatasetBatchSampler
 from runtime.data.validate import ExpectsTargets, TargetSpec
-from runtime.protocols import BatchFetching
 
 Batch = dict[str, Any]
 
@@ -39,8 +38,7 @@ class BatchAssembler(Dataset):
         self.names = list(names)
         self.datasets = list(datasets)
         self.tasks = [list(t) for t in tasks]
-        #: per dataset: whether it fetches whole batches (asked once, not per batch)
-        self.fetches_batches = [isinstance(d, BatchFetching) for d in self.datasets]
+        self.fetchers = [batch_fetcher(d) for d in self.datasets]
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets)
@@ -48,12 +46,8 @@ class BatchAssembler(Dataset):
     def __getitem__(self, key: BatchKey | tuple[BatchKey, ...]) -> Batch:
         if isinstance(key, tuple) and not isinstance(key, BatchKey):  # all_datasets: one step
             return {"dataset": None, "parts": [self[k] for k in key]}
-        dataset = self.datasets[key.dataset]
         index = torch.as_tensor(np.ascontiguousarray(key.indices), dtype=torch.long)
-        if self.fetches_batches[key.dataset]:
-            sample = dataset.get_batch(index)
-        else:
-            sample = default_collate([dataset[int(i)] for i in index])
+        sample = self.fetchers[key.dataset](index)
         targets = sample["targets"]
         return {
             "dataset": self.names[key.dataset],

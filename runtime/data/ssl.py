@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
-from runtime.data.base import DatasetModule, Sample
+from runtime.data.base import DatasetModule, Sample, batch_fetcher
 from runtime.data.pretext import Objective
-from runtime.protocols import BatchFetching
 
 _SPLIT_SALT = {"train": 0, "val": 1, "test": 2, "predict": 3}
 
@@ -45,6 +44,7 @@ class SelfSupervisedDataset(Dataset):
         self, base: Dataset, objective: Objective, task: str, seed: int, split: str
     ) -> None:
         self.base = base
+        self._fetch = batch_fetcher(base)
         self.objective = objective
         self.task = task
         self.seed = seed
@@ -53,15 +53,10 @@ class SelfSupervisedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def _inputs(self, index: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.base, BatchFetching):
-            return self.base.get_batch(index)["inputs"]
-        return default_collate([self.base[int(i)]["inputs"] for i in index])
-
     def get_batch(self, index: torch.Tensor) -> Sample:
         index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
         generator = batch_generator(self.seed, self.split, index)
-        inputs, target = self.objective.make(self._inputs(index), generator)
+        inputs, target = self.objective.make(self._fetch(index)["inputs"], generator)
         return {"inputs": inputs, "targets": {self.task: target}}
 
     def __getitem__(self, index: int | torch.Tensor) -> Sample:
