@@ -14,12 +14,13 @@ whatever library produced them.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from .errors import ConfigError
 
@@ -228,6 +229,30 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_file`)."""
     with atomic_file(path, binary=isinstance(data, bytes)) as handle:
         handle.write(data)
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with NaN and infinite floats as None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
+
+
+def json_text(data: Any) -> str:
+    """Indented strict JSON of ``data``: NaN and infinities become null, since JSON has none
+    (``NaN`` would make the file unreadable to strict parsers)."""
+    import json  # here: mtl-make-config writes no JSON, and its start-up time counts
+
+    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as strict JSON (:func:`json_text`), atomically."""
+    atomic_write(path, json_text(data))
 
 
 def write_all_atomic(files: list[tuple[Path, str]]) -> None:

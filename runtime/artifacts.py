@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-from compiler.files import atomic_write
+from compiler.files import atomic_write, write_json
 from runtime.plots import plot_confusion_matrix
 from runtime.rundir import RunDir
 from runtime.tasks import RegressionTask, Task
@@ -30,29 +29,11 @@ def per_task_report(metrics: dict[str, float], stage: str, tasks: list[str]) -> 
     return {t: task_metrics(metrics, stage, t) for t in tasks}
 
 
-def json_safe(data: Any) -> Any:
-    """``data`` with NaN/inf floats as None (JSON has no NaN: ``NaN`` would make the file
-    unreadable to strict parsers)."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: json_safe(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [json_safe(v) for v in data]
-    return data
-
-
 def absent_metrics(task: Task) -> dict[str, None]:
     """A task's headline metrics marked absent (None, written as null), for a task that had
     no labelled sample to score: never reported as 0."""
     names = (task.primary_metric, *task.comparison_metrics)
     return dict.fromkeys(names)
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(
-        path, json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    )
 
 
 def write_summary(path: Path, figures: dict[str, dict[str, Any]], tasks: dict[str, Task]) -> None:

@@ -12,13 +12,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from compiler import exitcodes
-from compiler.files import atomic_write, check_output
+from compiler.files import atomic_write, check_output, write_json
 from runtime.artifacts import (
     absent_metrics,
     per_task_report,
     task_metrics,
     write_confusion_matrices,
-    write_json,
     write_predictions,
     write_summary,
 )

@@ -10,7 +10,6 @@ Heavy imports happen inside functions so ``--help`` is fast.
 
 from __future__ import annotations
 
-import json
 import warnings
 from importlib import metadata as pkg_metadata
 from pathlib import Path
@@ -20,7 +19,7 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError
-from compiler.files import atomic_dir, atomic_write, check_output
+from compiler.files import atomic_dir, atomic_write, check_output, write_json
 from runtime.protocols import inner_model
 from scripts.common import bad_input_exits, note
 
@@ -186,7 +185,7 @@ def convert(
     with atomic_dir(out) as folder:
         weights = write_weights(state, fmt, folder, part)
         config = export_config(part, entries, fmt, weights, state, loaded, adapters)
-        atomic_write(folder / "config.json", json.dumps(config, indent=2) + "\n")
+        write_json(folder / "config.json", config)
     count = sum(v.numel() for v in state.values())
     _note(f"wrote {out} ({fmt}, {part}: {len(state)} tensors, {count:,} values)")
     return config

@@ -9,7 +9,6 @@ atomic writer (:mod:`compiler.files`), so nothing is ever half-written. Exit cod
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ import click
 
 from compiler import exitcodes
 from compiler.errors import ConfigError, print_error
-from compiler.files import atomic_write
+from compiler.files import write_json
 
 EXIT_BAD_INPUT = exitcodes.BAD_INPUT
 
@@ -81,5 +80,5 @@ def json_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
 
 def write_json_result(prog: str, path: Path, data: Any) -> None:
     """Write a command's ``--json`` result (atomically) and say where it went."""
-    atomic_write(path, json.dumps(data, indent=2) + "\n")
+    write_json(path, data)
     note(prog, f"wrote {path}")

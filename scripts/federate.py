@@ -16,7 +16,7 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
-from compiler.files import atomic_write
+from compiler.files import write_json
 from scripts.common import bad_input_exits, note
 
 PROG = "mtl-federate"
@@ -275,7 +275,7 @@ def main(run_config: Path, run_dir: Path | None, resume: bool, force: bool, verb
         if force and target.is_dir():
             shutil.rmtree(target)
         target.mkdir(parents=True, exist_ok=True)
-        atomic_write(info, json.dumps(fed.to_json(), indent=2) + "\n")
+        write_json(info, fed.to_json())
         if not fed.initial.exists():
             from runtime.federated.clients import client_config, initial_state, save
 

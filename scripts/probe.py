@@ -14,7 +14,6 @@ Every input is checked before anything is trained or written.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import click
 
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
-from compiler.files import atomic_dir, check_output
+from compiler.files import atomic_dir, check_output, json_text
 from compiler.keypaths import MODULE_ARGS, TASKS
 from scripts.common import bad_input_exits, device_option, note
 from scripts.probe_plots import REFERENCE
@@ -591,7 +590,7 @@ def write_outputs(
         f"Macro-F1 (mean ± std):\n\n{tables['macro_f1']}\n"
     )
     with atomic_dir(out) as folder:
-        (folder / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
+        (folder / "probe.json").write_text(json_text(report))
         (folder / "probe.md").write_text(markdown)
         (folder / "curve.png").write_bytes(curve_png(summary, settings.fractions, title))
         (folder / "embedding.png").write_bytes(

@@ -145,9 +145,9 @@ def read_status(study: Study, run: StudyRun) -> dict[str, Any]:
 
 
 def write_status(study: Study, run: StudyRun, record: dict[str, Any]) -> None:
-    from compiler.files import atomic_write
+    from compiler.files import write_json
 
-    atomic_write(study.status_path(run), json.dumps(record, indent=2) + "\n")
+    write_json(study.status_path(run), record)
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -131,7 +131,7 @@ def unmerge(
     """Write one single-task run directory per chosen task; returns them."""
     import torch
 
-    from runtime.artifacts import write_json
+    from compiler.files import write_json
     from runtime.config_errors import read_run_config
     from runtime.hardware import resolve_device
     from runtime.provenance import header_comments, run_info

@@ -4,6 +4,7 @@ the output-path check."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from compiler.files import (
     atomic_file,
     atomic_write,
     check_output,
+    json_text,
     remove_stale_temps_in,
+    write_json,
 )
 
 
@@ -139,3 +142,18 @@ def test_a_directory_is_never_replaced_by_a_file_nor_a_file_by_a_directory(tmp_p
         check_output(file / "sub" / "out.json")
     assert folder.is_dir()
     assert file.read_text() == "x"
+
+
+def _strict(text: str):
+    def refuse(name: str):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_is_strict_with_non_finite_floats_as_null(tmp_path):
+    data = {"a": [1.5, float("nan"), (float("inf"), -float("inf"))], "b": {"c": None, "d": "x"}}
+    assert _strict(json_text(data)) == {"a": [1.5, None, [None, None]], "b": {"c": None, "d": "x"}}
+    write_json(tmp_path / "r.json", {"loss": float("nan")})
+    assert _strict((tmp_path / "r.json").read_text()) == {"loss": None}
+    assert not [p for p in tmp_path.iterdir() if p.name != "r.json"]  # no temporary left

@@ -12,7 +12,7 @@ import torch
 import yaml
 from file_run import synthetic_config
 
-from runtime.artifacts import write_json
+from compiler.files import write_json
 from runtime.cli import main
 from runtime.metrics import ConfusionMatrixMetrics, MultiLabelMetrics, RegressionMetrics
 

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compiler.files import atomic_dir, atomic_write
-from runtime.artifacts import write_json
+from compiler.files import atomic_dir, atomic_write, json_text, write_json
 from runtime.federated.clients import Federation
 
 ROUND = re.compile(r"round_(\d{4})")
@@ -45,7 +44,7 @@ def commit(fed: Federation, number: int, arrays: dict[str, Tensor], record: dict
             source = fed.client_dir(client)
             if source.is_dir():
                 shutil.copytree(source, tmp / "clients" / source.name)
-        (tmp / "round.json").write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "round.json").write_text(json_text(record))
     for older, path in round_dirs(fed):
         if older < number and (path / "clients").exists():
             shutil.rmtree(path / "clients")
