@@ -269,7 +269,7 @@ def main(run_config: Path, run_dir: Path | None, resume: bool, force: bool, verb
                 f"run directory {target} already exists: pass --resume to continue it, --force "
                 "to delete it and start over, or --run-dir for another directory"
             )
-        if force and target.is_dir() and not (info.is_file() or not any(target.iterdir())):
+        if force and target.is_dir() and any(target.iterdir()) and not info.is_file():
             raise ConfigError(f"--force: {target} is not a federated run directory; not deleting")
         fed.sizes = _sizes(fed, run_config)
         if force and target.is_dir():

@@ -299,15 +299,16 @@ def check_reads(pretrained: Pretrained, data: Downstream, device: torch.device) 
         ) from None
 
 
-def fresh_model(pretrained: Pretrained, seed: int) -> MultiTaskModel:
-    """The run's model with random weights drawn under ``seed`` (the references)."""
+def fresh_model(pretrained: Pretrained, seed: int, device: torch.device) -> MultiTaskModel:
+    """The run's model with random weights drawn under ``seed`` (the references), on
+    ``device``."""
     import torch
 
     from runtime.rundir import build_objects
 
     torch.manual_seed(seed)
     module, _ = build_objects(pretrained.config, with_data=False, where=str(pretrained.run))
-    return module.model
+    return module.model.to(device)
 
 
 # ---- the probe -----------------------------------------------------------------------------
@@ -323,8 +324,12 @@ class Settings:
     device: torch.device
 
 
-def run_probe(runs: list[Pretrained], data: Downstream, settings: Settings) -> list[dict[str, Any]]:
-    """One record per (pretraining or scratch, mode, fraction, seed)."""
+def run_probe(
+    runs: list[Pretrained], data: Downstream, settings: Settings
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """One record per (pretraining or scratch, mode, fraction, seed), and the evaluation
+    split's features of each pretraining (its first run) and of the first seed's reference,
+    for the embedding map."""
     import torch
 
     from scripts.probe_train import features, linear_probe, nested_subsets, scores, train_classifier
@@ -367,6 +372,9 @@ def run_probe(runs: list[Pretrained], data: Downstream, settings: Settings) -> l
                 features(p.model, data.eval_x, settings.device))
         for p in runs
     }  # fmt: skip
+    embedded: dict[str, np.ndarray] = {}
+    for p in runs:
+        embedded.setdefault(p.name, cached[id(p)][1])
     for seed in settings.seeds:
         subsets = nested_subsets(data.train_y, settings.fractions, seed)
         for p in runs:
@@ -381,17 +389,18 @@ def run_probe(runs: list[Pretrained], data: Downstream, settings: Settings) -> l
             note(PROG, f"seed {seed}: {p.name} ({p.run}) probed in "
                        f"{time.perf_counter() - start:.1f} s")  # fmt: skip
         if settings.scratch:
-            fresh = fresh_model(runs[0], seed)
+            fresh = fresh_model(runs[0], seed, settings.device)
             start = time.perf_counter()
             train_f = features(fresh, data.train_x, settings.device)
             eval_f = features(fresh, data.eval_x, settings.device)
+            embedded.setdefault(SCRATCH, eval_f)  # the reference's start: what pretraining changed
             for fraction, rows in subsets.items():
                 pred = linear_probe(train_f[rows], data.train_y[rows], eval_f, seed)
                 record(SCRATCH, None, "linear", fraction, seed, rows, pred)
                 record(SCRATCH, None, "scratch", fraction, seed, rows,
                        end_to_end(fresh, rows, seed))  # fmt: skip
             note(PROG, f"seed {seed}: from scratch in {time.perf_counter() - start:.1f} s")
-    return records
+    return records, embedded
 
 
 def line_name(record: dict[str, Any]) -> str:
@@ -535,8 +544,8 @@ def main(
         settings = Settings(
             chosen_fractions, chosen_seeds, finetune, scratch, steps, batch_size, lr, where
         )
-        records = run_probe(pretrained, data, settings)
-        write_outputs(out, pretrained, data, settings, records, embedding)
+        records, embedded = run_probe(pretrained, data, settings)
+        write_outputs(out, pretrained, data, settings, records, embedded, embedding)
 
 
 def write_outputs(
@@ -545,24 +554,17 @@ def write_outputs(
     data: Downstream,
     settings: Settings,
     records: list[dict[str, Any]],
+    embedded: dict[str, np.ndarray],
     method: str,
 ) -> None:
-    """The four outputs, into a folder that appears whole; the tables on stdout."""
+    """The four outputs, into a folder that appears whole; the tables on stdout.
+    ``embedded``: each encoder's features of the evaluation split (mapped to 2-D)."""
     from scripts.probe_plots import curve_png, embedding_png, project_2d
-    from scripts.probe_train import features
 
     summary = summarize(records)
     tables = {m: table(summary, settings.fractions, m) for m in ("accuracy", "macro_f1")}
     title = f"{data.task} of {data.path.name}: label efficiency over seeds {settings.seeds}"
-    encoders = {}
-    for p in pretrained:
-        encoders.setdefault(p.name, p.model)
-    if settings.scratch:  # the reference's starting point: what pretraining changed
-        encoders[SCRATCH] = fresh_model(pretrained[0], settings.seeds[0]).to(settings.device)
-    points = {
-        name: project_2d(features(model, data.eval_x, settings.device), method)
-        for name, model in encoders.items()
-    }
+    points = {name: project_2d(values, method) for name, values in embedded.items()}
     report = {
         "data": str(data.path),
         "task": data.task,

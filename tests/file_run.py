@@ -1,5 +1,6 @@
-"""A tiny run config over CSV files (``TensorFileDataModule`` inside the multi-dataset module),
-for tests of what data loading and ``mtl-run --check`` refuse."""
+"""Run configs of the tests: :func:`run_config`, the one skeleton (model, multi-dataset
+data, one CPU), and over it a tiny config over CSV files (``TensorFileDataModule``, for tests
+of what data loading and ``mtl-run --check`` refuse) and one over synthetic datasets."""
 
 from __future__ import annotations
 
@@ -36,22 +37,10 @@ def file_config(
             "init_args": {"num_classes": classes},
         }
     }
-    decoders: dict[str, Any] = {
-        "t": [
-            {
-                "class_path": "runtime.heads.ClassificationHead",
-                "init_args": {"in_features": 8, "num_outputs": classes},
-            }
-        ]
-    }
+    decoders = {"t": head("ClassificationHead", 8, classes)}
     if regression:
         tasks["r"] = {"class_path": "runtime.tasks.RegressionTask"}
-        decoders["r"] = [
-            {
-                "class_path": "runtime.heads.RegressionHead",
-                "init_args": {"in_features": 8, "num_outputs": 1},
-            }
-        ]
+        decoders["r"] = head("RegressionHead", 8, 1)
     module = {
         "class_path": "runtime.data.TensorFileDataModule",
         "init_args": {
@@ -62,39 +51,59 @@ def file_config(
             **(data_args or {}),
         },
     }
-    return {
-        "seed_everything": 0,
-        "model": {
-            "class_path": "runtime.module.MultiTaskModule",
-            "init_args": {
-                "model": {
-                    "class_path": "runtime.model.MultiTaskModel",
-                    "init_args": {
-                        "encoder": [
-                            {
-                                "class_path": "runtime.encoders.MLPEncoder",
-                                "init_args": {"in_features": 4, "hidden_sizes": [8]},
-                            }
-                        ],
-                        "decoders": decoders,
-                    },
-                },
-                "tasks": tasks,
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
-            },
-        },
-        "data": {
-            "class_path": "runtime.data.MultiDatasetDataModule",
-            "init_args": {"data_modules": {"a": module}},
-        },
-        "trainer": {
-            "max_epochs": 1,
-            "accelerator": "cpu",
-            "devices": 1,
+    return run_config(
+        mlp_encoder(4, 8),
+        decoders,
+        tasks,
+        {"data_modules": {"a": module}},
+        optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+        trainer={
             "log_every_n_steps": 1,
             "enable_model_summary": False,
             "enable_progress_bar": False,
         },
+    )
+
+
+def head(cls: str, in_features: int, num_outputs: int) -> list[dict[str, Any]]:
+    """A decoder list of one ``runtime.heads.<cls>``."""
+    init = {"in_features": in_features, "num_outputs": num_outputs}
+    return [{"class_path": f"runtime.heads.{cls}", "init_args": init}]
+
+
+def mlp_encoder(in_features: int, width: int, **args: Any) -> list[dict[str, Any]]:
+    """An ``encoder`` list of one ``MLPEncoder`` with one hidden layer of ``width``."""
+    init = {"in_features": in_features, "hidden_sizes": [width], **args}
+    return [{"class_path": "runtime.encoders.MLPEncoder", "init_args": init}]
+
+
+def run_config(
+    encoder: list[dict[str, Any]],
+    decoders: dict[str, Any],
+    tasks: dict[str, Any],
+    data: dict[str, Any],
+    optimizer: dict[str, Any] | None = None,
+    trainer: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The run config every test builds: a ``MultiTaskModule`` over a ``MultiTaskModel``
+    (``encoder``, ``decoders``) with ``tasks``, ``data`` the init_args of a
+    ``MultiDatasetDataModule``, one epoch on one CPU device (``trainer`` adds to it) and one
+    thread."""
+    module: dict[str, Any] = {
+        "model": {
+            "class_path": "runtime.model.MultiTaskModel",
+            "init_args": {"encoder": encoder, "decoders": decoders},
+        },
+        "tasks": tasks,
+    }
+    if optimizer is not None:
+        module["optimizer"] = optimizer
+    return {
+        "seed_everything": seed,
+        "model": {"class_path": "runtime.module.MultiTaskModule", "init_args": module},
+        "data": {"class_path": "runtime.data.MultiDatasetDataModule", "init_args": data},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, **(trainer or {})},
         "run": {"num_threads": 1},
     }
 
@@ -116,12 +125,7 @@ def synthetic_config(
                 "class_path": "runtime.tasks.ClassificationTask",
                 "init_args": {"num_classes": 3},
             }
-            decoders[task] = [
-                {
-                    "class_path": "runtime.heads.ClassificationHead",
-                    "init_args": {"in_features": 8, "num_outputs": 3},
-                }
-            ]
+            decoders[task] = head("ClassificationHead", 8, 3)
     config = file_config("unused.csv")
     model = config["model"]["init_args"]
     model["tasks"] = tasks

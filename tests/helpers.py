@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,17 @@ def assert_bad_input(result, *needles: str) -> None:
     assert "Traceback" not in out
     for needle in needles:
         assert needle in out, f"{needle!r} not in {out!r}"
+
+
+def deny_write(monkeypatch: Any, folder: Path) -> None:
+    """Make ``os.access`` report ``folder`` read-only (a chmod does not stop tests run as
+    root)."""
+    real_access = os.access
+    target = folder.resolve()
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda p, mode, **kw: (
+            False if mode & os.W_OK and Path(p).resolve() == target else real_access(p, mode, **kw)
+        ),
+    )

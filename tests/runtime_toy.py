@@ -242,3 +242,31 @@ def toy_config(
         },
         "run": {"num_threads": 1, **(run or {})},
     }
+
+
+def two_synthetic_datasets(num_samples: int) -> dict[str, Any]:
+    """A ``data`` section of two ``SyntheticDataModule`` datasets 'a' (task ta) and 'b' (task
+    tb, another seed), 3-class, batches of 32, 10 % each for val and test."""
+
+    def synthetic(task: str, seed: int) -> dict[str, Any]:
+        return {
+            "class_path": "runtime.data.SyntheticDataModule",
+            "init_args": {
+                "num_samples": num_samples,
+                "input_shape": [8],
+                "val_fraction": 0.1,
+                "test_fraction": 0.1,
+                "seed": seed,
+                "tasks": {task: {"kind": "classification", "num_classes": 3}},
+            },
+        }
+
+    return {
+        "class_path": "runtime.data.MultiDatasetDataModule",
+        "init_args": {
+            "data_modules": {"a": synthetic("ta", 0), "b": synthetic("tb", 1)},
+            "batch_sizes": {"a": 32, "b": 32},
+            "dataset_tasks": {"a": ["ta"], "b": ["tb"]},
+            "sample_mode": "random_cycle",
+        },
+    }

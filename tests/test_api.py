@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from file_run import head, mlp_encoder, run_config
 from safetensors.torch import load_file
 
 import runtime
@@ -31,7 +32,7 @@ DATA = {"num_samples": 160, "input_shape": [6], "tasks": TASKS, "batch_size": 16
 
 def synthetic_config(max_epochs: int = 2) -> dict:
     """A tiny run config over generated data: classification, regression and multilabel."""
-    head = {
+    head_of = {
         "shape": ("ClassificationHead", 3),
         "size": ("RegressionHead", 1),
         "tags": ("MultiLabelHead", 4),
@@ -41,63 +42,27 @@ def synthetic_config(max_epochs: int = 2) -> dict:
         "size": ("RegressionTask", {"loss_weight": 0.5}),
         "tags": ("MultiLabelTask", {"num_labels": 4}),
     }
-    return {
-        "seed_everything": 3,
-        "model": {
-            "class_path": "runtime.module.MultiTaskModule",
-            "init_args": {
-                "model": {
-                    "class_path": "runtime.model.MultiTaskModel",
-                    "init_args": {
-                        "encoder": [
-                            {
-                                "class_path": "runtime.encoders.MLPEncoder",
-                                "init_args": {
-                                    "in_features": 6,
-                                    "hidden_sizes": [16],
-                                    "dropout": 0.1,
-                                },
-                            }
-                        ],
-                        "decoders": {
-                            t: [
-                                {
-                                    "class_path": f"runtime.heads.{cls}",
-                                    "init_args": {"in_features": 16, "num_outputs": n},
-                                }
-                            ]
-                            for t, (cls, n) in head.items()
-                        },
-                    },
-                },
-                "tasks": {
-                    t: {"class_path": f"runtime.tasks.{cls}", "init_args": args}
-                    for t, (cls, args) in task.items()
-                },
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
-            },
+    return run_config(
+        mlp_encoder(6, 16, dropout=0.1),
+        {t: head(cls, 16, n) for t, (cls, n) in head_of.items()},
+        {
+            t: {"class_path": f"runtime.tasks.{cls}", "init_args": args}
+            for t, (cls, args) in task.items()
         },
-        "data": {
-            "class_path": "runtime.data.MultiDatasetDataModule",
-            "init_args": {
-                "data_modules": {
-                    "synthetic": {
-                        "class_path": "runtime.data.SyntheticDataModule",
-                        "init_args": DATA,
-                    }
-                }
-            },
+        {
+            "data_modules": {
+                "synthetic": {"class_path": "runtime.data.SyntheticDataModule", "init_args": DATA}
+            }
         },
-        "trainer": {
+        optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+        trainer={
             "max_epochs": max_epochs,
-            "accelerator": "cpu",
-            "devices": 1,
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "log_every_n_steps": 2,
         },
-        "run": {"num_threads": 1},
-    }
+        seed=3,
+    )
 
 
 def write_config(path: Path, config: dict) -> Path:

@@ -28,6 +28,24 @@ def aggregate(name: str, **args) -> str:
     return f"{{class_path: {AGG}, init_args: {{aggregator: {inner}}}}}"
 
 
+def fit_all_datasets(config: Path, run_dir: Path, *overrides: str) -> int:
+    """``mtl-run fit`` of the quickstart into ``run_dir``: CPU, quiet, ``all_datasets``
+    batches, one validation batch; ``overrides`` add to it."""
+    return mtl_run(
+        [
+            "fit",
+            str(config),
+            "--run-dir",
+            str(run_dir),
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.accelerator=cpu",
+            "--data.init_args.sample_mode=all_datasets",
+            *overrides,
+        ]
+    )
+
+
 #: every method docs/balancing.md documents, as the balancer override, and what it needs
 METHODS = {
     "static": ("{class_path: runtime.balancing.Static, init_args: {weights: {parity: 0.5}}}", None),
@@ -67,21 +85,13 @@ def test_every_documented_method_trains_the_quickstart(tmp_path: Path, method: s
         pytest.skip(f"{needs} missing (pip install 'mtl-toolkit[balancing]')")
     config = quickstart_config(tmp_path)
     run_dir = tmp_path / "run"
-    code = mtl_run(
-        [
-            "fit",
-            str(config),
-            "--run-dir",
-            str(run_dir),
-            "--trainer.max_steps=4",
-            "--trainer.limit_val_batches=1",
-            "--trainer.log_every_n_steps=2",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.accelerator=cpu",
-            "--trainer.enable_model_summary=false",
-            "--data.init_args.sample_mode=all_datasets",
-            f"--model.init_args.balancer={spec}",
-        ]
+    code = fit_all_datasets(
+        config,
+        run_dir,
+        "--trainer.max_steps=4",
+        "--trainer.log_every_n_steps=2",
+        "--trainer.enable_model_summary=false",
+        f"--model.init_args.balancer={spec}",
     )
     assert code == 0
     before = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
@@ -100,23 +110,15 @@ def test_dwa_weights_follow_the_logged_epoch_means(tmp_path: Path):
     the run logged for epochs 1 and 2; equal before."""
     config = quickstart_config(tmp_path)
     run_dir = tmp_path / "run"
-    code = mtl_run(
-        [
-            "fit",
-            str(config),
-            "--run-dir",
-            str(run_dir),
-            "--trainer.max_epochs=3",
-            "--trainer.limit_train_batches=3",
-            "--trainer.limit_val_batches=1",
-            "--trainer.log_every_n_steps=1",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.accelerator=cpu",
-            "--trainer.enable_model_summary=false",
-            "--data.init_args.sample_mode=all_datasets",
-            "--model.init_args.balancer={class_path: runtime.balancing.DWA, "
-            "init_args: {temperature: 2.0}}",
-        ]
+    code = fit_all_datasets(
+        config,
+        run_dir,
+        "--trainer.max_epochs=3",
+        "--trainer.limit_train_batches=3",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_model_summary=false",
+        "--model.init_args.balancer={class_path: runtime.balancing.DWA, "
+        "init_args: {temperature: 2.0}}",
     )
     assert code == 0
     with (run_dir / "metrics.csv").open(newline="") as fh:
@@ -149,19 +151,11 @@ def test_all_datasets_without_balancer_sums_every_task(tmp_path: Path):
     config = quickstart_config(tmp_path)
     run_dir = tmp_path / "run"
     assert (
-        mtl_run(
-            [
-                "fit",
-                str(config),
-                "--run-dir",
-                str(run_dir),
-                "--trainer.max_steps=3",
-                "--trainer.limit_val_batches=1",
-                "--trainer.log_every_n_steps=1",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.accelerator=cpu",
-                "--data.init_args.sample_mode=all_datasets",
-            ]
+        fit_all_datasets(
+            config,
+            run_dir,
+            "--trainer.max_steps=3",
+            "--trainer.log_every_n_steps=1",
         )
         == 0
     )

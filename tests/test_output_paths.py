@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import deny_write
 from merged_runs import fake_run, merged_config
 from runtime_toy import toy_config
 
@@ -154,18 +155,7 @@ def test_mtl_run_refuses_a_wrong_kind_of_output_inside_the_run_dir(
 
 def test_unmerge_refuses_a_read_only_run_directory(merged_run, monkeypatch):
     """(Read-only as ``os.access`` reports it, also where tests run as root.)"""
-    import os
-
-    real_access = os.access
-    monkeypatch.setattr(
-        os,
-        "access",
-        lambda p, mode, **kw: (
-            False
-            if mode & os.W_OK and Path(p).resolve() == merged_run.resolve()
-            else real_access(p, mode, **kw)
-        ),
-    )
+    deny_write(monkeypatch, merged_run)
     result = invoke(unmerge, merged_run)
     assert_refused(result, str(merged_run))
     assert "not writable" in result.output

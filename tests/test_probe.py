@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from file_run import head, mlp_encoder, run_config
 from helpers import assert_bad_input
 from toy_run_dir import train_toy_run
 
@@ -23,7 +24,7 @@ DATA = {
 ACTIVITIES = ["rest", "walk", "run", "stairs", "cycle"]
 
 
-def run_config(encoder: list, width: int) -> dict:
+def ssl_config(encoder: list, width: int) -> dict:
     """One self-supervised objective (channel means) on the generated recordings."""
     ssl = {
         "class_path": "runtime.data.ssl.SelfSupervisedModule",
@@ -36,52 +37,24 @@ def run_config(encoder: list, width: int) -> dict:
             },
         },
     }
-    head = {"class_path": "runtime.heads.RegressionHead", "init_args": {"in_features": width}}
-    head["init_args"]["num_outputs"] = 6
-    return {
-        "seed_everything": 0,
-        "model": {
-            "class_path": "runtime.module.MultiTaskModule",
-            "init_args": {
-                "model": {
-                    "class_path": "runtime.model.MultiTaskModel",
-                    "init_args": {"encoder": encoder, "decoders": {"stats": [head]}},
-                },
-                "tasks": {
-                    "stats": {
-                        "class_path": "runtime.tasks.RegressionTask",
-                        "init_args": {"num_outputs": 6},
-                    }
-                },
-            },
-        },
-        "data": {
-            "class_path": "runtime.data.MultiDatasetDataModule",
-            "init_args": {"data_modules": {"ssl": ssl}, "batch_sizes": {"ssl": 16}},
-        },
-        "trainer": {
-            "max_epochs": 1,
-            "limit_train_batches": 2,
-            "accelerator": "cpu",
-            "devices": 1,
-            "logger": False,
-            "enable_model_summary": False,
-        },
-        "run": {"num_threads": 1},
+    tasks = {
+        "stats": {"class_path": "runtime.tasks.RegressionTask", "init_args": {"num_outputs": 6}}
     }
+    return run_config(
+        encoder,
+        {"stats": head("RegressionHead", width, 6)},
+        tasks,
+        {"data_modules": {"ssl": ssl}, "batch_sizes": {"ssl": 16}},
+        trainer={"limit_train_batches": 2, "logger": False, "enable_model_summary": False},
+    )
 
 
-ENCODER = [
-    {
-        "class_path": "runtime.encoders.MLPEncoder",
-        "init_args": {"in_features": 6, "hidden_sizes": [8]},
-    }
-]
+ENCODER = mlp_encoder(6, 8)
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
-    return train_toy_run(tmp_path_factory.mktemp("probe"), run_config(ENCODER, 8), "ssl")
+    return train_toy_run(tmp_path_factory.mktemp("probe"), ssl_config(ENCODER, 8), "ssl")
 
 
 def downstream(folder: Path, data: dict | None = None, tasks: dict | None = None) -> Path:
@@ -201,7 +174,7 @@ def test_a_seed_outside_0_to_2_32_is_refused(pretrained, tmp_path, seed):
 
 
 def test_a_run_without_an_encoder_is_refused(tmp_path):
-    run = train_toy_run(tmp_path / "runs", run_config([], 6), "no_encoder")
+    run = train_toy_run(tmp_path / "runs", ssl_config([], 6), "no_encoder")
     out = tmp_path / "out"
     result = probe(run, "--data", downstream(tmp_path), "--ckpt", "last", "-o", out)
     assert_bad_input(result, str(run), "has no encoder")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from runtime_toy import toy_config
+from runtime_toy import toy_config, two_synthetic_datasets
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
@@ -32,41 +32,7 @@ def fault_config() -> dict:
             "init_args": {"in_features": 8, "hidden_sizes": [16], "dropout": 0.3},
         }
     ]
-    synthetic = {
-        "class_path": "runtime.data.SyntheticDataModule",
-        "init_args": {
-            "num_samples": 200,
-            "input_shape": [8],
-            "val_fraction": 0.1,
-            "test_fraction": 0.1,
-            "seed": 0,
-        },
-    }
-    config["data"] = {
-        "class_path": "runtime.data.MultiDatasetDataModule",
-        "init_args": {
-            "data_modules": {
-                "a": {
-                    **synthetic,
-                    "init_args": {
-                        **synthetic["init_args"],
-                        "tasks": {"ta": {"kind": "classification", "num_classes": 3}},
-                    },
-                },
-                "b": {
-                    **synthetic,
-                    "init_args": {
-                        **synthetic["init_args"],
-                        "seed": 1,
-                        "tasks": {"tb": {"kind": "classification", "num_classes": 3}},
-                    },
-                },
-            },
-            "batch_sizes": {"a": 32, "b": 32},
-            "dataset_tasks": {"a": ["ta"], "b": ["tb"]},
-            "sample_mode": "random_cycle",
-        },
-    }
+    config["data"] = two_synthetic_datasets(200)
     config["trainer"].update(
         deterministic=True, enable_progress_bar=False, accelerator="cpu", devices=1
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import deny_write
 from runtime_toy import toy_config
 
 from runtime.cli import main
@@ -177,16 +178,7 @@ def test_a_truncated_config_yaml_stops_the_resume_cleanly(trained, capsys):
 
 def test_an_unwritable_run_directory_is_refused(trained, capsys, monkeypatch):
     """(A read-only folder: ``os.access`` says so, also where tests run as root.)"""
-    real_access = os.access
-    monkeypatch.setattr(
-        os,
-        "access",
-        lambda p, mode, **kw: (
-            False
-            if mode & os.W_OK and Path(p).resolve() == trained.resolve()
-            else real_access(p, mode, **kw)
-        ),
-    )
+    deny_write(monkeypatch, trained)
     before = snapshot(trained)
     for extra in (["--resume"], ["--force"]):
         code, err = run(capsys, "toy.yaml", "--run-dir", trained, *extra)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from runtime_toy import toy_config
+from runtime_toy import toy_config, two_synthetic_datasets
 
 STEPS_PER_EPOCH = 20  # 2 datasets x 320 train samples / batch 32
 
@@ -28,41 +28,7 @@ def resume_config() -> dict:
         }
     ]
     config["model"]["init_args"]["ema_decay"] = 0.9
-    synthetic = {
-        "class_path": "runtime.data.SyntheticDataModule",
-        "init_args": {
-            "num_samples": 400,
-            "input_shape": [8],
-            "val_fraction": 0.1,
-            "test_fraction": 0.1,
-            "seed": 0,
-        },
-    }
-    config["data"] = {
-        "class_path": "runtime.data.MultiDatasetDataModule",
-        "init_args": {
-            "data_modules": {
-                "a": {
-                    **synthetic,
-                    "init_args": {
-                        **synthetic["init_args"],
-                        "tasks": {"ta": {"kind": "classification", "num_classes": 3}},
-                    },
-                },
-                "b": {
-                    **synthetic,
-                    "init_args": {
-                        **synthetic["init_args"],
-                        "seed": 1,
-                        "tasks": {"tb": {"kind": "classification", "num_classes": 3}},
-                    },
-                },
-            },
-            "batch_sizes": {"a": 32, "b": 32},
-            "dataset_tasks": {"a": ["ta"], "b": ["tb"]},
-            "sample_mode": "random_cycle",
-        },
-    }
+    config["data"] = two_synthetic_datasets(400)
     config["trainer"].update(deterministic=True, enable_progress_bar=False)
     return config
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from compiler.errors import ConfigError
 from compiler.files import atomic_file, atomic_write
+from runtime.checkpoints import load_checkpoint
 from runtime.rundir import RunDir
 
 PARTITIONED = "runtime.federated.partition.PartitionedDataModule"
@@ -196,12 +197,9 @@ def mtl_run(fed: Federation, client: int, args: list[str]) -> None:
 
 
 def save(obj: Any, path: Path) -> None:
+    """``torch.save`` through the one atomic writer (a kill never leaves half a file)."""
     with atomic_file(path) as handle:
         torch.save(obj, handle)
-
-
-def read(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _last_validation(run_dir: Path) -> dict[str, float]:
@@ -210,12 +208,12 @@ def _last_validation(run_dir: Path) -> dict[str, float]:
     if not path.exists():
         return {}
     with path.open(newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if any(k.startswith("val/") and v for k, v in r.items())]  # noqa: E501  # fmt: skip
-    if not rows:
-        return {}
-    return {
-        k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v not in ("", None)
-    }
+        rows = list(csv.DictReader(handle))
+    for row in reversed(rows):
+        figures = {k: float(v) for k, v in row.items() if k.startswith("val/") and v}
+        if figures:
+            return figures
+    return {}
 
 
 def train(
@@ -230,19 +228,19 @@ def train(
     last = RunDir(run_dir).checkpoint_file(RunDir.LAST)
     resume = last.exists()
     if resume:
-        checkpoint = read(last)
+        checkpoint = load_checkpoint(last)
         done = int(checkpoint["epoch"]) + 1
         save(with_global(checkpoint, arrays), last)
     else:
         done = 0
         start = fed.exchange(client, ".start.ckpt")
-        save(with_global(read(fed.initial), arrays), start)
+        save(with_global(load_checkpoint(fed.initial), arrays), start)
         config["model"]["init_args"]["init_from"] = {"checkpoint": str(start)}
     epochs = done + fed.local_epochs
     config["trainer"]["max_epochs"] = epochs
     source = write_config(config, fed.exchange(client, ".yaml"))
     mtl_run(fed, client, [str(source), f"--run_dir={run_dir}", *["--resume"] * resume])
-    after = model_tensors(read(last), fed)
+    after = model_tensors(load_checkpoint(last), fed)
     metrics = {"num-examples": fed.sizes[client]["train"], "epochs": epochs}
     metrics.update({f"local {k}": v for k, v in _last_validation(run_dir).items()})
     return after, metrics
@@ -253,13 +251,13 @@ def evaluate(fed: Federation, client: int, arrays: dict[str, Tensor]) -> dict[st
     validation split, through ``mtl-run validate``: ``{"task/metric": value}``."""
     config = client_config(fed, client)
     last = RunDir(fed.client_dir(client)).checkpoint_file(RunDir.LAST)
-    checkpoint = read(last if last.exists() else fed.initial)
+    checkpoint = load_checkpoint(last if last.exists() else fed.initial)
     path = fed.exchange(client, ".eval.ckpt")
     save(with_global(checkpoint, arrays), path)
     source = write_config(config, fed.exchange(client, ".eval.yaml"))
     out = fed.path / "exchange" / f"eval_{client:03d}"
     mtl_run(fed, client, ["validate", str(source), f"--run_dir={out}", f"--ckpt_path={path}"])
-    report = json.loads((out / "validate_metrics.json").read_text())
+    report = json.loads(RunDir(out).stage_metrics("validate").read_text())
     metrics: dict[str, float] = {"num-examples": fed.sizes[client]["val"]}
     for task, values in report.items():
         for name, value in values.items():

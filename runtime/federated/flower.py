@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from runtime.checkpoints import load_checkpoint
 from runtime.federated import clients, rounds
 from runtime.federated.clients import Federation
 
@@ -41,8 +42,6 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
-
-STRATEGIES = ("fedavg", "fedprox")
 
 
 class ClientFailed(RuntimeError):
@@ -106,8 +105,8 @@ def weighted_by_presence(records: list[RecordDict], weight_key: str) -> MetricRe
 class _Nodes:
     """The view of the grid a strategy samples from: only this round's chosen nodes."""
 
-    def __init__(self, grid: Grid, nodes: list[int]) -> None:
-        self.grid, self.nodes = grid, nodes
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
@@ -150,7 +149,7 @@ class Recorded:
         down = _bytes(arrays) * len(picked)
         self.record = {"round": number, "trained": picked, "clients": [], "global": {},
                        "bytes": {"bytes_down": down, "bytes_up": 0}}  # fmt: skip
-        view: Any = _Nodes(grid, [self.node_of[c] for c in picked])
+        view: Any = _Nodes([self.node_of[c] for c in picked])
         return super().configure_train(number, arrays, config, view)  # type: ignore[misc]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
@@ -253,7 +252,7 @@ def simulate(fed: Federation, verbose: bool = False) -> None:
     """Run the remaining rounds in Flower's simulation engine on this machine."""
     done, arrays = rounds.restore(fed)
     if arrays is None:
-        arrays = clients.model_tensors(clients.read(fed.initial), fed)
+        arrays = clients.model_tensors(load_checkpoint(fed.initial), fed)
     if done >= fed.rounds:
         return
     from flwr.simulation import run_simulation

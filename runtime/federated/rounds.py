@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from compiler.files import atomic_dir, atomic_write, json_text, write_json
-from runtime.federated.clients import Federation
+from runtime.checkpoints import load_checkpoint
+from runtime.federated.clients import Federation, save
 
 ROUND = re.compile(r"round_(\d{4})")
 
@@ -38,8 +39,9 @@ def round_dirs(fed: Federation) -> list[tuple[int, Path]]:
 def commit(fed: Federation, number: int, arrays: dict[str, Tensor], record: dict[str, Any]) -> None:
     """Write round ``number`` as one atomic folder, drop the previous round's snapshots."""
     target = fed.path / "rounds" / f"round_{number:04d}"
+    tensors = {k: v.contiguous() for k, v in arrays.items()}
     with atomic_dir(target) as tmp:
-        torch.save({k: v.contiguous() for k, v in arrays.items()}, tmp / "global.pt")
+        torch.save(tensors, tmp / "global.pt")
         for client in range(fed.clients):
             source = fed.client_dir(client)
             if source.is_dir():
@@ -48,8 +50,7 @@ def commit(fed: Federation, number: int, arrays: dict[str, Tensor], record: dict
     for older, path in round_dirs(fed):
         if older < number and (path / "clients").exists():
             shutil.rmtree(path / "clients")
-    shutil.copyfile(target / "global.pt", fed.path / "global.pt.tmp")
-    (fed.path / "global.pt.tmp").replace(fed.path / "global.pt")
+    save(tensors, fed.path / "global.pt")
     write_records(fed)
 
 
@@ -68,8 +69,7 @@ def restore(fed: Federation) -> tuple[int, dict[str, Tensor] | None]:
                 shutil.copytree(kept, tmp, dirs_exist_ok=True)
         else:
             shutil.rmtree(live, ignore_errors=True)
-    arrays = torch.load(path / "global.pt", map_location="cpu", weights_only=True)
-    return number, arrays
+    return number, load_checkpoint(path / "global.pt")
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
