@@ -11,7 +11,7 @@ For every corpus maker (``../shared/rslearn_corpus/configs/*/<maker>.yaml`` with
 - ratio: compile / floor (the target is <= 2);
 - process: whole ``mtl-make-config MAKER -o OUT -q`` in a subprocess, median of M runs
   (the target is < 100 ms), with its CPU time beside it;
-- startup: ``python -c "import click, yaml, hashlib, dataclasses, pathlib"`` timed the same
+- startup: ``python -c "import yaml, hashlib, pathlib"`` timed the same
   way, interleaved with the CLI runs: the part of the process time no compiler code can save;
 - process floor: a whole ``python`` process that imports yaml, parses the same input files
   with libyaml and dumps the same run config (read back with ``marshal``, which costs no
@@ -48,7 +48,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "rslearn_corpus"
 #: What any such CLI pays before its own code: the interpreter and its unavoidable imports.
-STARTUP = "import click, yaml, hashlib, dataclasses, pathlib"
+STARTUP = "import yaml, hashlib, pathlib"
 #: The whole-process floor: start python, import yaml, parse the inputs, dump the run config.
 PROCESS_FLOOR = (
     "import marshal, sys, yaml\n"

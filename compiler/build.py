@@ -10,9 +10,9 @@ what happens inside a step through hooks (:mod:`compiler.dialect`); the one orde
 
 from __future__ import annotations
 
+import copy
 import os
 import re
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +27,42 @@ from .tree import get_path, parse_key, set_dotted, set_path
 from .yamlio import Source, dump, parse
 
 
-@dataclass
 class Contribution:
     """One contribution to the run config: where it came from and where it landed."""
 
-    label: str
-    source: Source | None
-    source_key: tuple
-    run_key: tuple
+    def __init__(
+        self, label: str, source: Source | None, source_key: tuple, run_key: tuple
+    ) -> None:
+        self.label = label
+        self.source = source
+        self.source_key = source_key
+        self.run_key = run_key
 
 
-@dataclass
 class Compiled:
     """Everything a compile produced: the run config, its text, and how it was made."""
 
-    maker: Maker
-    dialect: Dialect
-    run: dict
-    output_path: Path
-    inputs: list[Source]
-    datasets: list[DatasetParts]
-    contributions: list[Contribution] = field(default_factory=list)
-    sets: dict[tuple, Any] = field(default_factory=dict)
-    set_names: dict[str, Any] = field(default_factory=dict)
+    def __init__(
+        self,
+        maker: Maker,
+        dialect: Dialect,
+        run: dict,
+        output_path: Path,
+        inputs: list[Source],
+        datasets: list[DatasetParts],
+        contributions: list[Contribution] | None = None,
+        sets: dict[tuple, Any] | None = None,
+        set_names: dict[str, Any] | None = None,
+    ) -> None:
+        self.maker = maker
+        self.dialect = dialect
+        self.run = run
+        self.output_path = output_path
+        self.inputs = inputs
+        self.datasets = datasets
+        self.contributions = contributions if contributions is not None else []
+        self.sets = sets if sets is not None else {}
+        self.set_names = set_names if set_names is not None else {}
 
     @property
     def warnings(self) -> list[str]:
@@ -132,7 +145,8 @@ def compile_maker(
     if single is not None:
         subset = (single,)
     if subset is not None:
-        maker = replace(maker, datasets=[maker.datasets[i] for i in subset])
+        maker = copy.copy(maker)  # the loaded maker stays whole
+        maker.datasets = [maker.datasets[i] for i in subset]
     names, keys = parse_sets(sets, hooks.schema)
     values = hooks.substitution_values(maker, names)
     contributions: list[Contribution] = []
@@ -349,7 +363,8 @@ def _subset_view(
     tasks = {t for ds in chosen for t in ds.tasks}
     names = {ds.name for ds in chosen}
     groups = [[t for t in g if t in tasks] for g in maker.same_label_groups]
-    maker = replace(maker, same_label_groups=[g for g in groups if g])
+    maker = copy.copy(maker)  # the caller's maker keeps its groups
+    maker.same_label_groups = [g for g in groups if g]
     merged = {
         hooks.merged_name(d[-1]["class_path"])
         for ds in chosen

@@ -7,7 +7,6 @@ a dialect's name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,17 +18,17 @@ from .tree import get_path
 from .yamlio import Source, max_file_size, parse, read_source
 
 
-@dataclass
 class DatasetParts:
-    """What assembly takes from one dataset config."""
+    """What assembly takes from one dataset config (filled in as its config is read)."""
 
-    name: str
-    sources: list[Source]
-    tasks: list[str]
-    decoders: dict[str, list]
-    task_defs: dict[str, Any]
-    data_module: Any
-    batch_size: Any = None
+    def __init__(self, name: str, sources: list[Source]) -> None:
+        self.name = name
+        self.sources = sources
+        self.tasks: list[str] = []
+        self.decoders: dict[str, list] = {}
+        self.task_defs: dict[str, Any] = {}
+        self.data_module: Any = None
+        self.batch_size: Any = None
 
     def locate(self, key: tuple) -> tuple[Path, int | None]:
         """File and line that (last) sets ``key`` in this dataset's files."""
@@ -44,29 +43,31 @@ class DatasetParts:
         return ConfigError(message, file=path, line=line, key=key)
 
 
-@dataclass
 class Placement:
     """Where one dataset's pieces land in the run config (recorded for ``--explain``)."""
 
-    dataset_key: tuple
-    run_key: tuple
+    def __init__(self, dataset_key: tuple, run_key: tuple) -> None:
+        self.dataset_key = dataset_key
+        self.run_key = run_key
 
 
-@dataclass
 class Dialect:
     """The native dialect; hooks are documented where subclasses may override them."""
 
-    name: str = "native"
-    reason: str = ""
+    name: ClassVar[str] = "native"
     #: Merge heads after ``global_overrides`` (upstream rslearn order) instead of before.
     merge_heads_after_overrides: ClassVar[bool] = False
     #: How input files read numbers (:mod:`compiler.yamlload`): YAML 1.2 for native makers.
     schema: ClassVar[str] = "1.2"
-    #: Substitution problems gathered over all files, reported together.
-    problems: list = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    #: Files dialect detection already read (path -> Source), each reused once.
-    preread: dict = field(default_factory=dict, repr=False)
+
+    def __init__(self) -> None:
+        #: Why this dialect was chosen (set by detection, shown by ``--explain``).
+        self.reason = ""
+        #: Substitution problems gathered over all files, reported together.
+        self.problems: list = []
+        self.warnings: list[str] = []
+        #: Files dialect detection already read (path -> Source), each reused once.
+        self.preread: dict = {}
 
     # -- inputs --------------------------------------------------------------------------
     def substitution_values(self, maker: Maker, sets: dict[str, Any]) -> dict[str, Any]:
@@ -138,14 +139,7 @@ class Dialect:
                     "only 'name', its decoders, task definitions, data module and batch size)"
                 )
         name = config.get("name", first.path.stem)
-        parts = DatasetParts(
-            name=name,
-            sources=sources,
-            tasks=[],
-            decoders={},
-            task_defs={},
-            data_module=None,
-        )
+        parts = DatasetParts(name, sources)
         if not isinstance(name, str) or not name:
             raise parts.error("'name' must be a non-empty string", ("name",))
         decoders = get_path(config, DECODERS)

@@ -19,7 +19,6 @@ decoders start fresh and a new task's embedding row starts from the named existi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +55,15 @@ SCHEMA: dict[str, Any] = {
 _WHERE = ("finetune_from",)
 
 
-@dataclass
 class FinetuneFrom:
     """A checked ``finetune_from``: the run directory resolved against the maker's folder."""
 
-    run_dir: Path
-    checkpoint: str = "best"
-    task_init: dict[str, str] = field(default_factory=dict)
+    def __init__(
+        self, run_dir: Path, checkpoint: str = "best", task_init: dict[str, str] | None = None
+    ) -> None:
+        self.run_dir = run_dir
+        self.checkpoint = checkpoint
+        self.task_init = task_init if task_init is not None else {}
 
 
 def load_finetune_from(src: Source, value: Any) -> FinetuneFrom:

@@ -6,7 +6,6 @@ schema and the checks can never disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,21 +83,22 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-@dataclass
 class Maker:
-    """A checked maker config with every path it names resolved against its own folder."""
+    """A checked maker config with every path it names resolved against its own folder; the
+    optional parts are set by :func:`load_maker` after the required ones."""
 
-    source: Source
-    base_path: Path
-    datasets: list[list[Path]]
-    output_path: Path | None = None
-    substitutions: dict[str, Any] = field(default_factory=dict)
-    local_overrides: dict[str, Any] = field(default_factory=dict)
-    global_overrides: dict[str, Any] = field(default_factory=dict)
-    merge_heads: bool = False
-    merge_task_labels: bool = False
-    same_label_groups: list[list[str]] = field(default_factory=list)
-    finetune_from: FinetuneFrom | None = None
+    def __init__(self, source: Source, base_path: Path, datasets: list[list[Path]]) -> None:
+        self.source = source
+        self.base_path = base_path
+        self.datasets = datasets
+        self.output_path: Path | None = None
+        self.substitutions: dict[str, Any] = {}
+        self.local_overrides: dict[str, Any] = {}
+        self.global_overrides: dict[str, Any] = {}
+        self.merge_heads = False
+        self.merge_task_labels = False
+        self.same_label_groups: list[list[str]] = []
+        self.finetune_from: FinetuneFrom | None = None
 
     @property
     def path(self) -> Path:

@@ -58,7 +58,6 @@ listed in the README, "Coming from rslearn"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -130,17 +129,19 @@ def _line_of(text: str, needle: str) -> int | None:
     return None if at < 0 else text.count("\n", 0, at) + 1
 
 
-@dataclass
 class RslearnDialect(Dialect):
     """Makers for upstream's ``make_multidataset_config.py`` (see the module docstring)."""
 
-    name: str = "rslearn"
+    name: ClassVar[str] = "rslearn"
     merge_heads_after_overrides: ClassVar[bool] = True
     #: Numbers are read as PyYAML reads them (YAML 1.1), as upstream does.
     schema: ClassVar[str] = "1.1"
-    _base: Source | None = field(default=None, repr=False)
-    _info: Source | None = field(default=None, repr=False)
-    _owners: dict[str, DatasetParts] = field(default_factory=dict, repr=False)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._base: Source | None = None
+        self._info: Source | None = None
+        self._owners: dict[str, DatasetParts] = {}
 
     # -- inputs --------------------------------------------------------------------------
     def load_input(self, path: Path, values: dict[str, Any], what: str) -> Source:
@@ -174,9 +175,7 @@ class RslearnDialect(Dialect):
             raise ConfigError(
                 "a dataset config must be a mapping with 'model' and 'data'", file=first.path
             )
-        parts = DatasetParts(
-            name="", sources=sources, tasks=[], decoders={}, task_defs={}, data_module=None
-        )
+        parts = DatasetParts("", sources)
         decoders = get_path(config, DECODERS)
         if not isinstance(decoders, dict) or len(decoders) != 1:
             found = f"{len(decoders)} decoders" if isinstance(decoders, dict) else "none"

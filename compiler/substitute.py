@@ -13,7 +13,6 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
@@ -137,19 +136,19 @@ def evaluate(expr: str, values: dict[str, Any]) -> Any:
     return _eval(_parse(expr), values)
 
 
-@dataclass
 class Substituter:
     """Replaces placeholders in parsed trees, collecting what it could not resolve."""
 
-    values: dict[str, Any]
-    unresolved: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    used: set[str] = field(default_factory=set)
-    #: Characters the placeholders add to the document as written (mappings and lists
-    #: measured as YAML, shared ones once per use): bounds what substitution can build.
-    inserted: int = 0
-    _room: int = 0
-    _sizes: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.unresolved: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+        self.used: set[str] = set()
+        #: Characters the placeholders add to the document as written (mappings and lists
+        #: measured as YAML, shared ones once per use): bounds what substitution can build.
+        self.inserted = 0
+        self._room = 0
+        self._sizes: dict[int, tuple[int, int]] = {}
 
     def check_size(self, what: str, base_size: int, file: Any, line: int | None = None) -> None:
         """Refuse a document that substitution grew past the size cap."""

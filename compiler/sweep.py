@@ -14,11 +14,11 @@ every group is measured under the same rules as its baselines.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,37 +41,53 @@ _GROUP_FLAGS = ("all", "leave_one_out", "pairs", "singles")
 KEYS = tuple(SCHEMA["properties"])
 
 
-@dataclass
 class Group:
     """Datasets trained together (indices in maker order) and the axes that asked for them."""
 
-    indices: tuple[int, ...]
-    kinds: list[str]
-    key: tuple  # where in the maker it was asked for (for error lines)
+    def __init__(self, indices: tuple[int, ...], kinds: list[str], key: tuple) -> None:
+        self.indices = indices
+        self.kinds = kinds
+        self.key = key  # where in the maker it was asked for (for error lines)
 
 
-@dataclass
 class Run:
     """One combination of the study, compiled."""
 
-    name: str
-    group: Group
-    values: dict[str, Any]
-    seed: int | None
-    compiled: Compiled
-    text: str = ""
+    def __init__(
+        self,
+        name: str,
+        group: Group,
+        values: dict[str, Any],
+        seed: int | None,
+        compiled: Compiled,
+        text: str = "",
+    ) -> None:
+        self.name = name
+        self.group = group
+        self.values = values
+        self.seed = seed
+        self.compiled = compiled
+        self.text = text
 
 
-@dataclass
 class Study:
     """A whole expanded sweep, ready to be written (nothing is written before)."""
 
-    maker: Path
-    out_dir: Path
-    datasets: dict[str, list[str]]
-    axes: dict[str, Any]
-    runs: list[Run]
-    duplicates: list[dict[str, str]] = field(default_factory=list)
+    def __init__(
+        self,
+        maker: Path,
+        out_dir: Path,
+        datasets: dict[str, list[str]],
+        axes: dict[str, Any],
+        runs: list[Run],
+        duplicates: list[dict[str, str]] | None = None,
+    ) -> None:
+        self.maker = maker
+        self.out_dir = out_dir
+        self.datasets = datasets
+        self.axes = axes
+        self.runs = runs
+        self.duplicates = duplicates if duplicates is not None else []
 
     def manifest(self) -> dict[str, Any]:
         from . import __version__
@@ -429,9 +445,9 @@ def expand_sweep(
 
 
 def _copy(compiled: Compiled, run_doc: dict, folder: Path) -> Compiled:
-    from dataclasses import replace
-
-    return replace(compiled, run=run_doc, output_path=folder / "run.yaml")
+    copied = copy.copy(compiled)
+    copied.run, copied.output_path = run_doc, folder / "run.yaml"
+    return copied
 
 
 def _unique_names(runs: list[Run]) -> None:

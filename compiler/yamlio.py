@@ -14,7 +14,6 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,19 +57,21 @@ def parse_size(text: str) -> int:
     return int(digits) * scale
 
 
-@dataclass
 class Source:
     """One input file: its path, text, parsed document and hash."""
 
-    path: Path
-    text: str
-    sha256: str
-    doc: Any = None
-    #: The document as parsed, before placeholders were substituted (for ``--explain``).
-    raw: Any = None
-    #: How numbers were read: "1.2" (native) or "1.1" (rslearn, as PyYAML).
-    schema: str = "1.2"
-    _lines: dict[tuple, int] | None = field(default=None, repr=False)
+    def __init__(
+        self, path: Path, text: str, sha256: str, doc: Any = None, raw: Any = None
+    ) -> None:
+        self.path = path
+        self.text = text
+        self.sha256 = sha256
+        self.doc = doc
+        #: The document as parsed, before placeholders were substituted (for ``--explain``).
+        self.raw = raw
+        #: How numbers were read: "1.2" (native) or "1.1" (rslearn, as PyYAML).
+        self.schema = "1.2"
+        self._lines: dict[tuple, int] | None = None
 
     def _key_lines(self) -> dict[tuple, int]:
         if self._lines is None:
