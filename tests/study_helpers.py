@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,17 @@ def tiny_study(
     result = CliRunner().invoke(main, [str(maker), "--sweep", "-o", str(folder), "-q"])
     assert result.exit_code == 0, result.output
     return folder
+
+
+def train_longer(folder: Path, run: str, epochs: int = 150) -> None:
+    """Give one compiled run of the study ``epochs`` epochs (~0.1 s each), so a test that
+    signals it once its first checkpoint appears finds it still training: with a few epochs it
+    can finish between the checkpoint seen and the signal on a loaded machine."""
+    config = folder / "configs" / f"{run}.yaml"
+    text = config.read_text()
+    lengthened = re.sub(r"(?m)^(\s*max_epochs:) \d+$", rf"\1 {epochs}", text, count=1)
+    assert lengthened != text, f"no max_epochs in {config}"
+    config.write_text(lengthened)
 
 
 def study_command(*args: Any) -> list[str]:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from study_helpers import REPO, cpu_env, manifest_runs, mtl_study, study_command, tiny_study
+from study_helpers import (
+    REPO,
+    cpu_env,
+    manifest_runs,
+    mtl_study,
+    study_command,
+    tiny_study,
+    train_longer,
+)
 
 from scripts.study import main as study_main
 
@@ -118,10 +126,7 @@ def test_report_numbers_equal_mtl_compare(finished_study):
 @pytest.mark.slow
 def test_sigkilled_launcher_leaves_no_child_and_a_rerun_finishes_without_redoing(tmp_path):
     folder = tiny_study(tmp_path, {"singles": True}, epochs=2, datasets=("digits_low", "parity"))
-    # parity trains long enough (~0.1 s an epoch) that it is still training when each signal
-    # lands: with a few epochs it could finish between the checkpoint seen and the kill
-    config = folder / "configs" / "parity.yaml"
-    config.write_text(config.read_text().replace("max_epochs: 2\n", "max_epochs: 150\n", 1))
+    train_longer(folder, "parity")  # still training when the kill and the Ctrl-C land
     first = folder / "runs" / "digits_low"
     second = folder / "runs" / "parity"
     launcher = subprocess.Popen(

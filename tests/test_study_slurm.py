@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from study_helpers import REPO, cpu_env, study_command, tiny_study
+from study_helpers import REPO, cpu_env, study_command, tiny_study, train_longer
 
 from scripts.study import main as study_main
 
@@ -73,7 +73,8 @@ def test_dry_run_prints_the_job_array_script(tmp_path):
 
 @pytest.mark.slow
 def test_local_executor_runs_the_array_and_a_preempted_run_resumes(tmp_path):
-    folder = tiny_study(tmp_path, {"singles": True}, epochs=8, datasets=("parity",))
+    folder = tiny_study(tmp_path, {"singles": True}, epochs=2, datasets=("parity",))
+    train_longer(folder, "parity")  # still training when USR2 lands
     run_dir = folder / "runs" / "parity"
     status = folder / "status" / "parity.json"
     launcher = subprocess.Popen(
