@@ -9,6 +9,7 @@ atomic writer (:mod:`compiler.files`), so nothing is ever half-written. Exit cod
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +56,19 @@ def bad_input_exits(prog: str) -> Iterator[None]:
         raise  # click's own usage errors and exits keep their codes
     except Exception:  # anything else is a bug: say so, with the traceback
         sys.exit(exitcodes.report_bug(prog))
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinities (click's ``FloatRange`` lets NaN pass
+    every bound, since it compares false), with ``FloatRange``'s optional bounds."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def device_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -17,7 +17,7 @@ import click
 from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
 from compiler.files import write_json
-from scripts.common import bad_input_exits, note
+from scripts.common import FiniteFloat, bad_input_exits, note
 
 PROG = "mtl-federate"
 STRATEGIES = ("fedavg", "fedprox")
@@ -166,7 +166,7 @@ def _check_resume(fed: Any, recorded: dict[str, Any]) -> None:
 @click.option("--rounds", type=int, required=True, help="Federated rounds to run.")
 @click.option(
     "--fraction",
-    type=float,
+    type=FiniteFloat(),
     default=1.0,
     show_default=True,
     help="Share of the clients that train in each round (at least one).",
@@ -186,7 +186,7 @@ def _check_resume(fed: Any, recorded: dict[str, Any]) -> None:
 )
 @click.option(
     "--proximal-mu",
-    type=float,
+    type=FiniteFloat(),
     default=0.01,
     show_default=True,
     help="FedProx's proximal weight mu (fedprox only).",
@@ -206,7 +206,7 @@ def _check_resume(fed: Any, recorded: dict[str, Any]) -> None:
 )
 @click.option(
     "--alpha",
-    type=float,
+    type=FiniteFloat(),
     default=0.5,
     show_default=True,
     help="Dirichlet concentration of --partition dirichlet (small: more skewed).",

@@ -26,7 +26,7 @@ from compiler.command import CONTEXT_SETTINGS, version_option
 from compiler.errors import ConfigError, did_you_mean
 from compiler.files import atomic_dir, check_output, json_text
 from compiler.keypaths import MODULE_ARGS, TASKS
-from scripts.common import bad_input_exits, device_option, note
+from scripts.common import FiniteFloat, bad_input_exits, device_option, note
 from scripts.probe_plots import REFERENCE
 
 if TYPE_CHECKING:
@@ -480,7 +480,7 @@ def table(summary: dict, fractions: list[float], metric: str) -> str:
     "fine-tuning and scratch (the same budget for both).",
 )  # fmt: skip
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--lr", default=1e-3, show_default=True, type=FiniteFloat(0, min_open=True))
 @click.option("--ckpt", default="best", show_default=True, help="Checkpoint: best, last or a path.")
 @click.option(
     "--split", type=click.Choice(["test", "val"]), default="test", show_default=True,

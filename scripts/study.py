@@ -15,7 +15,7 @@ import click
 
 from compiler import __version__
 from compiler.errors import ConfigError
-from scripts.common import bad_input_exits, note
+from scripts.common import FiniteFloat, bad_input_exits, note
 from scripts.study_state import STATES, RunState, Study, format_seconds, load_study, study_states
 
 PROG = "mtl-study"
@@ -162,7 +162,7 @@ def status(study: Path, only: tuple[str, ...]) -> None:
     help="slurm: CPUs per run.",
 )
 @click.option(
-    "--mem-gb", type=click.FloatRange(min=0, min_open=True), help="slurm: memory per run (GB)."
+    "--mem-gb", type=FiniteFloat(min=0, min_open=True), help="slurm: memory per run (GB)."
 )
 @click.option(
     "--time",

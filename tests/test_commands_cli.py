@@ -182,3 +182,27 @@ def test_overrides_and_run_options_pass_the_front_door(tmp_path):
         precheck([config, "--run-dir", str(tmp_path / "runs/qs"), *ok])
     with pytest.raises(UsageError, match="already exists"):
         precheck([config, "--run_dir", str(tmp_path / "runs/qs")])
+
+
+@pytest.mark.parametrize(
+    ("given", "refused"),
+    [("0.5", False), ("1e-3", False), ("nan", True), ("inf", True), ("-inf", True),
+     ("1e309", True), ("0", True), ("-2", True), ("x", True)],
+)  # fmt: skip
+def test_float_options_refuse_nan_and_infinities(given, refused):
+    """``scripts.common.FiniteFloat`` (--lr, --alpha, --mem-gb, ...): click's FloatRange lets
+    NaN through every bound, since NaN compares false."""
+    import click
+    from click.testing import CliRunner
+
+    from scripts.common import FiniteFloat
+
+    @click.command()
+    @click.option("--lr", type=FiniteFloat(0, min_open=True), required=True)
+    def command(lr: float) -> None:
+        click.echo(f"lr={lr}")
+
+    result = CliRunner().invoke(command, ["--lr", given])
+    assert result.exit_code == (2 if refused else 0), result.output
+    if not refused:
+        assert result.output == f"lr={float(given)}\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from federated_fixture import tiny_run_config
+from federated_fixture import tiny_run_config, two_dataset_run_config
 
 TESTS = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -64,6 +64,9 @@ def test_more_clients_than_samples_is_refused() -> None:
         (["--clients", "2", "--strategy", "fedavgg"], "did you mean 'fedavg'"),
         (["--clients", "2", "--heads", "shared"], "choose one of local, averaged"),
         (["--clients", "2", "--partition", "datasets"], "--partition datasets"),
+        (["--clients", "2", "--alpha", "nan"], "'nan' is not a finite number"),
+        (["--clients", "2", "--proximal-mu", "inf"], "'inf' is not a finite number"),
+        (["--clients", "2", "--fraction", "-inf"], "'-inf' is not a finite number"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(
@@ -153,6 +156,44 @@ def test_two_clients_two_rounds_resume_and_hand_average(tmp_path: Path) -> None:
     changed = federate(config, *common, "--seed", "3", "--run-dir", "cut", "--resume", cwd=tmp_path)
     assert changed.returncode == 2
     assert "seed (recorded 0, given 3)" in changed.stderr
+
+
+def test_metrics_of_clients_with_different_tasks_average_over_those_that_report_them() -> None:
+    from flwr.app import MetricRecord, RecordDict
+
+    from runtime.federated.flower import weighted_by_presence
+
+    def reply(**metrics: float) -> RecordDict:
+        return RecordDict({"metrics": MetricRecord(metrics)})
+
+    # "odd" is NaN where a client does not report it (flower.same_keys fills the gaps)
+    nan = float("nan")
+    replies = [
+        reply(**{"num-examples": 30, "kind/acc": 0.5, "odd/acc": nan, "val/loss": 1.0}),
+        reply(**{"num-examples": 10, "kind/acc": 0.9, "odd/acc": nan, "val/loss": 3.0}),
+        reply(**{"num-examples": 20, "kind/acc": nan, "odd/acc": 0.25, "val/loss": 2.0}),
+    ]
+    averaged = dict(weighted_by_presence(replies, "num-examples"))
+    assert averaged == pytest.approx({"kind/acc": 0.6, "odd/acc": 0.25, "val/loss": 100 / 60})
+
+
+@pytest.mark.slow
+def test_each_dataset_a_client_with_its_own_tasks(tmp_path: Path) -> None:
+    """The default for a run with several datasets: each is a client, and each reports only
+    its own task's metrics (Flower aggregates only replies with the same metric keys)."""
+    config = str(two_dataset_run_config(tmp_path))
+    done = federate(config, "--rounds", "1", "--run-dir", "by_dataset", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "by_dataset"
+    rows = list(csv.DictReader((run / "clients.csv").open()))
+    scored = {int(r["client"]): r for r in rows if r["phase"] == "global model"}
+    assert sorted(scored) == [0, 1]
+    assert (bool(scored[0]["kind/accuracy"]), bool(scored[0]["odd/accuracy"])) == (True, False)
+    assert (bool(scored[1]["kind/accuracy"]), bool(scored[1]["odd/accuracy"])) == (False, True)
+    summary = json.loads((run / "summary.json").read_text())
+    # each task's global figure is that of the one client that holds it, not halved
+    assert summary["global"]["kind/accuracy"] == pytest.approx(float(scored[0]["kind/accuracy"]))
+    assert summary["global"]["odd/accuracy"] == pytest.approx(float(scored[1]["odd/accuracy"]))
 
 
 def test_fedprox_term_pulls_gradients_towards_the_global_weights(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ to the strategy as the nodes it may choose from, so a resumed run picks the same
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -89,7 +90,8 @@ def client_app(fed: Federation) -> ClientApp:
 
 def weighted_by_presence(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Each metric averaged over the clients that report it, weighted by their samples (a
-    task a client has no labels for does not drag the average towards zero)."""
+    task a client has no labels for does not drag the average towards zero). NaN marks a
+    metric the client does not report (:func:`same_keys`)."""
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     for record in records:
@@ -97,9 +99,22 @@ def weighted_by_presence(records: list[RecordDict], weight_key: str) -> MetricRe
         weight = float(metrics[weight_key])  # type: ignore[arg-type]
         for key, value in metrics.items():
             if key != weight_key and isinstance(value, int | float) and weight > 0:
+                if math.isnan(value):  # not reported by this client
+                    continue
                 sums[key] = sums.get(key, 0.0) + float(value) * weight
                 weights[key] = weights.get(key, 0.0) + weight
     return MetricRecord({k: sums[k] / weights[k] for k in sums})
+
+
+def same_keys(replies: list[Message]) -> None:
+    """Give every reply's metrics the keys another reply has, as NaN: Flower aggregates only
+    replies whose metrics share their keys, and clients that hold different tasks (each
+    dataset a client) report different ones. :func:`weighted_by_presence` skips the NaNs."""
+    records = [msg.content["metrics"] for msg in replies]
+    keys = set().union(*(record.keys() for record in records))
+    for record in records:
+        for key in keys.difference(record.keys()):
+            record[key] = float("nan")
 
 
 class _Nodes:
@@ -159,6 +174,7 @@ class Recorded:
         self.record["bytes"]["bytes_up"] += sum(
             _bytes(m.content["arrays"]) for m in replies if not m.has_error()
         )
+        same_keys(replies)
         return super().aggregate_train(number, replies)  # type: ignore[misc]
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -172,6 +188,7 @@ class Recorded:
         replies = list(replies)
         number = self.done + server_round
         self.record["clients"] += self._rows(replies, "global model", number)
+        same_keys(replies)
         metrics = super().aggregate_evaluate(number, replies)  # type: ignore[misc]
         self.record["global"] = dict(metrics or {})
         return metrics
