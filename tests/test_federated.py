@@ -196,6 +196,40 @@ def test_each_dataset_a_client_with_its_own_tasks(tmp_path: Path) -> None:
     assert summary["global"]["odd/accuracy"] == pytest.approx(float(scored[1]["odd/accuracy"]))
 
 
+@pytest.mark.slow
+def test_averaged_heads_are_averaged_over_the_clients_that_hold_their_task(tmp_path: Path) -> None:
+    """With each dataset a client and --heads averaged, a client sends back the head of a task
+    it does not hold unchanged: that copy takes no part in the head's average."""
+    config = str(two_dataset_run_config(tmp_path))
+    args = ["--rounds", "1", "--heads", "averaged", "--run-dir", "avg"]
+    done = federate(config, *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "avg"
+    global_ = _global(run)
+    local = [
+        torch.load(
+            run / "rounds/round_0001/clients" / f"client_{c:03d}/checkpoints/last.ckpt",
+            weights_only=True,
+        )["state_dict"]
+        for c in (0, 1)
+    ]
+    samples = {
+        int(r["client"]): float(r["num-examples"])
+        for r in csv.DictReader((run / "clients.csv").open())
+        if r["phase"] == "train"
+    }
+    heads = {"kind": 0, "odd": 1}  # the client holding each task
+    assert any(name.startswith("decoders.kind.") for name in global_)
+    for name, value in global_.items():
+        task = name.split(".")[1] if name.startswith("decoders.") else None
+        if task is not None:  # its holder's head as trained
+            torch.testing.assert_close(value, local[heads[task]][f"model.{name}"], rtol=0, atol=0)
+        else:  # shared: FedAvg over both clients
+            total = samples[0] + samples[1]
+            by_hand = sum(samples[c] / total * local[c][f"model.{name}"] for c in (0, 1))
+            torch.testing.assert_close(value, by_hand, rtol=1e-5, atol=1e-6)
+
+
 def test_fedprox_term_pulls_gradients_towards_the_global_weights(tmp_path: Path) -> None:
     from types import SimpleNamespace
 

@@ -117,6 +117,30 @@ def same_keys(replies: list[Message]) -> None:
             record[key] = float("nan")
 
 
+def average_of_changed(sent: dict[str, torch.Tensor], replies: list[Message],
+                       averaged: ArrayRecord) -> ArrayRecord:  # fmt: skip
+    """FedAvg's ``averaged`` tensors, except that a tensor some clients sent back unchanged
+    is averaged over the clients that changed it (weighted by their samples), and one that no
+    client changed stays as it was sent. A client changes no head of a task it does not hold
+    (each dataset a client, ``--heads averaged``): its copy would only damp the others'."""
+    result = averaged.to_torch_state_dict()
+    states = [
+        (float(m.content["metrics"]["num-examples"]), m.content["arrays"].to_torch_state_dict())
+        for m in replies
+    ]
+    for key, before in sent.items():
+        changed = [(w, state[key]) for w, state in states if not torch.equal(state[key], before)]
+        if len(changed) == len(states):
+            continue
+        total = sum(w for w, _ in changed)
+        if not changed or total <= 0:
+            result[key] = before.clone()
+        else:
+            mean = sum(w / total * value.double() for w, value in changed)
+            result[key] = mean.to(before.dtype)  # type: ignore[union-attr]
+    return ArrayRecord(result)
+
+
 class _Nodes:
     """The view of the grid a strategy samples from: only this round's chosen nodes."""
 
@@ -135,6 +159,7 @@ class Recorded:
         self.fed, self.node_of, self.done = fed, node_of, done
         self.client_of = {n: c for c, n in node_of.items()}
         self.record: dict[str, Any] = {}
+        self.sent: dict[str, torch.Tensor] = {}  # the global tensors of this round
 
     def chosen(self, number: int) -> list[int]:
         """The clients that train in round ``number`` (seeded: the same after a resume)."""
@@ -164,6 +189,7 @@ class Recorded:
         down = _bytes(arrays) * len(picked)
         self.record = {"round": number, "trained": picked, "clients": [], "global": {},
                        "bytes": {"bytes_down": down, "bytes_up": 0}}  # fmt: skip
+        self.sent = arrays.to_torch_state_dict()
         view: Any = _Nodes([self.node_of[c] for c in picked])
         return super().configure_train(number, arrays, config, view)  # type: ignore[misc]
 
@@ -175,7 +201,10 @@ class Recorded:
             _bytes(m.content["arrays"]) for m in replies if not m.has_error()
         )
         same_keys(replies)
-        return super().aggregate_train(number, replies)  # type: ignore[misc]
+        arrays, metrics = super().aggregate_train(number, replies)  # type: ignore[misc]
+        if arrays is None:
+            return arrays, metrics
+        return average_of_changed(self.sent, replies, arrays), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:  # fmt: skip
